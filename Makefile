@@ -1,0 +1,39 @@
+# make console   chat with the agent in the terminal (python agent.py console --text)
+# make test      the whole suite: ruff, import-linter, pytest (starts PostgreSQL and Redis when needed)
+# The first run creates .venv and installs everything, system packages included where it may.
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: console test lint setup constraints clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required (Debian: apt-get install python3.11 python3.11-venv)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt -c constraints.txt
+	@touch $@
+
+console: $(STAMP)
+	@scripts/system-deps.sh console
+	$(BIN)/python agent.py console --text
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+test: $(STAMP)
+	@scripts/system-deps.sh test
+	$(MAKE) --no-print-directory lint
+	@eval "$$(scripts/test-services.sh)" && $(BIN)/pytest $(PYTEST_ARGS)
+
+constraints: $(STAMP)
+	@{ echo "# Every transitive dependency pinned, from \`pip freeze\` of a working install. Regenerate with \`make constraints\`."; \
+	   $(BIN)/pip freeze --exclude-editable; } > constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Core: settings, validation and errors. Imports nothing else of Companion."""

@@ -1,0 +1,200 @@
+"""Settings: the one typed, immutable view of the environment (and ``.env``), validated once.
+
+This is the only module that reads the environment. Everything else receives a :class:`Settings` (or the part of
+it that it needs) from the place that builds the object graph.
+
+Conventions:
+- An empty variable counts as unset (``OPENAI_BASE_URL=`` in a ``.env`` does not point the client at "").
+- ``None`` means "not configured"; features that are switched off by a flag have their own boolean.
+- Secrets are ``SecretStr``: they never appear in ``repr`` or logs.
+- Variables that are not ours are ignored rather than refused, because ``.env`` is shared with LiveKit's own
+  (``LIVEKIT_LOG_LEVEL``, ...) and with the app that sits beside the worker.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite:///./data/companion.db"
+# Fixed so that the console speaks as the same user every run, and its memories persist between runs.
+DEFAULT_CONSOLE_USER_ID = uuid.UUID("00000000-0000-4000-8000-00000000c0de")
+# Local OpenAI-compatible servers (Ollama, vLLM) ignore the key, but the openai client refuses to start without one.
+PLACEHOLDER_OPENAI_KEY = "not-needed-for-local-servers"
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteTarget:
+    path: Path
+    kind: Literal["sqlite"] = "sqlite"
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresTarget:
+    dsn: SecretStr
+    auto_migrate: bool
+    kind: Literal["postgres"] = "postgres"
+
+
+@dataclass(frozen=True, slots=True)
+class SupabaseTarget:
+    url: str
+    service_role_key: SecretStr
+    kind: Literal["supabase"] = "supabase"
+
+
+StorageTarget = SqliteTarget | PostgresTarget | SupabaseTarget
+
+
+class Settings(BaseSettings):
+    """Every variable Companion reads. Field names are the variable names in lower case."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        case_sensitive=False,
+        extra="ignore",
+        frozen=True,
+    )
+
+    # LLM: honoured like the openai client honours them, so any OpenAI-compatible server works.
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    llm_model: str = "gpt-4o-mini"
+
+    # Storage: DATABASE_URL wins; Supabase is used when it is configured and DATABASE_URL is not.
+    database_url: str | None = None
+    database_auto_migrate: bool = True
+    supabase_url: str | None = None
+    supabase_service_role_key: SecretStr | None = None
+    supabase_anon_key: SecretStr | None = None
+
+    # Cache: REDIS_ENABLED unset means "on when REDIS_URL is set".
+    redis_url: str | None = None
+    redis_enabled: bool | None = None
+
+    # Agent.
+    agent_name: str = Field(default="Companion", min_length=1, max_length=40)
+    console_user_id: uuid.UUID = DEFAULT_CONSOLE_USER_ID
+
+    # LiveKit worker (dev / start / connect); the console needs none of them.
+    livekit_url: str | None = None
+    livekit_api_key: str | None = None
+    livekit_api_secret: SecretStr | None = None
+
+    # Uplift AI speech output.
+    upliftai_api_key: SecretStr | None = None
+    upliftai_base_url: str = "wss://api.upliftai.org"
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_scheme(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if value.startswith("sqlite:///") or value.startswith(("postgresql://", "postgres://")):
+            return value
+        scheme = value.split(":", 1)[0] if ":" in value else value[:12]
+        # Only the scheme is echoed: the rest of a database URL may hold a password.
+        raise ValueError(
+            "must be sqlite:///path/to/file.db or postgresql://user:password@host:5432/dbname "
+            f"(it starts with '{scheme}:'); unset it to use the default {DEFAULT_DATABASE_URL}"
+        )
+
+    @field_validator("openai_base_url", "supabase_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https:// (for example http://localhost:11434/v1)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        problems: list[str] = []
+        if self.supabase_url and not self.supabase_service_role_key:
+            problems.append(
+                "SUPABASE_URL is set but SUPABASE_SERVICE_ROLE_KEY is missing: copy the service_role key from "
+                "your Supabase project's API settings, or unset SUPABASE_URL to use DATABASE_URL / SQLite"
+            )
+        if self.supabase_service_role_key and not self.supabase_url:
+            problems.append(
+                "SUPABASE_SERVICE_ROLE_KEY is set but SUPABASE_URL is missing: set SUPABASE_URL to "
+                "https://<project>.supabase.co"
+            )
+        if self.redis_enabled and not self.redis_url:
+            problems.append(
+                "REDIS_ENABLED is true but REDIS_URL is missing: set REDIS_URL=redis://localhost:6379/0, "
+                "or REDIS_ENABLED=false to use the in-process cache"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    # Derived views -----------------------------------------------------------------------------------------
+
+    @property
+    def storage(self) -> StorageTarget:
+        """Which backend to use: DATABASE_URL, else Supabase, else the SQLite default."""
+        if self.database_url is None and self.supabase_url and self.supabase_service_role_key:
+            return SupabaseTarget(url=self.supabase_url, service_role_key=self.supabase_service_role_key)
+        url = self.database_url or DEFAULT_DATABASE_URL
+        if url.startswith("sqlite:///"):
+            return SqliteTarget(path=Path(url.removeprefix("sqlite:///")))
+        return PostgresTarget(dsn=SecretStr(url), auto_migrate=self.database_auto_migrate)
+
+    @property
+    def cache_uses_redis(self) -> bool:
+        return bool(self.redis_url) if self.redis_enabled is None else self.redis_enabled
+
+    @property
+    def llm_configured(self) -> bool:
+        return self.openai_api_key is not None or self.openai_base_url is not None
+
+    @property
+    def openai_key_for_client(self) -> str:
+        if self.openai_api_key is not None:
+            return self.openai_api_key.get_secret_value()
+        return PLACEHOLDER_OPENAI_KEY
+
+    @property
+    def missing_livekit_variables(self) -> list[str]:
+        pairs = (
+            ("LIVEKIT_URL", self.livekit_url),
+            ("LIVEKIT_API_KEY", self.livekit_api_key),
+            ("LIVEKIT_API_SECRET", self.livekit_api_secret),
+        )
+        return [name for name, value in pairs if value is None]
+
+
+def load_settings(*, env_file: str | Path | None = ".env") -> Settings:
+    """Build :class:`Settings` from the environment and ``env_file``; raise :class:`ConfigError` naming each fix."""
+    try:
+        return Settings(_env_file=env_file)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, built on first use (never at import time)."""
+    return load_settings()
+
+
+def _describe(exc: ValidationError) -> list[str]:
+    problems: list[str] = []
+    for error in exc.errors(include_input=False, include_url=False):
+        if error["loc"]:
+            variable = str(error["loc"][0]).upper()
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{variable} {message}" if error["type"] == "value_error" else f"{variable}: {message}")
+        else:
+            problems.extend(error["msg"].removeprefix("Value error, ").splitlines())
+    return problems

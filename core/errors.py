@@ -1,0 +1,57 @@
+"""The one exception tree of Companion.
+
+    CompanionError                 base; ``retryable`` says whether trying again can help
+    ├── ConfigError                the environment or .env is wrong; the message names the variable and the fix
+    ├── InvalidInputError          a caller passed something unusable (bad UUID, unknown field, oversized text)
+    │   └── InvalidUserIdError     a user id that is not a UUID
+    ├── WriteForbiddenError        a session tried to write for a user it does not serve
+    └── StorageError               the database failed (translated from the driver at the backend boundary)
+        └── StorageUnavailableError  the database could not be reached; retryable
+
+Messages are fixed strings plus identifiers: they never carry user text, memory values or secrets, because
+they end up in logs.
+"""
+
+from __future__ import annotations
+
+
+class CompanionError(Exception):
+    """Base of every error Companion raises on purpose."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class ConfigError(CompanionError):
+    """The configuration is unusable. ``problems`` holds one line per variable to fix."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("Configuration problem:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class InvalidInputError(CompanionError, ValueError):
+    """The caller passed something that no retry will fix."""
+
+
+class InvalidUserIdError(InvalidInputError):
+    """A user id is not a valid UUID."""
+
+
+class WriteForbiddenError(CompanionError, PermissionError):
+    """A write for a user other than the one the session serves (the write guard)."""
+
+
+class StorageError(CompanionError):
+    """A storage backend failed. ``retryable`` is set by the backend that translated the driver error."""
+
+
+class StorageUnavailableError(StorageError):
+    """The database could not be reached (connection refused, pool closed, timeout)."""
+
+    retryable = True

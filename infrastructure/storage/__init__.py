@@ -1,0 +1,56 @@
+"""Storage behind one narrow async port (:class:`Storage`), with SQLite, PostgreSQL and Supabase backends."""
+
+from __future__ import annotations
+
+import httpx
+
+from core.config import PostgresTarget, SqliteTarget, StorageTarget, SupabaseTarget
+from infrastructure.storage.port import Storage
+from infrastructure.storage.records import (
+    PROFILE_FIELDS,
+    Conversation,
+    DeletedCounts,
+    Memory,
+    MemoryAccess,
+    MemoryChange,
+    MemoryWrite,
+    Message,
+    MessageWrite,
+    OnboardingAnswers,
+    Profile,
+    StorageStats,
+)
+
+__all__ = [
+    "PROFILE_FIELDS",
+    "Conversation",
+    "DeletedCounts",
+    "Memory",
+    "MemoryAccess",
+    "MemoryChange",
+    "MemoryWrite",
+    "Message",
+    "MessageWrite",
+    "OnboardingAnswers",
+    "Profile",
+    "Storage",
+    "StorageStats",
+    "open_storage",
+]
+
+
+async def open_storage(target: StorageTarget, *, http_client: httpx.AsyncClient | None = None) -> Storage:
+    """Open the backend the configuration chose (``Settings.storage``). Backends import lazily: each has its driver."""
+    match target:
+        case SqliteTarget(path=path):
+            from infrastructure.storage.sqlite import SqliteStorage
+
+            return await SqliteStorage.open(path)
+        case PostgresTarget(dsn=dsn, auto_migrate=migrate):
+            from infrastructure.storage.postgres import PostgresStorage
+
+            return await PostgresStorage.open(dsn.get_secret_value(), migrate=migrate)
+        case SupabaseTarget(url=url, service_role_key=key):
+            from infrastructure.storage.supabase import SupabaseStorage
+
+            return await SupabaseStorage.open(url, key.get_secret_value(), http_client=http_client)

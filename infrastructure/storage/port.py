@@ -1,0 +1,345 @@
+"""The storage port: the one narrow async interface the services use, whatever the database.
+
+Each public method validates its input first (user ids, field names, sizes) and only then calls the backend's
+``_``-prefixed implementation, so bad input is refused before any query on every backend alike. Backends
+translate their driver's errors into :class:`core.errors.StorageError` at this boundary, and count round trips in
+``stats.queries`` (a warm turn is expected to make none).
+
+Semantics every backend honours (the contract suite in ``tests/storage`` checks them):
+- ``upsert_memories``: one row per ``(user_id, category, key)``; a second write updates value, importance, source,
+  embedding and ``updated_at`` and keeps ``id``, ``created_at`` and access counters; a changed value is recorded in
+  the memory's history by the database itself.
+- ``append_messages`` and ``start_conversation`` are idempotent on the caller's ids, so retries never duplicate.
+- ``claim_onboarding`` returns True for exactly one caller, however many sessions race for it.
+- ``delete_user_data`` removes every row of that user and nothing of anyone else's.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+import math
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from core.errors import InvalidInputError
+from core.validators import parse_user_id
+from infrastructure.storage.records import (
+    MAX_CATEGORY_LENGTH,
+    MAX_KEY_LENGTH,
+    MAX_TEXT_LENGTH,
+    PROFILE_FIELDS,
+    Conversation,
+    DeletedCounts,
+    Memory,
+    MemoryAccess,
+    MemoryChange,
+    MemoryWrite,
+    Message,
+    MessageWrite,
+    OnboardingAnswers,
+    Profile,
+    StorageStats,
+)
+
+_ROLES = frozenset({"user", "assistant", "system"})
+
+
+class Storage(abc.ABC):
+    """Base of every backend. Subclasses implement the ``_``-prefixed methods and ``aclose``."""
+
+    backend_name: str = "abstract"
+
+    def __init__(self) -> None:
+        self.stats = StorageStats(backend=self.backend_name)
+
+    # Lifecycle --------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release connections. Idempotent."""
+
+    async def __aenter__(self) -> Storage:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """One cheap round trip; raises StorageError when the database does not answer."""
+
+    # Profiles ---------------------------------------------------------------------------------------------
+
+    async def ensure_profile(self, user_id: uuid.UUID | str, *, at: dt.datetime) -> Profile:
+        """Create the user's empty profile if it does not exist (safe when sessions race) and return it."""
+        return await self._ensure_profile(parse_user_id(user_id), _utc(at))
+
+    async def get_profile(self, user_id: uuid.UUID | str) -> Profile | None:
+        return await self._get_profile(parse_user_id(user_id))
+
+    async def update_profile(
+        self, user_id: uuid.UUID | str, changes: Mapping[str, str | None], *, at: dt.datetime
+    ) -> Profile:
+        """Set the given profile fields (see ``PROFILE_FIELDS``), creating the profile if needed."""
+        uid = parse_user_id(user_id)
+        unknown = set(changes) - PROFILE_FIELDS
+        if unknown:
+            raise InvalidInputError(f"unknown profile fields {sorted(unknown)}; allowed: {sorted(PROFILE_FIELDS)}")
+        if not changes:
+            raise InvalidInputError("update_profile needs at least one field")
+        for name, value in changes.items():
+            if value is not None:
+                _check_text(value, what=f"profile {name}")
+        return await self._update_profile(uid, dict(changes), _utc(at))
+
+    # Onboarding -------------------------------------------------------------------------------------------
+
+    async def save_onboarding(
+        self, user_id: uuid.UUID | str, answers: Mapping[str, Any], *, at: dt.datetime
+    ) -> OnboardingAnswers:
+        """Store (or replace) a user's onboarding answers, as the app does; an earlier claim stays."""
+        uid = parse_user_id(user_id)
+        if not isinstance(answers, Mapping):
+            raise InvalidInputError("onboarding answers must be a JSON object")
+        return await self._save_onboarding(uid, dict(answers), _utc(at))
+
+    async def get_onboarding(self, user_id: uuid.UUID | str) -> OnboardingAnswers | None:
+        return await self._get_onboarding(parse_user_id(user_id))
+
+    async def claim_onboarding(self, user_id: uuid.UUID | str, *, at: dt.datetime) -> bool:
+        """Mark unprocessed answers as processed; True only for the one caller that did it."""
+        return await self._claim_onboarding(parse_user_id(user_id), _utc(at))
+
+    # Memories ---------------------------------------------------------------------------------------------
+
+    async def upsert_memories(self, writes: Sequence[MemoryWrite]) -> list[Memory]:
+        """Insert or update each memory in one statement; returns the stored rows in the order given."""
+        if not writes:
+            return []
+        for write in writes:
+            _check_memory_write(write)
+        seen: set[tuple[uuid.UUID, str, str]] = set()
+        for write in writes:
+            ident = (write.user_id, write.category, write.key)
+            if ident in seen:
+                raise InvalidInputError("one upsert batch names the same memory twice; merge them first")
+            seen.add(ident)
+        return await self._upsert_memories(list(writes))
+
+    async def get_memory(self, user_id: uuid.UUID | str, category: str, key: str) -> Memory | None:
+        return await self._get_memory(parse_user_id(user_id), category, key)
+
+    async def list_memories(
+        self,
+        user_id: uuid.UUID | str,
+        *,
+        category: str | None = None,
+        include_embeddings: bool = True,
+        limit: int | None = None,
+    ) -> list[Memory]:
+        """A user's memories, most recently updated first."""
+        if limit is not None and limit < 1:
+            raise InvalidInputError("limit must be at least 1")
+        return await self._list_memories(parse_user_id(user_id), category, include_embeddings, limit)
+
+    async def delete_memories(self, user_id: uuid.UUID | str, keys: Iterable[tuple[str, str]]) -> int:
+        """Delete memories by ``(category, key)``; returns how many existed."""
+        wanted = list(dict.fromkeys(keys))
+        uid = parse_user_id(user_id)
+        return await self._delete_memories(uid, wanted) if wanted else 0
+
+    async def record_memory_access(self, accesses: Sequence[MemoryAccess]) -> None:
+        """Add one to ``access_count`` and set ``last_accessed_at`` for each named memory."""
+        for access in accesses:
+            parse_user_id(access.user_id)
+            _utc(access.at)
+        accesses = [a for a in accesses if a.keys]
+        if accesses:
+            await self._record_memory_access(accesses)
+
+    async def memory_history(self, user_id: uuid.UUID | str, category: str, key: str) -> list[MemoryChange]:
+        """Earlier values of one memory, oldest first."""
+        return await self._memory_history(parse_user_id(user_id), category, key)
+
+    # Conversations ----------------------------------------------------------------------------------------
+
+    async def start_conversation(
+        self, user_id: uuid.UUID | str, conversation_id: uuid.UUID, *, at: dt.datetime
+    ) -> Conversation:
+        return await self._start_conversation(parse_user_id(user_id), _uuid(conversation_id), _utc(at))
+
+    async def finish_conversation(
+        self,
+        user_id: uuid.UUID | str,
+        conversation_id: uuid.UUID,
+        *,
+        at: dt.datetime,
+        summary: str | None,
+        open_threads: Sequence[str] = (),
+    ) -> None:
+        """Record the end of a conversation with its summary and the threads left open."""
+        if summary is not None:
+            _check_text(summary, what="summary")
+        for thread in open_threads:
+            _check_text(thread, what="open thread")
+        await self._finish_conversation(
+            parse_user_id(user_id), _uuid(conversation_id), _utc(at), summary, tuple(open_threads)
+        )
+
+    async def recent_conversations(self, user_id: uuid.UUID | str, *, limit: int = 5) -> list[Conversation]:
+        """The user's conversations, newest first."""
+        if limit < 1:
+            raise InvalidInputError("limit must be at least 1")
+        return await self._recent_conversations(parse_user_id(user_id), limit)
+
+    async def append_messages(self, messages: Sequence[MessageWrite]) -> int:
+        """Store messages in one statement; a message id already stored is skipped. Returns rows inserted."""
+        for message in messages:
+            parse_user_id(message.user_id)
+            _uuid(message.id)
+            _uuid(message.conversation_id)
+            if message.role not in _ROLES:
+                raise InvalidInputError(f"message role must be one of {sorted(_ROLES)}")
+            _check_text(message.content, what="message content")
+            _utc(message.at)
+        return await self._append_messages(list(messages)) if messages else 0
+
+    async def recent_messages(
+        self, user_id: uuid.UUID | str, *, conversation_id: uuid.UUID | None = None, limit: int = 50
+    ) -> list[Message]:
+        """The user's latest messages (of one conversation, if given), in the order they were said."""
+        if limit < 1:
+            raise InvalidInputError("limit must be at least 1")
+        cid = None if conversation_id is None else _uuid(conversation_id)
+        return await self._recent_messages(parse_user_id(user_id), cid, limit)
+
+    # Everything of a user ---------------------------------------------------------------------------------
+
+    async def delete_user_data(self, user_id: uuid.UUID | str) -> DeletedCounts:
+        """Remove every row that belongs to the user, in every table."""
+        return await self._delete_user_data(parse_user_id(user_id))
+
+    # Backend implementations ------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _ensure_profile(self, user_id: uuid.UUID, at: dt.datetime) -> Profile: ...
+
+    @abc.abstractmethod
+    async def _get_profile(self, user_id: uuid.UUID) -> Profile | None: ...
+
+    @abc.abstractmethod
+    async def _update_profile(self, user_id: uuid.UUID, changes: dict[str, str | None], at: dt.datetime) -> Profile: ...
+
+    @abc.abstractmethod
+    async def _save_onboarding(
+        self, user_id: uuid.UUID, answers: dict[str, Any], at: dt.datetime
+    ) -> OnboardingAnswers: ...
+
+    @abc.abstractmethod
+    async def _get_onboarding(self, user_id: uuid.UUID) -> OnboardingAnswers | None: ...
+
+    @abc.abstractmethod
+    async def _claim_onboarding(self, user_id: uuid.UUID, at: dt.datetime) -> bool: ...
+
+    @abc.abstractmethod
+    async def _upsert_memories(self, writes: list[MemoryWrite]) -> list[Memory]: ...
+
+    @abc.abstractmethod
+    async def _get_memory(self, user_id: uuid.UUID, category: str, key: str) -> Memory | None: ...
+
+    @abc.abstractmethod
+    async def _list_memories(
+        self, user_id: uuid.UUID, category: str | None, include_embeddings: bool, limit: int | None
+    ) -> list[Memory]: ...
+
+    @abc.abstractmethod
+    async def _delete_memories(self, user_id: uuid.UUID, keys: list[tuple[str, str]]) -> int: ...
+
+    @abc.abstractmethod
+    async def _record_memory_access(self, accesses: list[MemoryAccess]) -> None: ...
+
+    @abc.abstractmethod
+    async def _memory_history(self, user_id: uuid.UUID, category: str, key: str) -> list[MemoryChange]: ...
+
+    @abc.abstractmethod
+    async def _start_conversation(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID, at: dt.datetime
+    ) -> Conversation: ...
+
+    @abc.abstractmethod
+    async def _finish_conversation(
+        self,
+        user_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        at: dt.datetime,
+        summary: str | None,
+        open_threads: tuple[str, ...],
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def _recent_conversations(self, user_id: uuid.UUID, limit: int) -> list[Conversation]: ...
+
+    @abc.abstractmethod
+    async def _append_messages(self, messages: list[MessageWrite]) -> int: ...
+
+    @abc.abstractmethod
+    async def _recent_messages(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID | None, limit: int
+    ) -> list[Message]: ...
+
+    @abc.abstractmethod
+    async def _delete_user_data(self, user_id: uuid.UUID) -> DeletedCounts: ...
+
+
+# Input checks shared by every backend -------------------------------------------------------------------------
+
+
+def _check_memory_write(write: MemoryWrite) -> None:
+    parse_user_id(write.user_id)
+    _check_name(write.category, what="category", max_length=MAX_CATEGORY_LENGTH)
+    _check_name(write.key, what="key", max_length=MAX_KEY_LENGTH)
+    _check_name(write.source, what="source", max_length=MAX_CATEGORY_LENGTH)
+    _check_text(write.value, what="memory value")
+    if not write.value.strip():
+        raise InvalidInputError("memory value is empty")
+    if not (isinstance(write.importance, int | float) and 0.0 <= write.importance <= 1.0):
+        raise InvalidInputError("memory importance must be a number from 0 to 1")
+    _utc(write.at)
+    if write.embedding is not None:
+        if write.embedding.ndim != 1 or write.embedding.size == 0:
+            raise InvalidInputError("memory embedding must be a non-empty 1-D vector")
+        if not all(math.isfinite(x) for x in write.embedding.tolist()):
+            raise InvalidInputError("memory embedding holds NaN or infinity")
+
+
+def _check_name(value: str, *, what: str, max_length: int) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInputError(f"memory {what} is empty")
+    if len(value) > max_length:
+        raise InvalidInputError(f"memory {what} is longer than {max_length} characters")
+    if "\x00" in value:
+        raise InvalidInputError(f"memory {what} contains a NUL character")
+
+
+def _check_text(value: str, *, what: str) -> None:
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} must be text")
+    if len(value) > MAX_TEXT_LENGTH:
+        raise InvalidInputError(f"{what} is longer than {MAX_TEXT_LENGTH} characters")
+    # PostgreSQL text cannot hold NUL; refusing it everywhere keeps the backends identical.
+    if "\x00" in value:
+        raise InvalidInputError(f"{what} contains a NUL character")
+
+
+def _utc(at: dt.datetime) -> dt.datetime:
+    if not isinstance(at, dt.datetime) or at.tzinfo is None:
+        raise InvalidInputError("timestamps must be timezone-aware datetimes")
+    return at.astimezone(dt.UTC)
+
+
+def _uuid(value: uuid.UUID) -> uuid.UUID:
+    if not isinstance(value, uuid.UUID):
+        raise InvalidInputError("ids must be uuid.UUID values")
+    return value

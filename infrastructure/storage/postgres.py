@@ -1,0 +1,358 @@
+"""PostgreSQL backend through an asyncpg connection pool (a Supabase database's connection string works too).
+
+Batches travel as one ``jsonb`` parameter read by ``jsonb_to_recordset``, so N rows cost one round trip whatever
+their shape. Driver errors are translated to :mod:`core.errors` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+
+from core.errors import InvalidInputError, StorageError, StorageUnavailableError
+from infrastructure.storage import wire
+from infrastructure.storage.migrations import apply_migrations
+from infrastructure.storage.port import Storage
+from infrastructure.storage.records import (
+    Conversation,
+    DeletedCounts,
+    Memory,
+    MemoryAccess,
+    MemoryChange,
+    MemoryWrite,
+    Message,
+    MessageWrite,
+    OnboardingAnswers,
+    Profile,
+)
+
+_MEMORY_COLUMNS = (
+    "id, user_id, category, key, value, importance, source, created_at, updated_at, last_accessed_at, access_count"
+)
+# SQLSTATE classes where trying again can succeed: connection, transaction rollback, resources, operator action.
+_RETRYABLE_CLASSES = frozenset({"08", "40", "53", "57"})
+
+
+class PostgresStorage(Storage):
+    backend_name = "postgres"
+
+    def __init__(self, *, pool: asyncpg.Pool) -> None:
+        super().__init__()
+        self._pool = pool
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        migrate: bool = True,
+        command_timeout: float = 10.0,
+    ) -> PostgresStorage:
+        """Open a pool on ``dsn`` and, with ``migrate``, apply pending migrations first."""
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                command_timeout=command_timeout,
+                init=_init_connection,
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise StorageUnavailableError("could not connect to PostgreSQL (check DATABASE_URL)") from exc
+        storage = cls(pool=pool)
+        if migrate:
+            try:
+                with storage._translate():
+                    async with pool.acquire() as conn:
+                        await apply_migrations(conn)
+            except BaseException:
+                await pool.close()
+                raise
+        return storage
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
+
+    async def aclose(self) -> None:
+        if not self._pool.is_closing():
+            await self._pool.close()
+
+    async def ping(self) -> None:
+        await self._fetchval("select 1")
+
+    # Round trips ------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _translate(self) -> Iterator[None]:
+        try:
+            yield
+        except asyncpg.PostgresError as exc:
+            self.stats.errors += 1
+            sqlstate = exc.sqlstate or ""
+            raise StorageError(f"postgres error {sqlstate}", retryable=sqlstate[:2] in _RETRYABLE_CLASSES) from exc
+        except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+            self.stats.errors += 1
+            raise StorageUnavailableError("PostgreSQL is unreachable") from exc
+
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        self.stats.queries += 1
+        with self._translate():
+            return await self._pool.fetch(sql, *args)
+
+    async def _fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        self.stats.queries += 1
+        with self._translate():
+            return await self._pool.fetchrow(sql, *args)
+
+    async def _fetchval(self, sql: str, *args: Any) -> Any:
+        self.stats.queries += 1
+        with self._translate():
+            return await self._pool.fetchval(sql, *args)
+
+    async def _execute(self, sql: str, *args: Any) -> str:
+        self.stats.queries += 1
+        with self._translate():
+            return await self._pool.execute(sql, *args)
+
+    # Profiles ---------------------------------------------------------------------------------------------
+
+    async def _ensure_profile(self, user_id: uuid.UUID, at: dt.datetime) -> Profile:
+        # One round trip: the insert's row if it created one, else the row that was there.
+        row = await self._fetchrow(
+            """
+            with created as (
+                insert into public.profiles (user_id, created_at, updated_at) values ($1, $2, $2)
+                on conflict (user_id) do nothing returning *
+            )
+            select * from created union all select * from public.profiles where user_id = $1 limit 1
+            """,
+            user_id,
+            at,
+        )
+        assert row is not None
+        return _profile(row)
+
+    async def _get_profile(self, user_id: uuid.UUID) -> Profile | None:
+        row = await self._fetchrow("select * from public.profiles where user_id = $1", user_id)
+        return None if row is None else _profile(row)
+
+    async def _update_profile(self, user_id: uuid.UUID, changes: dict[str, str | None], at: dt.datetime) -> Profile:
+        names = sorted(changes)  # validated against PROFILE_FIELDS by the port
+        columns = ", ".join(names)
+        params = ", ".join(f"${i + 3}" for i in range(len(names)))
+        updates = ", ".join(f"{n} = excluded.{n}" for n in names)
+        row = await self._fetchrow(
+            f"insert into public.profiles (user_id, created_at, updated_at, {columns}) values ($1, $2, $2, {params}) "
+            f"on conflict (user_id) do update set {updates}, updated_at = excluded.updated_at returning *",
+            user_id,
+            at,
+            *(changes[n] for n in names),
+        )
+        assert row is not None
+        return _profile(row)
+
+    # Onboarding -------------------------------------------------------------------------------------------
+
+    async def _save_onboarding(self, user_id: uuid.UUID, answers: dict[str, Any], at: dt.datetime) -> OnboardingAnswers:
+        row = await self._fetchrow(
+            "insert into public.onboarding_answers (user_id, answers, submitted_at) values ($1, $2, $3) "
+            "on conflict (user_id) do update set answers = excluded.answers, submitted_at = excluded.submitted_at "
+            "returning *",
+            user_id,
+            answers,
+            at,
+        )
+        assert row is not None
+        return _onboarding(row)
+
+    async def _get_onboarding(self, user_id: uuid.UUID) -> OnboardingAnswers | None:
+        row = await self._fetchrow("select * from public.onboarding_answers where user_id = $1", user_id)
+        return None if row is None else _onboarding(row)
+
+    async def _claim_onboarding(self, user_id: uuid.UUID, at: dt.datetime) -> bool:
+        status = await self._execute(
+            "update public.onboarding_answers set processed_at = $2 where user_id = $1 and processed_at is null",
+            user_id,
+            at,
+        )
+        return status == "UPDATE 1"
+
+    # Memories ---------------------------------------------------------------------------------------------
+
+    async def _upsert_memories(self, writes: list[MemoryWrite]) -> list[Memory]:
+        rows = await self._fetch(
+            f"""
+            insert into public.memories as m
+                (user_id, category, key, value, importance, source, embedding, created_at, updated_at)
+            select r.user_id, r.category, r.key, r.value, r.importance, r.source, r.embedding,
+                   r.updated_at, r.updated_at
+              from jsonb_to_recordset($1::jsonb) as r(
+                   user_id uuid, category text, key text, value text, importance real, source text,
+                   embedding real[], updated_at timestamptz)
+            on conflict (user_id, category, key) do update
+               set value = excluded.value, importance = excluded.importance, source = excluded.source,
+                   embedding = excluded.embedding, updated_at = excluded.updated_at
+            returning {_MEMORY_COLUMNS}, embedding
+            """,
+            [wire.memory_write_row(w) for w in writes],
+        )
+        by_identity = {wire.memory_identity(r["user_id"], r["category"], r["key"]): _memory(r) for r in rows}
+        return [by_identity[wire.memory_identity(w.user_id, w.category, w.key)] for w in writes]
+
+    async def _get_memory(self, user_id: uuid.UUID, category: str, key: str) -> Memory | None:
+        row = await self._fetchrow(
+            f"select {_MEMORY_COLUMNS}, embedding from public.memories where user_id = $1 and category = $2 and key = $3",
+            user_id,
+            category,
+            key,
+        )
+        return None if row is None else _memory(row)
+
+    async def _list_memories(
+        self, user_id: uuid.UUID, category: str | None, include_embeddings: bool, limit: int | None
+    ) -> list[Memory]:
+        columns = _MEMORY_COLUMNS + (", embedding" if include_embeddings else "")
+        rows = await self._fetch(
+            f"select {columns} from public.memories where user_id = $1 and ($2::text is null or category = $2) "
+            "order by updated_at desc, id limit $3",
+            user_id,
+            category,
+            limit,
+        )
+        return [_memory(r) for r in rows]
+
+    async def _delete_memories(self, user_id: uuid.UUID, keys: list[tuple[str, str]]) -> int:
+        status = await self._execute(
+            "delete from public.memories m using jsonb_to_recordset($2::jsonb) as k(category text, key text) "
+            "where m.user_id = $1 and m.category = k.category and m.key = k.key",
+            user_id,
+            [{"category": c, "key": k} for c, k in keys],
+        )
+        return int(status.rsplit(" ", 1)[1])
+
+    async def _record_memory_access(self, accesses: list[MemoryAccess]) -> None:
+        await self._execute("select public.companion_record_memory_access($1::jsonb)", wire.access_rows(accesses))
+
+    async def _memory_history(self, user_id: uuid.UUID, category: str, key: str) -> list[MemoryChange]:
+        rows = await self._fetch(
+            "select user_id, category, key, old_value, new_value, changed_at from public.memory_history "
+            "where user_id = $1 and category = $2 and key = $3 order by changed_at, id",
+            user_id,
+            category,
+            key,
+        )
+        return [MemoryChange(**dict(r)) for r in rows]
+
+    # Conversations ----------------------------------------------------------------------------------------
+
+    async def _start_conversation(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID, at: dt.datetime
+    ) -> Conversation:
+        row = await self._fetchrow(
+            """
+            with created as (
+                insert into public.conversations (id, user_id, started_at) values ($1, $2, $3)
+                on conflict (id) do nothing returning *
+            )
+            select * from created union all
+            select * from public.conversations where id = $1 and user_id = $2 limit 1
+            """,
+            conversation_id,
+            user_id,
+            at,
+        )
+        if row is None:
+            raise InvalidInputError("conversation id is already used by another user")
+        return _conversation(row)
+
+    async def _finish_conversation(
+        self,
+        user_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        at: dt.datetime,
+        summary: str | None,
+        open_threads: tuple[str, ...],
+    ) -> None:
+        await self._execute(
+            """
+            insert into public.conversations (id, user_id, started_at, ended_at, summary, open_threads)
+            values ($1, $2, $3, $3, $4, $5)
+            on conflict (id) do update
+               set ended_at = excluded.ended_at, summary = excluded.summary, open_threads = excluded.open_threads
+             where conversations.user_id = excluded.user_id
+            """,
+            conversation_id,
+            user_id,
+            at,
+            summary,
+            list(open_threads),
+        )
+
+    async def _recent_conversations(self, user_id: uuid.UUID, limit: int) -> list[Conversation]:
+        rows = await self._fetch(
+            "select * from public.conversations where user_id = $1 order by started_at desc, id limit $2",
+            user_id,
+            limit,
+        )
+        return [_conversation(r) for r in rows]
+
+    async def _append_messages(self, messages: list[MessageWrite]) -> int:
+        status = await self._execute(
+            """
+            insert into public.messages (id, conversation_id, user_id, role, content, created_at)
+            select * from jsonb_to_recordset($1::jsonb) as r(
+                id uuid, conversation_id uuid, user_id uuid, role text, content text, created_at timestamptz)
+            on conflict (id) do nothing
+            """,
+            [wire.message_row(m) for m in messages],
+        )
+        return int(status.rsplit(" ", 1)[1])
+
+    async def _recent_messages(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID | None, limit: int
+    ) -> list[Message]:
+        rows = await self._fetch(
+            "select * from public.messages where user_id = $1 and ($2::uuid is null or conversation_id = $2) "
+            "order by created_at desc, id desc limit $3",
+            user_id,
+            conversation_id,
+            limit,
+        )
+        return [Message(**dict(r)) for r in reversed(rows)]
+
+    async def _delete_user_data(self, user_id: uuid.UUID) -> DeletedCounts:
+        counts = await self._fetchval("select public.companion_delete_user_data($1)", user_id)
+        return DeletedCounts(**counts)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+def _profile(row: asyncpg.Record) -> Profile:
+    return Profile(**dict(row))
+
+
+def _onboarding(row: asyncpg.Record) -> OnboardingAnswers:
+    return OnboardingAnswers(**dict(row))
+
+
+def _conversation(row: asyncpg.Record) -> Conversation:
+    values = dict(row)
+    values["open_threads"] = tuple(values["open_threads"])
+    return Conversation(**values)
+
+
+def _memory(row: asyncpg.Record) -> Memory:
+    values = dict(row)
+    values["embedding"] = wire.embedding_array(values.get("embedding"))
+    return Memory(**values)

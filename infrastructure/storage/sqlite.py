@@ -1,0 +1,432 @@
+"""SQLite backend (the embedded default) through aiosqlite; the schema is created on first use.
+
+One connection per process, in WAL mode with a busy timeout so that several job processes can share the file.
+Writes that take more than one statement run under a lock in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import numpy as np
+
+from core.errors import InvalidInputError, StorageError, StorageUnavailableError
+from infrastructure.storage.port import Storage
+from infrastructure.storage.records import (
+    Conversation,
+    DeletedCounts,
+    Memory,
+    MemoryAccess,
+    MemoryChange,
+    MemoryWrite,
+    Message,
+    MessageWrite,
+    OnboardingAnswers,
+    Profile,
+)
+
+SCHEMA = Path(__file__).with_name("sqlite_schema.sql")
+# SQLite allows 32,766 bound parameters per statement; 9 per memory row keeps a chunk well inside that.
+_ROWS_PER_STATEMENT = 500
+_MEMORY_COLUMNS = (
+    "id, user_id, category, key, value, importance, source, created_at, updated_at, last_accessed_at, access_count"
+)
+
+
+class SqliteStorage(Storage):
+    backend_name = "sqlite"
+
+    def __init__(self, *, connection: aiosqlite.Connection) -> None:
+        super().__init__()
+        self._db = connection
+        self._write_lock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str | Path) -> SqliteStorage:
+        """Open (creating the file, its folder and the schema if needed) the database at ``path``."""
+        path = Path(path)
+        try:
+            await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+            connection = await aiosqlite.connect(path)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageUnavailableError("could not open the SQLite database (check DATABASE_URL)") from exc
+        connection.row_factory = sqlite3.Row
+        storage = cls(connection=connection)
+        try:
+            with storage._translate():
+                await connection.execute("pragma journal_mode = wal")
+                await connection.execute("pragma busy_timeout = 5000")
+                await connection.execute("pragma foreign_keys = on")
+                await connection.executescript(await asyncio.to_thread(SCHEMA.read_text, encoding="utf-8"))
+        except BaseException:
+            await connection.close()
+            raise
+        return storage
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._db.close()
+
+    async def ping(self) -> None:
+        await self._fetchall("select 1")
+
+    # Round trips ------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _translate(self) -> Iterator[None]:
+        if self._closed:
+            raise StorageUnavailableError("the SQLite storage is closed")
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            self.stats.errors += 1
+            # "database is locked" and friends pass; a malformed statement would not, but that is our bug.
+            raise StorageError("sqlite operational error", retryable=True) from exc
+        except sqlite3.Error as exc:
+            self.stats.errors += 1
+            raise StorageError("sqlite error") from exc
+        except ValueError as exc:  # aiosqlite: "no active connection"
+            self.stats.errors += 1
+            raise StorageUnavailableError("the SQLite connection is closed") from exc
+
+    async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        self.stats.queries += 1
+        with self._translate():
+            async with self._db.execute(sql, tuple(params)) as cursor:
+                return list(await cursor.fetchall())
+
+    async def _fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        rows = await self._fetchall(sql, params)
+        return rows[0] if rows else None
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        """Serialise writers of this process and commit (or roll back) what ran inside."""
+        async with self._write_lock:
+            try:
+                yield
+            except BaseException:
+                if not self._closed:
+                    await self._db.rollback()
+                raise
+            with self._translate():
+                await self._db.commit()
+
+    async def _write(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        async with self._transaction():
+            return await self._fetchall(sql, params)
+
+    # Profiles ---------------------------------------------------------------------------------------------
+
+    async def _ensure_profile(self, user_id: uuid.UUID, at: dt.datetime) -> Profile:
+        stamp = _time(at)
+        async with self._transaction():
+            await self._fetchall(
+                "insert into profiles (user_id, created_at, updated_at) values (?, ?, ?) on conflict do nothing",
+                (str(user_id), stamp, stamp),
+            )
+            row = await self._fetchone("select * from profiles where user_id = ?", (str(user_id),))
+        assert row is not None
+        return _profile(row)
+
+    async def _get_profile(self, user_id: uuid.UUID) -> Profile | None:
+        row = await self._fetchone("select * from profiles where user_id = ?", (str(user_id),))
+        return None if row is None else _profile(row)
+
+    async def _update_profile(self, user_id: uuid.UUID, changes: dict[str, str | None], at: dt.datetime) -> Profile:
+        names = sorted(changes)  # validated against PROFILE_FIELDS by the port
+        stamp = _time(at)
+        rows = await self._write(
+            f"insert into profiles (user_id, created_at, updated_at, {', '.join(names)}) "
+            f"values (?, ?, ?, {', '.join('?' for _ in names)}) on conflict (user_id) do update set "
+            + ", ".join(f"{n} = excluded.{n}" for n in names)
+            + ", updated_at = excluded.updated_at returning *",
+            (str(user_id), stamp, stamp, *(changes[n] for n in names)),
+        )
+        return _profile(rows[0])
+
+    # Onboarding -------------------------------------------------------------------------------------------
+
+    async def _save_onboarding(self, user_id: uuid.UUID, answers: dict[str, Any], at: dt.datetime) -> OnboardingAnswers:
+        rows = await self._write(
+            "insert into onboarding_answers (user_id, answers, submitted_at) values (?, ?, ?) "
+            "on conflict (user_id) do update set answers = excluded.answers, submitted_at = excluded.submitted_at "
+            "returning *",
+            (str(user_id), json.dumps(answers), _time(at)),
+        )
+        return _onboarding(rows[0])
+
+    async def _get_onboarding(self, user_id: uuid.UUID) -> OnboardingAnswers | None:
+        row = await self._fetchone("select * from onboarding_answers where user_id = ?", (str(user_id),))
+        return None if row is None else _onboarding(row)
+
+    async def _claim_onboarding(self, user_id: uuid.UUID, at: dt.datetime) -> bool:
+        rows = await self._write(
+            "update onboarding_answers set processed_at = ? where user_id = ? and processed_at is null returning 1",
+            (_time(at), str(user_id)),
+        )
+        return len(rows) == 1
+
+    # Memories ---------------------------------------------------------------------------------------------
+
+    async def _upsert_memories(self, writes: list[MemoryWrite]) -> list[Memory]:
+        stored: dict[tuple[str, str, str], Memory] = {}
+        async with self._transaction():
+            for start in range(0, len(writes), _ROWS_PER_STATEMENT):
+                chunk = writes[start : start + _ROWS_PER_STATEMENT]
+                params: list[Any] = []
+                for w in chunk:
+                    stamp = _time(w.at)
+                    params += [str(uuid.uuid4()), str(w.user_id), w.category, w.key, w.value, float(w.importance),
+                               w.source, _blob(w.embedding), stamp, stamp]  # fmt: skip
+                rows = await self._fetchall(
+                    "insert into memories (id, user_id, category, key, value, importance, source, embedding, "
+                    "created_at, updated_at) values "
+                    + ", ".join("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" for _ in chunk)
+                    + " on conflict (user_id, category, key) do update set value = excluded.value, "
+                    "importance = excluded.importance, source = excluded.source, embedding = excluded.embedding, "
+                    f"updated_at = excluded.updated_at returning {_MEMORY_COLUMNS}, embedding",
+                    params,
+                )
+                for row in rows:
+                    stored[(row["user_id"], row["category"], row["key"])] = _memory(row)
+        return [stored[(str(w.user_id), w.category, w.key)] for w in writes]
+
+    async def _get_memory(self, user_id: uuid.UUID, category: str, key: str) -> Memory | None:
+        row = await self._fetchone(
+            f"select {_MEMORY_COLUMNS}, embedding from memories where user_id = ? and category = ? and key = ?",
+            (str(user_id), category, key),
+        )
+        return None if row is None else _memory(row)
+
+    async def _list_memories(
+        self, user_id: uuid.UUID, category: str | None, include_embeddings: bool, limit: int | None
+    ) -> list[Memory]:
+        columns = _MEMORY_COLUMNS + (", embedding" if include_embeddings else "")
+        rows = await self._fetchall(
+            f"select {columns} from memories where user_id = ? and (? is null or category = ?) "
+            "order by updated_at desc, id limit ?",
+            (str(user_id), category, category, -1 if limit is None else limit),
+        )
+        return [_memory(r) for r in rows]
+
+    async def _delete_memories(self, user_id: uuid.UUID, keys: list[tuple[str, str]]) -> int:
+        rows = await self._write(
+            "delete from memories where user_id = ? and (category, key) in (values "
+            + ", ".join("(?, ?)" for _ in keys)
+            + ") returning 1",
+            (str(user_id), *(part for pair in keys for part in pair)),
+        )
+        return len(rows)
+
+    async def _record_memory_access(self, accesses: list[MemoryAccess]) -> None:
+        # Aggregate first so that one statement per distinct memory adds the right count; n updates, one commit.
+        totals: dict[tuple[str, str, str], tuple[int, str]] = {}
+        for access in accesses:
+            stamp = _time(access.at)
+            for category, key in access.keys:
+                ident = (str(access.user_id), category, key)
+                count, latest = totals.get(ident, (0, stamp))
+                totals[ident] = (count + 1, max(latest, stamp))
+        async with self._transaction():
+            self.stats.queries += 1
+            with self._translate():
+                await self._db.executemany(
+                    "update memories set access_count = access_count + ?, "
+                    "last_accessed_at = max(coalesce(last_accessed_at, ?), ?) "
+                    "where user_id = ? and category = ? and key = ?",
+                    [(n, at, at, *ident) for ident, (n, at) in totals.items()],
+                )
+
+    async def _memory_history(self, user_id: uuid.UUID, category: str, key: str) -> list[MemoryChange]:
+        rows = await self._fetchall(
+            "select user_id, category, key, old_value, new_value, changed_at from memory_history "
+            "where user_id = ? and category = ? and key = ? order by changed_at, id",
+            (str(user_id), category, key),
+        )
+        return [
+            MemoryChange(
+                user_id=uuid.UUID(r["user_id"]),
+                category=r["category"],
+                key=r["key"],
+                old_value=r["old_value"],
+                new_value=r["new_value"],
+                changed_at=_parse_time(r["changed_at"]),
+            )
+            for r in rows
+        ]
+
+    # Conversations ----------------------------------------------------------------------------------------
+
+    async def _start_conversation(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID, at: dt.datetime
+    ) -> Conversation:
+        async with self._transaction():
+            await self._fetchall(
+                "insert into conversations (id, user_id, started_at) values (?, ?, ?) on conflict do nothing",
+                (str(conversation_id), str(user_id), _time(at)),
+            )
+            row = await self._fetchone(
+                "select * from conversations where id = ? and user_id = ?", (str(conversation_id), str(user_id))
+            )
+        if row is None:
+            raise InvalidInputError("conversation id is already used by another user")
+        return _conversation(row)
+
+    async def _finish_conversation(
+        self,
+        user_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        at: dt.datetime,
+        summary: str | None,
+        open_threads: tuple[str, ...],
+    ) -> None:
+        stamp = _time(at)
+        await self._write(
+            "insert into conversations (id, user_id, started_at, ended_at, summary, open_threads) "
+            "values (?, ?, ?, ?, ?, ?) on conflict (id) do update set ended_at = excluded.ended_at, "
+            "summary = excluded.summary, open_threads = excluded.open_threads "
+            "where conversations.user_id = excluded.user_id",
+            (str(conversation_id), str(user_id), stamp, stamp, summary, json.dumps(list(open_threads))),
+        )
+
+    async def _recent_conversations(self, user_id: uuid.UUID, limit: int) -> list[Conversation]:
+        rows = await self._fetchall(
+            "select * from conversations where user_id = ? order by started_at desc, id limit ?",
+            (str(user_id), limit),
+        )
+        return [_conversation(r) for r in rows]
+
+    async def _append_messages(self, messages: list[MessageWrite]) -> int:
+        inserted = 0
+        async with self._transaction():
+            for start in range(0, len(messages), _ROWS_PER_STATEMENT):
+                chunk = messages[start : start + _ROWS_PER_STATEMENT]
+                rows = await self._fetchall(
+                    "insert into messages (id, conversation_id, user_id, role, content, created_at) values "
+                    + ", ".join("(?, ?, ?, ?, ?, ?)" for _ in chunk)
+                    + " on conflict (id) do nothing returning 1",
+                    [
+                        v
+                        for m in chunk
+                        for v in (str(m.id), str(m.conversation_id), str(m.user_id), m.role, m.content, _time(m.at))
+                    ],
+                )
+                inserted += len(rows)
+        return inserted
+
+    async def _recent_messages(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID | None, limit: int
+    ) -> list[Message]:
+        cid = None if conversation_id is None else str(conversation_id)
+        rows = await self._fetchall(
+            "select * from messages where user_id = ? and (? is null or conversation_id = ?) "
+            "order by created_at desc, id desc limit ?",
+            (str(user_id), cid, cid, limit),
+        )
+        return [
+            Message(
+                id=uuid.UUID(r["id"]),
+                conversation_id=uuid.UUID(r["conversation_id"]),
+                user_id=uuid.UUID(r["user_id"]),
+                role=r["role"],
+                content=r["content"],
+                created_at=_parse_time(r["created_at"]),
+            )
+            for r in reversed(rows)
+        ]
+
+    async def _delete_user_data(self, user_id: uuid.UUID) -> DeletedCounts:
+        counts: dict[str, int] = {}
+        tables = {
+            "messages": "messages",
+            "conversations": "conversations",
+            "memory_history": "memory_history",
+            "memories": "memories",
+            "onboarding": "onboarding_answers",
+            "profiles": "profiles",
+        }
+        async with self._transaction():
+            for name, table in tables.items():
+                rows = await self._fetchall(f"delete from {table} where user_id = ? returning 1", (str(user_id),))
+                counts[name] = len(rows)
+        return DeletedCounts(**counts)
+
+
+def _time(at: dt.datetime) -> str:
+    # Fixed width (always microseconds, always +00:00) so that text order is time order.
+    return at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+def _parse_time(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value)
+
+
+def _optional_time(value: str | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromisoformat(value)
+
+
+def _blob(embedding: np.ndarray | None) -> bytes | None:
+    return None if embedding is None else np.asarray(embedding, dtype="<f4").tobytes()
+
+
+def _profile(row: sqlite3.Row) -> Profile:
+    return Profile(
+        user_id=uuid.UUID(row["user_id"]),
+        name=row["name"],
+        preferred_name=row["preferred_name"],
+        timezone=row["timezone"],
+        language=row["language"],
+        summary=row["summary"],
+        created_at=_parse_time(row["created_at"]),
+        updated_at=_parse_time(row["updated_at"]),
+    )
+
+
+def _onboarding(row: sqlite3.Row) -> OnboardingAnswers:
+    return OnboardingAnswers(
+        user_id=uuid.UUID(row["user_id"]),
+        answers=json.loads(row["answers"]),
+        submitted_at=_parse_time(row["submitted_at"]),
+        processed_at=_optional_time(row["processed_at"]),
+    )
+
+
+def _conversation(row: sqlite3.Row) -> Conversation:
+    return Conversation(
+        id=uuid.UUID(row["id"]),
+        user_id=uuid.UUID(row["user_id"]),
+        started_at=_parse_time(row["started_at"]),
+        ended_at=_optional_time(row["ended_at"]),
+        summary=row["summary"],
+        open_threads=tuple(json.loads(row["open_threads"])),
+    )
+
+
+def _memory(row: sqlite3.Row) -> Memory:
+    blob = row["embedding"] if "embedding" in row.keys() else None  # noqa: SIM118 (sqlite3.Row has no __contains__)
+    return Memory(
+        id=uuid.UUID(row["id"]),
+        user_id=uuid.UUID(row["user_id"]),
+        category=row["category"],
+        key=row["key"],
+        value=row["value"],
+        importance=float(row["importance"]),
+        source=row["source"],
+        created_at=_parse_time(row["created_at"]),
+        updated_at=_parse_time(row["updated_at"]),
+        last_accessed_at=_optional_time(row["last_accessed_at"]),
+        access_count=int(row["access_count"]),
+        embedding=None if blob is None else np.frombuffer(blob, dtype="<f4").copy(),
+    )

@@ -1,0 +1,79 @@
+-- Companion schema for the embedded SQLite backend: the same logical tables as supabase/migrations.
+-- Times are UTC ISO-8601 text of fixed width (so they sort), ids are UUID text, JSON is text, embeddings are
+-- float32 BLOBs. Created on first use; every statement is safe to run again.
+
+create table if not exists profiles (
+    user_id        text primary key,
+    name           text,
+    preferred_name text,
+    timezone       text,
+    language       text,
+    summary        text,
+    created_at     text not null,
+    updated_at     text not null
+);
+
+create table if not exists onboarding_answers (
+    user_id      text primary key,
+    answers      text not null default '{}',
+    submitted_at text not null,
+    processed_at text
+);
+
+create table if not exists memories (
+    id               text primary key,
+    user_id          text not null,
+    category         text not null,
+    key              text not null,
+    value            text not null,
+    importance       real not null default 0.5 check (importance >= 0 and importance <= 1),
+    source           text not null default 'tool',
+    embedding        blob,
+    created_at       text not null,
+    updated_at       text not null,
+    last_accessed_at text,
+    access_count     integer not null default 0,
+    unique (user_id, category, key)
+);
+create index if not exists memories_user_updated on memories (user_id, updated_at desc);
+
+create table if not exists memory_history (
+    id         integer primary key autoincrement,
+    memory_id  text not null references memories (id) on delete cascade,
+    user_id    text not null,
+    category   text not null,
+    key        text not null,
+    old_value  text not null,
+    new_value  text not null,
+    changed_at text not null
+);
+create index if not exists memory_history_lookup on memory_history (user_id, category, key, changed_at);
+
+create table if not exists conversations (
+    id           text primary key,
+    user_id      text not null,
+    started_at   text not null,
+    ended_at     text,
+    summary      text,
+    open_threads text not null default '[]'
+);
+create index if not exists conversations_user_started on conversations (user_id, started_at desc);
+
+create table if not exists messages (
+    id              text primary key,
+    conversation_id text not null,
+    user_id         text not null,
+    role            text not null check (role in ('user', 'assistant', 'system')),
+    content         text not null,
+    created_at      text not null
+);
+create index if not exists messages_user_created on messages (user_id, created_at desc);
+create index if not exists messages_conversation_created on messages (conversation_id, created_at);
+
+create trigger if not exists memories_record_change
+after update of value on memories
+when new.value is not old.value
+begin
+    insert into memory_history (memory_id, user_id, category, key, old_value, new_value, changed_at)
+    values (old.id, old.user_id, old.category, old.key, old.value, new.value, new.updated_at);
+end;

@@ -1,0 +1,386 @@
+"""Supabase backend: PostgREST through the async ``supabase`` client, with the service-role key.
+
+Each method is one HTTP request (``stats.queries`` counts them); the two writes PostgREST cannot express in one
+request (incrementing access counters, deleting a user from every table in one transaction) call the SQL functions
+of ``supabase/migrations``. The HTTP client is injected so that the process-wide pool owns it; the client's own
+retries are off, because retry policy belongs to the write batcher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+from postgrest import APIError
+from postgrest.types import CountMethod, ReturnMethod
+
+from core.errors import InvalidInputError, StorageError, StorageUnavailableError
+from infrastructure.storage import wire
+from infrastructure.storage.port import Storage
+from infrastructure.storage.records import (
+    Conversation,
+    DeletedCounts,
+    Memory,
+    MemoryAccess,
+    MemoryChange,
+    MemoryWrite,
+    Message,
+    MessageWrite,
+    OnboardingAnswers,
+    Profile,
+)
+from supabase import AsyncClient, AsyncClientOptions, acreate_client
+
+_MEMORY_COLUMNS = "id,user_id,category,key,value,importance,source,created_at,updated_at,last_accessed_at,access_count"
+# PostgREST error codes (PGRST*) and SQLSTATEs after which the same request can succeed.
+_RETRYABLE_CODES = frozenset({"PGRST000", "PGRST001", "PGRST002", "PGRST003", "40001", "40P01", "57014"})
+
+
+class SupabaseStorage(Storage):
+    backend_name = "supabase"
+
+    def __init__(self, *, client: AsyncClient, http_client: httpx.AsyncClient, owns_http_client: bool) -> None:
+        super().__init__()
+        self._client = client
+        self._http = http_client
+        self._owns_http = owns_http_client
+
+    @classmethod
+    async def open(
+        cls, url: str, service_role_key: str, *, http_client: httpx.AsyncClient | None = None
+    ) -> SupabaseStorage:
+        """Connect to the project at ``url``; pass ``http_client`` to share a pooled client."""
+        owns = http_client is None
+        http = http_client or httpx.AsyncClient(timeout=10.0)
+        options = AsyncClientOptions(httpx_client=http, postgrest_client_retry=False)
+        client = await acreate_client(url, service_role_key, options=options)
+        return cls(client=client, http_client=http, owns_http_client=owns)
+
+    async def aclose(self) -> None:
+        if self._owns_http and not self._http.is_closed:
+            await self._http.aclose()
+
+    async def ping(self) -> None:
+        await self._run(self._client.table("profiles").select("user_id").limit(1))
+
+    # Round trips ------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _translate(self) -> Iterator[None]:
+        try:
+            yield
+        except APIError as exc:
+            self.stats.errors += 1
+            code = exc.code or ""
+            raise StorageError(f"supabase error {code}", retryable=code in _RETRYABLE_CODES) from exc
+        except (httpx.TransportError, RuntimeError) as exc:  # RuntimeError: the HTTP client was closed
+            self.stats.errors += 1
+            raise StorageUnavailableError("Supabase is unreachable") from exc
+
+    async def _run(self, request: Any) -> Any:
+        """Execute one PostgREST request; returns the response (``.data``, ``.count``)."""
+        self.stats.queries += 1
+        with self._translate():
+            return await request.execute()
+
+    async def _rows(self, request: Any) -> list[dict[str, Any]]:
+        return list((await self._run(request)).data or [])
+
+    def _table(self, name: str) -> Any:
+        return self._client.table(name)
+
+    # Profiles ---------------------------------------------------------------------------------------------
+
+    async def _ensure_profile(self, user_id: uuid.UUID, at: dt.datetime) -> Profile:
+        stamp = wire.time_text(at)
+        created = await self._rows(
+            self._table("profiles").upsert(
+                {"user_id": str(user_id), "created_at": stamp, "updated_at": stamp},
+                on_conflict="user_id",
+                ignore_duplicates=True,
+                default_to_null=False,
+            )
+        )
+        if created:
+            return _profile(created[0])
+        existing = await self._get_profile(user_id)
+        if existing is None:  # deleted between the two requests: a caller-visible race, not a bug of ours
+            raise StorageError("profile vanished while being ensured", retryable=True)
+        return existing
+
+    async def _get_profile(self, user_id: uuid.UUID) -> Profile | None:
+        rows = await self._rows(self._table("profiles").select("*").eq("user_id", str(user_id)))
+        return _profile(rows[0]) if rows else None
+
+    async def _update_profile(self, user_id: uuid.UUID, changes: dict[str, str | None], at: dt.datetime) -> Profile:
+        # PostgREST's upsert sets the columns sent; the profiles_keep_created_at trigger keeps the first created_at.
+        stamp = wire.time_text(at)
+        rows = await self._rows(
+            self._table("profiles").upsert(
+                {"user_id": str(user_id), **changes, "created_at": stamp, "updated_at": stamp},
+                on_conflict="user_id",
+                default_to_null=False,
+            )
+        )
+        return _profile(rows[0])
+
+    # Onboarding -------------------------------------------------------------------------------------------
+
+    async def _save_onboarding(self, user_id: uuid.UUID, answers: dict[str, Any], at: dt.datetime) -> OnboardingAnswers:
+        rows = await self._rows(
+            self._table("onboarding_answers").upsert(
+                {"user_id": str(user_id), "answers": answers, "submitted_at": wire.time_text(at)},
+                on_conflict="user_id",
+                default_to_null=False,
+            )
+        )
+        return _onboarding(rows[0])
+
+    async def _get_onboarding(self, user_id: uuid.UUID) -> OnboardingAnswers | None:
+        rows = await self._rows(self._table("onboarding_answers").select("*").eq("user_id", str(user_id)))
+        return _onboarding(rows[0]) if rows else None
+
+    async def _claim_onboarding(self, user_id: uuid.UUID, at: dt.datetime) -> bool:
+        # The filter on processed_at makes the PATCH a compare-and-set: only one racing caller gets a row back.
+        rows = await self._rows(
+            self._table("onboarding_answers")
+            .update({"processed_at": wire.time_text(at)})
+            .eq("user_id", str(user_id))
+            .is_("processed_at", "null")
+        )
+        return len(rows) == 1
+
+    # Memories ---------------------------------------------------------------------------------------------
+
+    async def _upsert_memories(self, writes: list[MemoryWrite]) -> list[Memory]:
+        rows = await self._rows(
+            self._table("memories").upsert(
+                [wire.memory_write_row(w) | {"created_at": wire.time_text(w.at)} for w in writes],
+                on_conflict="user_id,category,key",
+                default_to_null=False,
+            )
+        )
+        # created_at is sent for new rows; on an update the memories_keep_created_at trigger keeps the first one.
+        by_identity = {wire.memory_identity(r["user_id"], r["category"], r["key"]): _memory(r) for r in rows}
+        return [by_identity[wire.memory_identity(w.user_id, w.category, w.key)] for w in writes]
+
+    async def _get_memory(self, user_id: uuid.UUID, category: str, key: str) -> Memory | None:
+        rows = await self._rows(
+            self._table("memories")
+            .select(_MEMORY_COLUMNS + ",embedding")
+            .eq("user_id", str(user_id))
+            .eq("category", category)
+            .eq("key", key)
+        )
+        return _memory(rows[0]) if rows else None
+
+    async def _list_memories(
+        self, user_id: uuid.UUID, category: str | None, include_embeddings: bool, limit: int | None
+    ) -> list[Memory]:
+        request = (
+            self._table("memories")
+            .select(_MEMORY_COLUMNS + (",embedding" if include_embeddings else ""))
+            .eq("user_id", str(user_id))
+        )
+        if category is not None:
+            request = request.eq("category", category)
+        request = request.order("updated_at", desc=True).order("id")
+        if limit is not None:
+            request = request.limit(limit)
+        return [_memory(r) for r in await self._rows(request)]
+
+    async def _delete_memories(self, user_id: uuid.UUID, keys: list[tuple[str, str]]) -> int:
+        deleted = 0
+        by_category: dict[str, list[str]] = {}
+        for category, key in keys:
+            by_category.setdefault(category, []).append(key)
+        for category, names in by_category.items():
+            response = await self._run(
+                self._table("memories")
+                .delete(count=CountMethod.exact, returning=ReturnMethod.minimal)
+                .eq("user_id", str(user_id))
+                .eq("category", category)
+                .in_("key", names)
+            )
+            deleted += response.count or 0
+        return deleted
+
+    async def _record_memory_access(self, accesses: list[MemoryAccess]) -> None:
+        await self._run(self._client.rpc("companion_record_memory_access", {"p_accesses": wire.access_rows(accesses)}))
+
+    async def _memory_history(self, user_id: uuid.UUID, category: str, key: str) -> list[MemoryChange]:
+        rows = await self._rows(
+            self._table("memory_history")
+            .select("user_id,category,key,old_value,new_value,changed_at")
+            .eq("user_id", str(user_id))
+            .eq("category", category)
+            .eq("key", key)
+            .order("changed_at")
+            .order("id")
+        )
+        return [
+            MemoryChange(
+                user_id=uuid.UUID(r["user_id"]),
+                category=r["category"],
+                key=r["key"],
+                old_value=r["old_value"],
+                new_value=r["new_value"],
+                changed_at=_time(r["changed_at"]),
+            )
+            for r in rows
+        ]
+
+    # Conversations ----------------------------------------------------------------------------------------
+
+    async def _start_conversation(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID, at: dt.datetime
+    ) -> Conversation:
+        await self._run(
+            self._table("conversations").upsert(
+                {"id": str(conversation_id), "user_id": str(user_id), "started_at": wire.time_text(at)},
+                on_conflict="id",
+                ignore_duplicates=True,
+                returning=ReturnMethod.minimal,
+                default_to_null=False,
+            )
+        )
+        rows = await self._rows(
+            self._table("conversations").select("*").eq("id", str(conversation_id)).eq("user_id", str(user_id))
+        )
+        if not rows:
+            raise InvalidInputError("conversation id is already used by another user")
+        return _conversation(rows[0])
+
+    async def _finish_conversation(
+        self,
+        user_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        at: dt.datetime,
+        summary: str | None,
+        open_threads: tuple[str, ...],
+    ) -> None:
+        stamp = wire.time_text(at)
+        updated = await self._rows(
+            self._table("conversations")
+            .update({"ended_at": stamp, "summary": summary, "open_threads": list(open_threads)})
+            .eq("id", str(conversation_id))
+            .eq("user_id", str(user_id))
+        )
+        if not updated:  # the start was never stored (or is still queued): record the conversation whole
+            await self._run(
+                self._table("conversations").upsert(
+                    {
+                        "id": str(conversation_id),
+                        "user_id": str(user_id),
+                        "started_at": stamp,
+                        "ended_at": stamp,
+                        "summary": summary,
+                        "open_threads": list(open_threads),
+                    },
+                    on_conflict="id",
+                    ignore_duplicates=True,
+                    returning=ReturnMethod.minimal,
+                )
+            )
+
+    async def _recent_conversations(self, user_id: uuid.UUID, limit: int) -> list[Conversation]:
+        rows = await self._rows(
+            self._table("conversations")
+            .select("*")
+            .eq("user_id", str(user_id))
+            .order("started_at", desc=True)
+            .order("id")
+            .limit(limit)
+        )
+        return [_conversation(r) for r in rows]
+
+    async def _append_messages(self, messages: list[MessageWrite]) -> int:
+        rows = await self._rows(
+            self._table("messages").upsert(
+                [wire.message_row(m) for m in messages], on_conflict="id", ignore_duplicates=True
+            )
+        )
+        return len(rows)
+
+    async def _recent_messages(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID | None, limit: int
+    ) -> list[Message]:
+        request = self._table("messages").select("*").eq("user_id", str(user_id))
+        if conversation_id is not None:
+            request = request.eq("conversation_id", str(conversation_id))
+        rows = await self._rows(request.order("created_at", desc=True).order("id", desc=True).limit(limit))
+        return [
+            Message(
+                id=uuid.UUID(r["id"]),
+                conversation_id=uuid.UUID(r["conversation_id"]),
+                user_id=uuid.UUID(r["user_id"]),
+                role=r["role"],
+                content=r["content"],
+                created_at=_time(r["created_at"]),
+            )
+            for r in reversed(rows)
+        ]
+
+    async def _delete_user_data(self, user_id: uuid.UUID) -> DeletedCounts:
+        response = await self._run(self._client.rpc("companion_delete_user_data", {"p_user_id": str(user_id)}))
+        return DeletedCounts(**response.data)
+
+
+def _time(value: str) -> dt.datetime:
+    parsed = wire.parse_time(value)
+    assert parsed is not None
+    return parsed
+
+
+def _profile(row: dict[str, Any]) -> Profile:
+    return Profile(
+        user_id=uuid.UUID(row["user_id"]),
+        name=row.get("name"),
+        preferred_name=row.get("preferred_name"),
+        timezone=row.get("timezone"),
+        language=row.get("language"),
+        summary=row.get("summary"),
+        created_at=_time(row["created_at"]),
+        updated_at=_time(row["updated_at"]),
+    )
+
+
+def _onboarding(row: dict[str, Any]) -> OnboardingAnswers:
+    return OnboardingAnswers(
+        user_id=uuid.UUID(row["user_id"]),
+        answers=row["answers"],
+        submitted_at=_time(row["submitted_at"]),
+        processed_at=wire.parse_time(row.get("processed_at")),
+    )
+
+
+def _conversation(row: dict[str, Any]) -> Conversation:
+    return Conversation(
+        id=uuid.UUID(row["id"]),
+        user_id=uuid.UUID(row["user_id"]),
+        started_at=_time(row["started_at"]),
+        ended_at=wire.parse_time(row.get("ended_at")),
+        summary=row.get("summary"),
+        open_threads=tuple(row.get("open_threads") or ()),
+    )
+
+
+def _memory(row: dict[str, Any]) -> Memory:
+    return Memory(
+        id=uuid.UUID(row["id"]),
+        user_id=uuid.UUID(row["user_id"]),
+        category=row["category"],
+        key=row["key"],
+        value=row["value"],
+        importance=float(row["importance"]),
+        source=row["source"],
+        created_at=_time(row["created_at"]),
+        updated_at=_time(row["updated_at"]),
+        last_accessed_at=wire.parse_time(row.get("last_accessed_at")),
+        access_count=int(row["access_count"]),
+        embedding=wire.embedding_array(row.get("embedding")),
+    )

@@ -1,0 +1,1 @@
+"""Services: users, memories, profiles, conversations, onboarding and retrieval; plain async Python, no LiveKit."""

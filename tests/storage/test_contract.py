@@ -1,0 +1,320 @@
+"""The storage contract: the same tests, unchanged, on SQLite, PostgreSQL and Supabase (PostgREST stub)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+
+import numpy as np
+import pytest
+
+from core.errors import InvalidInputError, InvalidUserIdError
+from infrastructure.storage import MemoryAccess, MemoryWrite, MessageWrite
+from tests.conftest import T0, Backend
+
+
+def memory(user: uuid.UUID, key: str, value: str, *, category: str = "FACT", at: dt.datetime = T0, **extra):
+    return MemoryWrite(
+        user_id=user,
+        category=category,
+        key=key,
+        value=value,
+        importance=extra.pop("importance", 0.5),
+        source=extra.pop("source", "tool"),
+        at=at,
+        **extra,
+    )
+
+
+def minutes(n: int) -> dt.timedelta:
+    return dt.timedelta(minutes=n)
+
+
+async def test_upsert_of_the_same_key_updates_the_memory_instead_of_duplicating(backend: Backend) -> None:
+    store, user = backend.storage, uuid.uuid4()
+    [first] = await store.upsert_memories([memory(user, "sister_city", "Maya lives in Porto", importance=0.4)])
+    [second] = await store.upsert_memories(
+        [memory(user, "sister_city", "Maya lives in Lisbon", importance=0.8, at=T0 + minutes(5), source="extraction")]
+    )
+
+    listed = await store.list_memories(user)
+    assert [m.value for m in listed] == ["Maya lives in Lisbon"]
+    assert second.id == first.id
+    assert second.created_at == first.created_at == T0
+    assert second.updated_at == T0 + minutes(5)
+    assert (second.importance, second.source) == (pytest.approx(0.8), "extraction")
+
+
+async def test_a_changed_value_is_kept_in_the_memory_history(backend: Backend) -> None:
+    store, user = backend.storage, uuid.uuid4()
+    await store.upsert_memories([memory(user, "job", "nurse")])
+    await store.upsert_memories([memory(user, "job", "nurse", importance=0.9, at=T0 + minutes(1))])  # same value
+    await store.upsert_memories([memory(user, "job", "midwife", at=T0 + minutes(2))])
+
+    history = await store.memory_history(user, "FACT", "job")
+    assert [(h.old_value, h.new_value, h.changed_at) for h in history] == [("nurse", "midwife", T0 + minutes(2))]
+
+
+async def test_embeddings_come_back_as_the_same_float32_vectors(backend: Backend) -> None:
+    store, user = backend.storage, uuid.uuid4()
+    vector = np.random.default_rng(7).standard_normal(384).astype(np.float32)
+    written = await store.upsert_memories(
+        [memory(user, "a", "with a vector", embedding=vector), memory(user, "b", "without one")]
+    )
+
+    assert [m.key for m in written] == ["a", "b"]  # the order given
+    fetched = await store.get_memory(user, "FACT", "a")
+    assert fetched is not None
+    assert fetched.embedding is not None
+    assert fetched.embedding.dtype == np.float32
+    np.testing.assert_array_equal(fetched.embedding, vector)
+    assert (await store.get_memory(user, "FACT", "b")).embedding is None
+    [light, _] = await store.list_memories(user, include_embeddings=False)
+    assert light.embedding is None
+
+
+async def test_user_a_never_sees_user_b_rows(backend: Backend) -> None:
+    store, alice, bob = backend.storage, uuid.uuid4(), uuid.uuid4()
+    conversation = uuid.uuid4()
+    await store.update_profile(bob, {"name": "Bob"}, at=T0)
+    await store.save_onboarding(bob, {"occupation": "baker"}, at=T0)
+    await store.upsert_memories([memory(bob, "pet", "a cat named Miso")])
+    await store.upsert_memories([memory(bob, "pet", "a dog named Miso", at=T0 + minutes(1))])
+    await store.start_conversation(bob, conversation, at=T0)
+    await store.append_messages([MessageWrite(uuid.uuid4(), conversation, bob, "user", "hello", T0)])
+
+    assert await store.get_profile(alice) is None
+    assert await store.get_onboarding(alice) is None
+    assert await store.list_memories(alice) == []
+    assert await store.get_memory(alice, "FACT", "pet") is None
+    assert await store.memory_history(alice, "FACT", "pet") == []
+    assert await store.recent_conversations(alice) == []
+    assert await store.recent_messages(alice) == []
+    assert await store.recent_messages(alice, conversation_id=conversation) == []
+    assert await store.delete_memories(alice, [("FACT", "pet")]) == 0
+    assert (await store.get_memory(bob, "FACT", "pet")) is not None
+
+
+@pytest.mark.parametrize("text", ["Zoë’s café in Kraków 🌍 — 北京 · שלום", "é" * 10_240, "x" * 10_240])
+async def test_unicode_and_10kb_values_survive_a_round_trip(backend: Backend, text: str) -> None:
+    store, user, conversation = backend.storage, uuid.uuid4(), uuid.uuid4()
+    await store.upsert_memories([memory(user, "note", text, category="OTHER")])
+    await store.update_profile(user, {"summary": text}, at=T0)
+    await store.append_messages([MessageWrite(uuid.uuid4(), conversation, user, "user", text, T0)])
+    await store.save_onboarding(user, {"goals": text}, at=T0)
+
+    assert (await store.get_memory(user, "OTHER", "note")).value == text
+    assert (await store.get_profile(user)).summary == text
+    assert [m.content for m in await store.recent_messages(user)] == [text]
+    assert (await store.get_onboarding(user)).answers == {"goals": text}
+
+
+async def test_a_malformed_user_id_is_refused_before_any_query(backend: Backend) -> None:
+    store, bad = backend.storage, "not-a-uuid"
+    good = uuid.uuid4()
+    calls = [
+        store.ensure_profile(bad, at=T0),
+        store.get_profile(bad),
+        store.update_profile(bad, {"name": "x"}, at=T0),
+        store.save_onboarding(bad, {}, at=T0),
+        store.claim_onboarding(bad, at=T0),
+        store.upsert_memories([memory(good, "k", "v"), memory(bad, "k", "v")]),  # type: ignore[arg-type]
+        store.list_memories("123e4567-e89b-12d3-a456-42661417400"),  # one digit short
+        store.get_memory("{123e4567-e89b-12d3-a456-426614174000}", "FACT", "k"),
+        store.delete_memories(bad, [("FACT", "k")]),
+        store.record_memory_access([MemoryAccess(bad, (("FACT", "k"),), T0)]),  # type: ignore[arg-type]
+        store.memory_history(bad, "FACT", "k"),
+        store.start_conversation(bad, uuid.uuid4(), at=T0),
+        store.recent_conversations(bad),
+        store.append_messages([MessageWrite(uuid.uuid4(), uuid.uuid4(), bad, "user", "hi", T0)]),  # type: ignore[arg-type]
+        store.recent_messages(bad),
+        store.delete_user_data("'; drop table memories; --"),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidUserIdError):
+            await call
+    assert store.stats.queries == 0
+    if backend.stub is not None:
+        assert backend.stub.requests == []
+    assert await store.list_memories(good) == []  # and the good half of the bad batch was not written
+
+
+@pytest.mark.parametrize(
+    "bad_write",
+    [
+        {"value": ""},
+        {"value": "a\x00b"},
+        {"value": "x" * 64_001},
+        {"importance": 1.5},
+        {"key": ""},
+        {"key": "k" * 121},
+        {"embedding": np.array([0.1, np.nan], dtype=np.float32)},
+        {"at": dt.datetime(2026, 1, 1)},  # naive
+    ],
+    ids=["empty", "nul", "too-long", "importance", "empty-key", "long-key", "nan-embedding", "naive-time"],
+)
+async def test_invalid_memory_writes_are_refused_whole_before_any_query(backend: Backend, bad_write: dict) -> None:
+    store, user = backend.storage, uuid.uuid4()
+    fields = {"key": "k2", "value": "fine", "importance": 0.5, "at": T0} | bad_write
+    bad = MemoryWrite(user_id=user, category="FACT", source="tool", **fields)
+    with pytest.raises(InvalidInputError):
+        await store.upsert_memories([memory(user, "k1", "good"), bad])
+    assert store.stats.queries == 0
+    assert await store.list_memories(user) == []
+
+
+async def test_deleting_a_user_removes_all_of_their_data_and_nothing_of_anyone_else(backend: Backend) -> None:
+    store = backend.storage
+    doomed, kept = uuid.uuid4(), uuid.uuid4()
+    for user in (doomed, kept):
+        conversation = uuid.uuid4()
+        await store.ensure_profile(user, at=T0)
+        await store.save_onboarding(user, {"name": "x"}, at=T0)
+        await store.upsert_memories([memory(user, "a", "one"), memory(user, "b", "two")])
+        await store.upsert_memories([memory(user, "a", "uno", at=T0 + minutes(1))])
+        await store.start_conversation(user, conversation, at=T0)
+        await store.finish_conversation(user, conversation, at=T0 + minutes(9), summary="s", open_threads=["t"])
+        await store.append_messages(
+            [MessageWrite(uuid.uuid4(), conversation, user, role, "hi", T0) for role in ("user", "assistant")]
+        )
+
+    counts = await store.delete_user_data(doomed)
+
+    assert (counts.profiles, counts.onboarding, counts.memories, counts.memory_history) == (1, 1, 2, 1)
+    assert (counts.conversations, counts.messages) == (1, 2)
+    assert await store.get_profile(doomed) is None
+    assert await store.get_onboarding(doomed) is None
+    assert await store.list_memories(doomed) == []
+    assert await store.memory_history(doomed, "FACT", "a") == []
+    assert await store.recent_conversations(doomed) == []
+    assert await store.recent_messages(doomed) == []
+    assert (await store.delete_user_data(doomed)).total == 0
+
+    assert await store.get_profile(kept) is not None
+    assert await store.get_onboarding(kept) is not None
+    assert len(await store.list_memories(kept)) == 2
+    assert len(await store.memory_history(kept, "FACT", "a")) == 1
+    assert len(await store.recent_conversations(kept)) == 1
+    assert len(await store.recent_messages(kept)) == 2
+
+
+async def test_ensure_profile_is_idempotent_when_sessions_race(backend: Backend) -> None:
+    store, user = backend.storage, uuid.uuid4()
+    profiles = await asyncio.gather(*(store.ensure_profile(user, at=T0 + minutes(i)) for i in range(5)))
+    assert {p.created_at for p in profiles} == {profiles[0].created_at}
+    assert profiles[0].name is None
+
+    await store.update_profile(user, {"name": "Ana", "preferred_name": "Ani"}, at=T0 + minutes(10))
+    again = await store.ensure_profile(user, at=T0 + minutes(20))
+    assert (again.name, again.preferred_name, again.updated_at) == ("Ana", "Ani", T0 + minutes(10))
+
+
+async def test_update_profile_changes_only_the_fields_given(backend: Backend) -> None:
+    store, user = backend.storage, uuid.uuid4()
+    created = await store.update_profile(user, {"name": "Ana", "timezone": "Europe/Lisbon"}, at=T0)
+    updated = await store.update_profile(user, {"language": "pt", "name": None}, at=T0 + minutes(1))
+
+    assert (updated.name, updated.timezone, updated.language) == (None, "Europe/Lisbon", "pt")
+    assert updated.created_at == created.created_at == T0
+    with pytest.raises(InvalidInputError, match="unknown profile fields"):
+        await store.update_profile(user, {"is_admin": "yes"}, at=T0)
+
+
+async def test_onboarding_is_claimed_by_exactly_one_of_several_racing_sessions(backend: Backend) -> None:
+    store, user = backend.storage, uuid.uuid4()
+    assert await store.claim_onboarding(user, at=T0) is False  # nothing to claim yet
+    await store.save_onboarding(user, {"name": "Ana", "interests": ["climbing", "jazz"]}, at=T0)
+
+    claims = await asyncio.gather(*(store.claim_onboarding(user, at=T0 + minutes(1)) for _ in range(6)))
+
+    assert claims.count(True) == 1
+    answers = await store.get_onboarding(user)
+    assert answers.processed_at == T0 + minutes(1)
+    assert answers.answers == {"name": "Ana", "interests": ["climbing", "jazz"]}
+    await store.save_onboarding(user, {"name": "Ana B."}, at=T0 + minutes(2))  # the app edits the answers
+    assert (await store.get_onboarding(user)).processed_at == T0 + minutes(1)
+
+
+async def test_memory_access_is_counted_per_use_in_one_call(backend: Backend) -> None:
+    store, user, other = backend.storage, uuid.uuid4(), uuid.uuid4()
+    await store.upsert_memories([memory(user, "a", "one"), memory(user, "b", "two"), memory(other, "a", "x")])
+    before = store.stats.queries
+    await store.record_memory_access(
+        [
+            MemoryAccess(user, (("FACT", "a"), ("FACT", "b")), T0 + minutes(1)),
+            MemoryAccess(user, (("FACT", "a"), ("FACT", "missing")), T0 + minutes(3)),
+        ]
+    )
+    assert store.stats.queries - before == 1
+    a, b = await store.get_memory(user, "FACT", "a"), await store.get_memory(user, "FACT", "b")
+    assert (a.access_count, a.last_accessed_at) == (2, T0 + minutes(3))
+    assert (b.access_count, b.last_accessed_at) == (1, T0 + minutes(1))
+    assert (await store.get_memory(other, "FACT", "a")).access_count == 0
+
+
+async def test_listing_is_newest_first_and_filters_by_category(backend: Backend) -> None:
+    store, user = backend.storage, uuid.uuid4()
+    await store.upsert_memories(
+        [
+            memory(user, "old", "1", at=T0),
+            memory(user, "new", "2", at=T0 + minutes(2)),
+            memory(user, "likes", "3", category="PREFERENCE", at=T0 + minutes(1)),
+        ]
+    )
+    assert [m.key for m in await store.list_memories(user)] == ["new", "likes", "old"]
+    assert [m.key for m in await store.list_memories(user, limit=2)] == ["new", "likes"]
+    assert [m.key for m in await store.list_memories(user, category="PREFERENCE")] == ["likes"]
+
+
+async def test_delete_memories_removes_only_the_named_ones(backend: Backend) -> None:
+    store, user = backend.storage, uuid.uuid4()
+    await store.upsert_memories(
+        [memory(user, "a", "1"), memory(user, "b", "2"), memory(user, "a", "3", category="GOAL")]
+    )
+    await store.upsert_memories([memory(user, "a", "1b", at=T0 + minutes(1))])
+    assert await store.delete_memories(user, [("FACT", "a"), ("GOAL", "a"), ("FACT", "nope")]) == 2
+    assert [m.key for m in await store.list_memories(user)] == ["b"]
+    assert await store.memory_history(user, "FACT", "a") == []  # the history goes with its memory
+
+
+async def test_messages_are_stored_once_and_read_back_in_order(backend: Backend) -> None:
+    store, user = backend.storage, uuid.uuid4()
+    first, second = uuid.uuid4(), uuid.uuid4()
+    said = [
+        MessageWrite(uuid.uuid4(), first, user, "user", "I have an interview on Friday", T0),
+        MessageWrite(uuid.uuid4(), first, user, "assistant", "Good luck!", T0 + minutes(1)),
+        MessageWrite(uuid.uuid4(), second, user, "user", "It went well", T0 + dt.timedelta(days=3)),
+    ]
+    assert await store.append_messages(said) == 3
+    assert await store.append_messages(said[1:]) == 0  # a retried batch
+
+    assert [m.content for m in await store.recent_messages(user)] == [m.content for m in said]
+    assert [m.content for m in await store.recent_messages(user, limit=2)] == ["Good luck!", "It went well"]
+    in_first = await store.recent_messages(user, conversation_id=first)
+    assert [(m.role, m.created_at) for m in in_first] == [("user", T0), ("assistant", T0 + minutes(1))]
+    with pytest.raises(InvalidInputError):
+        await store.append_messages([MessageWrite(uuid.uuid4(), first, user, "robot", "beep", T0)])  # type: ignore[arg-type]
+
+
+async def test_conversations_record_their_summary_and_open_threads(backend: Backend) -> None:
+    store, user = backend.storage, uuid.uuid4()
+    older, newer = uuid.uuid4(), uuid.uuid4()
+    await store.start_conversation(user, older, at=T0)
+    again = await store.start_conversation(user, older, at=T0 + minutes(1))  # idempotent
+    assert again.started_at == T0
+    await store.finish_conversation(
+        user, older, at=T0 + minutes(30), summary="Talked about the interview.", open_threads=["interview on Friday"]
+    )
+    await store.finish_conversation(user, newer, at=T0 + dt.timedelta(days=1), summary="Short chat.")  # never started
+
+    latest, previous = await store.recent_conversations(user)
+    assert (latest.id, latest.summary, latest.open_threads) == (newer, "Short chat.", ())
+    assert (previous.id, previous.ended_at, previous.open_threads) == (
+        older,
+        T0 + minutes(30),
+        ("interview on Friday",),
+    )
+    assert await store.recent_conversations(user, limit=1) == [latest]
+    with pytest.raises(InvalidInputError):
+        await store.start_conversation(uuid.uuid4(), older, at=T0)  # someone else's conversation id
