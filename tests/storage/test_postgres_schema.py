@@ -71,7 +71,7 @@ async def test_an_end_user_writes_only_their_own_onboarding_answers(migrated_dat
         async with conn.transaction():
             await _as(conn, "authenticated", alice)
             await conn.execute(
-                "insert into public.onboarding_answers (user_id, answers) values ($1, '{\"name\": \"Alice\"}')", alice
+                'insert into public.onboarding_answers (user_id, answers) values ($1, \'{"name": "Alice"}\')', alice
             )
         async with conn.transaction():
             await _as(conn, "authenticated", alice)

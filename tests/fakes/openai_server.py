@@ -1,0 +1,112 @@
+"""A local OpenAI-compatible server for tests: the network edge to the LLM provider, scripted by data.
+
+``/v1/chat/completions`` streams a reply as server-sent events, the way OpenAI, Ollama and vLLM do. The reply is
+``replies[last user message]`` if scripted, else an echo. Every request body is kept in ``chat_requests`` so tests
+can assert on exactly what the agent sent. It runs on a thread of its own (``with FakeOpenAIServer() as fake:``)
+so that synchronous tests (a console under a pseudo-terminal) can use it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from typing import Any
+
+from aiohttp import web
+
+
+class FakeOpenAIServer:
+    def __init__(self, *, replies: dict[str, str] | None = None) -> None:
+        self.replies = dict(replies or {})
+        self.chat_requests: list[dict[str, Any]] = []
+        self.base_url = ""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-openai", daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    def __enter__(self) -> FakeOpenAIServer:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    def user_messages(self) -> list[str]:
+        """The last user message of each chat request received, in order."""
+        return [_last_user_text(body) for body in self.chat_requests]
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.chat_requests.append(body)
+        said = _last_user_text(body)
+        reply = self.replies.get(said, f"I heard you say: {said}")
+        if not body.get("stream"):
+            return web.json_response(_completion(body, reply))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        words = reply.split(" ")
+        for i, word in enumerate(words):
+            delta = {"content": word if i == 0 else " " + word} | ({"role": "assistant"} if i == 0 else {})
+            await response.write(_event(_chunk(body, delta, finish=None)))
+        await response.write(_event(_chunk(body, {}, finish="stop")))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": 10, "completion_tokens": len(words), "total_tokens": 10 + len(words)}
+            await response.write(_event(_chunk(body, None, finish=None) | {"choices": [], "usage": usage}))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    for message in reversed(body.get("messages", [])):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+            return str(content)
+    return ""
+
+
+def _chunk(body: dict[str, Any], delta: dict[str, Any] | None, *, finish: str | None) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": body.get("model", "fake"),
+        "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+def _completion(body: dict[str, Any], reply: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "fake"),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+
+
+def _event(payload: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(payload)}\n\n".encode()
