@@ -8,7 +8,6 @@ This file only wires things together; behaviour lives in core/, services/, infra
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from livekit.agents import Agent, AgentServer, AgentSession, JobContext, JobProcess, cli
@@ -17,8 +16,6 @@ from livekit.plugins import openai, silero
 from core.config import Settings, get_settings
 from core.errors import ConfigError
 from core.preflight import EXIT_CONFIG, preflight
-
-logger = logging.getLogger("companion")
 
 
 class Companion(Agent):

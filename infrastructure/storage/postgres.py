@@ -139,11 +139,11 @@ class PostgresStorage(Storage):
             at,
         )
         assert row is not None
-        return _profile(row)
+        return wire.profile_from_row(row)
 
     async def _get_profile(self, user_id: uuid.UUID) -> Profile | None:
         row = await self._fetchrow("select * from public.profiles where user_id = $1", user_id)
-        return None if row is None else _profile(row)
+        return None if row is None else wire.profile_from_row(row)
 
     async def _update_profile(self, user_id: uuid.UUID, changes: dict[str, str | None], at: dt.datetime) -> Profile:
         names = sorted(changes)  # validated against PROFILE_FIELDS by the port
@@ -158,7 +158,7 @@ class PostgresStorage(Storage):
             *(changes[n] for n in names),
         )
         assert row is not None
-        return _profile(row)
+        return wire.profile_from_row(row)
 
     # Onboarding -------------------------------------------------------------------------------------------
 
@@ -172,11 +172,11 @@ class PostgresStorage(Storage):
             at,
         )
         assert row is not None
-        return _onboarding(row)
+        return wire.onboarding_from_row(row)
 
     async def _get_onboarding(self, user_id: uuid.UUID) -> OnboardingAnswers | None:
         row = await self._fetchrow("select * from public.onboarding_answers where user_id = $1", user_id)
-        return None if row is None else _onboarding(row)
+        return None if row is None else wire.onboarding_from_row(row)
 
     async def _claim_onboarding(self, user_id: uuid.UUID, at: dt.datetime) -> bool:
         status = await self._execute(
@@ -205,7 +205,9 @@ class PostgresStorage(Storage):
             """,
             [wire.memory_write_row(w) for w in writes],
         )
-        by_identity = {wire.memory_identity(r["user_id"], r["category"], r["key"]): _memory(r) for r in rows}
+        by_identity = {
+            wire.memory_identity(r["user_id"], r["category"], r["key"]): wire.memory_from_row(r) for r in rows
+        }
         return [by_identity[wire.memory_identity(w.user_id, w.category, w.key)] for w in writes]
 
     async def _get_memory(self, user_id: uuid.UUID, category: str, key: str) -> Memory | None:
@@ -215,7 +217,7 @@ class PostgresStorage(Storage):
             category,
             key,
         )
-        return None if row is None else _memory(row)
+        return None if row is None else wire.memory_from_row(row)
 
     async def _list_memories(
         self, user_id: uuid.UUID, category: str | None, include_embeddings: bool, limit: int | None
@@ -228,7 +230,7 @@ class PostgresStorage(Storage):
             category,
             limit,
         )
-        return [_memory(r) for r in rows]
+        return [wire.memory_from_row(r) for r in rows]
 
     async def _delete_memories(self, user_id: uuid.UUID, keys: list[tuple[str, str]]) -> int:
         status = await self._execute(
@@ -250,7 +252,7 @@ class PostgresStorage(Storage):
             category,
             key,
         )
-        return [MemoryChange(**dict(r)) for r in rows]
+        return [wire.memory_change_from_row(r) for r in rows]
 
     # Conversations ----------------------------------------------------------------------------------------
 
@@ -272,7 +274,7 @@ class PostgresStorage(Storage):
         )
         if row is None:
             raise InvalidInputError("conversation id is already used by another user")
-        return _conversation(row)
+        return wire.conversation_from_row(row)
 
     async def _finish_conversation(
         self,
@@ -303,7 +305,7 @@ class PostgresStorage(Storage):
             user_id,
             limit,
         )
-        return [_conversation(r) for r in rows]
+        return [wire.conversation_from_row(r) for r in rows]
 
     async def _append_messages(self, messages: list[MessageWrite]) -> int:
         status = await self._execute(
@@ -327,7 +329,7 @@ class PostgresStorage(Storage):
             conversation_id,
             limit,
         )
-        return [Message(**dict(r)) for r in reversed(rows)]
+        return [wire.message_from_row(r) for r in reversed(rows)]
 
     async def _delete_user_data(self, user_id: uuid.UUID) -> DeletedCounts:
         counts = await self._fetchval("select public.companion_delete_user_data($1)", user_id)
@@ -336,23 +338,3 @@ class PostgresStorage(Storage):
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-
-
-def _profile(row: asyncpg.Record) -> Profile:
-    return Profile(**dict(row))
-
-
-def _onboarding(row: asyncpg.Record) -> OnboardingAnswers:
-    return OnboardingAnswers(**dict(row))
-
-
-def _conversation(row: asyncpg.Record) -> Conversation:
-    values = dict(row)
-    values["open_threads"] = tuple(values["open_threads"])
-    return Conversation(**values)
-
-
-def _memory(row: asyncpg.Record) -> Memory:
-    values = dict(row)
-    values["embedding"] = wire.embedding_array(values.get("embedding"))
-    return Memory(**values)

@@ -20,6 +20,7 @@ import aiosqlite
 import numpy as np
 
 from core.errors import InvalidInputError, StorageError, StorageUnavailableError
+from infrastructure.storage import wire
 from infrastructure.storage.port import Storage
 from infrastructure.storage.records import (
     Conversation,
@@ -138,11 +139,11 @@ class SqliteStorage(Storage):
             )
             row = await self._fetchone("select * from profiles where user_id = ?", (str(user_id),))
         assert row is not None
-        return _profile(row)
+        return wire.profile_from_row(_decoded(row))
 
     async def _get_profile(self, user_id: uuid.UUID) -> Profile | None:
         row = await self._fetchone("select * from profiles where user_id = ?", (str(user_id),))
-        return None if row is None else _profile(row)
+        return None if row is None else wire.profile_from_row(_decoded(row))
 
     async def _update_profile(self, user_id: uuid.UUID, changes: dict[str, str | None], at: dt.datetime) -> Profile:
         names = sorted(changes)  # validated against PROFILE_FIELDS by the port
@@ -154,7 +155,7 @@ class SqliteStorage(Storage):
             + ", updated_at = excluded.updated_at returning *",
             (str(user_id), stamp, stamp, *(changes[n] for n in names)),
         )
-        return _profile(rows[0])
+        return wire.profile_from_row(_decoded(rows[0]))
 
     # Onboarding -------------------------------------------------------------------------------------------
 
@@ -165,11 +166,11 @@ class SqliteStorage(Storage):
             "returning *",
             (str(user_id), json.dumps(answers), _time(at)),
         )
-        return _onboarding(rows[0])
+        return wire.onboarding_from_row(_decoded(rows[0]))
 
     async def _get_onboarding(self, user_id: uuid.UUID) -> OnboardingAnswers | None:
         row = await self._fetchone("select * from onboarding_answers where user_id = ?", (str(user_id),))
-        return None if row is None else _onboarding(row)
+        return None if row is None else wire.onboarding_from_row(_decoded(row))
 
     async def _claim_onboarding(self, user_id: uuid.UUID, at: dt.datetime) -> bool:
         rows = await self._write(
@@ -200,7 +201,7 @@ class SqliteStorage(Storage):
                     params,
                 )
                 for row in rows:
-                    stored[(row["user_id"], row["category"], row["key"])] = _memory(row)
+                    stored[(row["user_id"], row["category"], row["key"])] = wire.memory_from_row(_decoded(row))
         return [stored[(str(w.user_id), w.category, w.key)] for w in writes]
 
     async def _get_memory(self, user_id: uuid.UUID, category: str, key: str) -> Memory | None:
@@ -208,7 +209,7 @@ class SqliteStorage(Storage):
             f"select {_MEMORY_COLUMNS}, embedding from memories where user_id = ? and category = ? and key = ?",
             (str(user_id), category, key),
         )
-        return None if row is None else _memory(row)
+        return None if row is None else wire.memory_from_row(_decoded(row))
 
     async def _list_memories(
         self, user_id: uuid.UUID, category: str | None, include_embeddings: bool, limit: int | None
@@ -219,7 +220,7 @@ class SqliteStorage(Storage):
             "order by updated_at desc, id limit ?",
             (str(user_id), category, category, -1 if limit is None else limit),
         )
-        return [_memory(r) for r in rows]
+        return [wire.memory_from_row(_decoded(r)) for r in rows]
 
     async def _delete_memories(self, user_id: uuid.UUID, keys: list[tuple[str, str]]) -> int:
         rows = await self._write(
@@ -255,17 +256,7 @@ class SqliteStorage(Storage):
             "where user_id = ? and category = ? and key = ? order by changed_at, id",
             (str(user_id), category, key),
         )
-        return [
-            MemoryChange(
-                user_id=uuid.UUID(r["user_id"]),
-                category=r["category"],
-                key=r["key"],
-                old_value=r["old_value"],
-                new_value=r["new_value"],
-                changed_at=_parse_time(r["changed_at"]),
-            )
-            for r in rows
-        ]
+        return [wire.memory_change_from_row(r) for r in rows]
 
     # Conversations ----------------------------------------------------------------------------------------
 
@@ -282,7 +273,7 @@ class SqliteStorage(Storage):
             )
         if row is None:
             raise InvalidInputError("conversation id is already used by another user")
-        return _conversation(row)
+        return wire.conversation_from_row(_decoded(row))
 
     async def _finish_conversation(
         self,
@@ -306,7 +297,7 @@ class SqliteStorage(Storage):
             "select * from conversations where user_id = ? order by started_at desc, id limit ?",
             (str(user_id), limit),
         )
-        return [_conversation(r) for r in rows]
+        return [wire.conversation_from_row(_decoded(r)) for r in rows]
 
     async def _append_messages(self, messages: list[MessageWrite]) -> int:
         inserted = 0
@@ -335,17 +326,7 @@ class SqliteStorage(Storage):
             "order by created_at desc, id desc limit ?",
             (str(user_id), cid, cid, limit),
         )
-        return [
-            Message(
-                id=uuid.UUID(r["id"]),
-                conversation_id=uuid.UUID(r["conversation_id"]),
-                user_id=uuid.UUID(r["user_id"]),
-                role=r["role"],
-                content=r["content"],
-                created_at=_parse_time(r["created_at"]),
-            )
-            for r in reversed(rows)
-        ]
+        return [wire.message_from_row(r) for r in reversed(rows)]
 
     async def _delete_user_data(self, user_id: uuid.UUID) -> DeletedCounts:
         counts: dict[str, int] = {}
@@ -369,64 +350,16 @@ def _time(at: dt.datetime) -> str:
     return at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
 
 
-def _parse_time(value: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(value)
-
-
-def _optional_time(value: str | None) -> dt.datetime | None:
-    return None if value is None else dt.datetime.fromisoformat(value)
-
-
 def _blob(embedding: np.ndarray | None) -> bytes | None:
     return None if embedding is None else np.asarray(embedding, dtype="<f4").tobytes()
 
 
-def _profile(row: sqlite3.Row) -> Profile:
-    return Profile(
-        user_id=uuid.UUID(row["user_id"]),
-        name=row["name"],
-        preferred_name=row["preferred_name"],
-        timezone=row["timezone"],
-        language=row["language"],
-        summary=row["summary"],
-        created_at=_parse_time(row["created_at"]),
-        updated_at=_parse_time(row["updated_at"]),
-    )
-
-
-def _onboarding(row: sqlite3.Row) -> OnboardingAnswers:
-    return OnboardingAnswers(
-        user_id=uuid.UUID(row["user_id"]),
-        answers=json.loads(row["answers"]),
-        submitted_at=_parse_time(row["submitted_at"]),
-        processed_at=_optional_time(row["processed_at"]),
-    )
-
-
-def _conversation(row: sqlite3.Row) -> Conversation:
-    return Conversation(
-        id=uuid.UUID(row["id"]),
-        user_id=uuid.UUID(row["user_id"]),
-        started_at=_parse_time(row["started_at"]),
-        ended_at=_optional_time(row["ended_at"]),
-        summary=row["summary"],
-        open_threads=tuple(json.loads(row["open_threads"])),
-    )
-
-
-def _memory(row: sqlite3.Row) -> Memory:
-    blob = row["embedding"] if "embedding" in row.keys() else None  # noqa: SIM118 (sqlite3.Row has no __contains__)
-    return Memory(
-        id=uuid.UUID(row["id"]),
-        user_id=uuid.UUID(row["user_id"]),
-        category=row["category"],
-        key=row["key"],
-        value=row["value"],
-        importance=float(row["importance"]),
-        source=row["source"],
-        created_at=_parse_time(row["created_at"]),
-        updated_at=_parse_time(row["updated_at"]),
-        last_accessed_at=_optional_time(row["last_accessed_at"]),
-        access_count=int(row["access_count"]),
-        embedding=None if blob is None else np.frombuffer(blob, dtype="<f4").copy(),
-    )
+def _decoded(row: sqlite3.Row) -> dict[str, Any]:
+    """A row with its JSON text and embedding BLOB decoded, ready for the ``wire.*_from_row`` functions."""
+    values = dict(row)
+    for column in ("answers", "open_threads"):
+        if column in values:
+            values[column] = json.loads(values[column])
+    if values.get("embedding") is not None:
+        values["embedding"] = np.frombuffer(values["embedding"], dtype="<f4")
+    return values

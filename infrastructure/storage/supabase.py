@@ -106,7 +106,7 @@ class SupabaseStorage(Storage):
             )
         )
         if created:
-            return _profile(created[0])
+            return wire.profile_from_row(created[0])
         existing = await self._get_profile(user_id)
         if existing is None:  # deleted between the two requests: a caller-visible race, not a bug of ours
             raise StorageError("profile vanished while being ensured", retryable=True)
@@ -114,7 +114,7 @@ class SupabaseStorage(Storage):
 
     async def _get_profile(self, user_id: uuid.UUID) -> Profile | None:
         rows = await self._rows(self._table("profiles").select("*").eq("user_id", str(user_id)))
-        return _profile(rows[0]) if rows else None
+        return wire.profile_from_row(rows[0]) if rows else None
 
     async def _update_profile(self, user_id: uuid.UUID, changes: dict[str, str | None], at: dt.datetime) -> Profile:
         # PostgREST's upsert sets the columns sent; the profiles_keep_created_at trigger keeps the first created_at.
@@ -126,7 +126,7 @@ class SupabaseStorage(Storage):
                 default_to_null=False,
             )
         )
-        return _profile(rows[0])
+        return wire.profile_from_row(rows[0])
 
     # Onboarding -------------------------------------------------------------------------------------------
 
@@ -138,11 +138,11 @@ class SupabaseStorage(Storage):
                 default_to_null=False,
             )
         )
-        return _onboarding(rows[0])
+        return wire.onboarding_from_row(rows[0])
 
     async def _get_onboarding(self, user_id: uuid.UUID) -> OnboardingAnswers | None:
         rows = await self._rows(self._table("onboarding_answers").select("*").eq("user_id", str(user_id)))
-        return _onboarding(rows[0]) if rows else None
+        return wire.onboarding_from_row(rows[0]) if rows else None
 
     async def _claim_onboarding(self, user_id: uuid.UUID, at: dt.datetime) -> bool:
         # The filter on processed_at makes the PATCH a compare-and-set: only one racing caller gets a row back.
@@ -165,7 +165,9 @@ class SupabaseStorage(Storage):
             )
         )
         # created_at is sent for new rows; on an update the memories_keep_created_at trigger keeps the first one.
-        by_identity = {wire.memory_identity(r["user_id"], r["category"], r["key"]): _memory(r) for r in rows}
+        by_identity = {
+            wire.memory_identity(r["user_id"], r["category"], r["key"]): wire.memory_from_row(r) for r in rows
+        }
         return [by_identity[wire.memory_identity(w.user_id, w.category, w.key)] for w in writes]
 
     async def _get_memory(self, user_id: uuid.UUID, category: str, key: str) -> Memory | None:
@@ -176,7 +178,7 @@ class SupabaseStorage(Storage):
             .eq("category", category)
             .eq("key", key)
         )
-        return _memory(rows[0]) if rows else None
+        return wire.memory_from_row(rows[0]) if rows else None
 
     async def _list_memories(
         self, user_id: uuid.UUID, category: str | None, include_embeddings: bool, limit: int | None
@@ -191,7 +193,7 @@ class SupabaseStorage(Storage):
         request = request.order("updated_at", desc=True).order("id")
         if limit is not None:
             request = request.limit(limit)
-        return [_memory(r) for r in await self._rows(request)]
+        return [wire.memory_from_row(r) for r in await self._rows(request)]
 
     async def _delete_memories(self, user_id: uuid.UUID, keys: list[tuple[str, str]]) -> int:
         deleted = 0
@@ -222,17 +224,7 @@ class SupabaseStorage(Storage):
             .order("changed_at")
             .order("id")
         )
-        return [
-            MemoryChange(
-                user_id=uuid.UUID(r["user_id"]),
-                category=r["category"],
-                key=r["key"],
-                old_value=r["old_value"],
-                new_value=r["new_value"],
-                changed_at=_time(r["changed_at"]),
-            )
-            for r in rows
-        ]
+        return [wire.memory_change_from_row(r) for r in rows]
 
     # Conversations ----------------------------------------------------------------------------------------
 
@@ -253,7 +245,7 @@ class SupabaseStorage(Storage):
         )
         if not rows:
             raise InvalidInputError("conversation id is already used by another user")
-        return _conversation(rows[0])
+        return wire.conversation_from_row(rows[0])
 
     async def _finish_conversation(
         self,
@@ -296,7 +288,7 @@ class SupabaseStorage(Storage):
             .order("id")
             .limit(limit)
         )
-        return [_conversation(r) for r in rows]
+        return [wire.conversation_from_row(r) for r in rows]
 
     async def _append_messages(self, messages: list[MessageWrite]) -> int:
         rows = await self._rows(
@@ -313,74 +305,8 @@ class SupabaseStorage(Storage):
         if conversation_id is not None:
             request = request.eq("conversation_id", str(conversation_id))
         rows = await self._rows(request.order("created_at", desc=True).order("id", desc=True).limit(limit))
-        return [
-            Message(
-                id=uuid.UUID(r["id"]),
-                conversation_id=uuid.UUID(r["conversation_id"]),
-                user_id=uuid.UUID(r["user_id"]),
-                role=r["role"],
-                content=r["content"],
-                created_at=_time(r["created_at"]),
-            )
-            for r in reversed(rows)
-        ]
+        return [wire.message_from_row(r) for r in reversed(rows)]
 
     async def _delete_user_data(self, user_id: uuid.UUID) -> DeletedCounts:
         response = await self._run(self._client.rpc("companion_delete_user_data", {"p_user_id": str(user_id)}))
         return DeletedCounts(**response.data)
-
-
-def _time(value: str) -> dt.datetime:
-    parsed = wire.parse_time(value)
-    assert parsed is not None
-    return parsed
-
-
-def _profile(row: dict[str, Any]) -> Profile:
-    return Profile(
-        user_id=uuid.UUID(row["user_id"]),
-        name=row.get("name"),
-        preferred_name=row.get("preferred_name"),
-        timezone=row.get("timezone"),
-        language=row.get("language"),
-        summary=row.get("summary"),
-        created_at=_time(row["created_at"]),
-        updated_at=_time(row["updated_at"]),
-    )
-
-
-def _onboarding(row: dict[str, Any]) -> OnboardingAnswers:
-    return OnboardingAnswers(
-        user_id=uuid.UUID(row["user_id"]),
-        answers=row["answers"],
-        submitted_at=_time(row["submitted_at"]),
-        processed_at=wire.parse_time(row.get("processed_at")),
-    )
-
-
-def _conversation(row: dict[str, Any]) -> Conversation:
-    return Conversation(
-        id=uuid.UUID(row["id"]),
-        user_id=uuid.UUID(row["user_id"]),
-        started_at=_time(row["started_at"]),
-        ended_at=wire.parse_time(row.get("ended_at")),
-        summary=row.get("summary"),
-        open_threads=tuple(row.get("open_threads") or ()),
-    )
-
-
-def _memory(row: dict[str, Any]) -> Memory:
-    return Memory(
-        id=uuid.UUID(row["id"]),
-        user_id=uuid.UUID(row["user_id"]),
-        category=row["category"],
-        key=row["key"],
-        value=row["value"],
-        importance=float(row["importance"]),
-        source=row["source"],
-        created_at=_time(row["created_at"]),
-        updated_at=_time(row["updated_at"]),
-        last_accessed_at=wire.parse_time(row.get("last_accessed_at")),
-        access_count=int(row["access_count"]),
-        embedding=wire.embedding_array(row.get("embedding")),
-    )

@@ -1,31 +1,54 @@
-"""JSON shapes of the rows, shared by the backends that send rows as JSON.
+"""Rows on the wire, in both directions, written once for every backend.
 
-PostgreSQL receives batches as one ``jsonb`` parameter (``jsonb_to_recordset``), PostgREST as a JSON body; both
-read the same shapes, written here once. Floats of a float32 embedding are written with ``repr`` of their exact
-value, so they read back bit for bit.
+Out: PostgreSQL receives batches as one ``jsonb`` parameter (``jsonb_to_recordset``), PostgREST as a JSON body;
+both read the same shapes. A float32 embedding is written as the exact values of its floats, so it reads back bit
+for bit.
+
+In: each backend hands a row as a mapping of column to value, where ids may be ``UUID`` or text, times
+``datetime`` or ISO text, JSON columns already decoded and an embedding a sequence of floats (or None); the
+``*_from_row`` functions turn it into the records of ``records.py``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from infrastructure.storage.records import MemoryAccess, MemoryWrite, MessageWrite
+from infrastructure.storage.records import (
+    Conversation,
+    Memory,
+    MemoryAccess,
+    MemoryChange,
+    MemoryWrite,
+    Message,
+    MessageWrite,
+    OnboardingAnswers,
+    Profile,
+)
+
+Row = Mapping[str, Any]
 
 
 def time_text(at: dt.datetime) -> str:
     return at.astimezone(dt.UTC).isoformat()
 
 
-def parse_time(value: str | None) -> dt.datetime | None:
-    if value is None:
-        return None
-    parsed = dt.datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+def parse_time(value: str | dt.datetime) -> dt.datetime:
+    """An ISO-8601 time (or a datetime) as an aware UTC datetime; a time without offset is UTC."""
+    parsed = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value)
+    return parsed.astimezone(dt.UTC) if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def parse_optional_time(value: str | dt.datetime | None) -> dt.datetime | None:
+    return None if value is None else parse_time(value)
+
+
+def _uuid(value: str | uuid.UUID) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
 
 
 def embedding_list(embedding: np.ndarray | None) -> list[float] | None:
@@ -33,7 +56,7 @@ def embedding_list(embedding: np.ndarray | None) -> list[float] | None:
 
 
 def embedding_array(values: Sequence[float] | None) -> np.ndarray | None:
-    return None if values is None else np.asarray(values, dtype=np.float32)
+    return None if values is None else np.array(values, dtype=np.float32)  # a writable copy
 
 
 def memory_write_row(write: MemoryWrite) -> dict[str, Any]:
@@ -70,3 +93,76 @@ def access_rows(accesses: Sequence[MemoryAccess]) -> list[dict[str, str]]:
 
 def memory_identity(user_id: uuid.UUID | str, category: str, key: str) -> tuple[str, str, str]:
     return (str(user_id), category, key)
+
+
+def profile_from_row(row: Row) -> Profile:
+    return Profile(
+        user_id=_uuid(row["user_id"]),
+        name=row["name"],
+        preferred_name=row["preferred_name"],
+        timezone=row["timezone"],
+        language=row["language"],
+        summary=row["summary"],
+        created_at=parse_time(row["created_at"]),
+        updated_at=parse_time(row["updated_at"]),
+    )
+
+
+def onboarding_from_row(row: Row) -> OnboardingAnswers:
+    return OnboardingAnswers(
+        user_id=_uuid(row["user_id"]),
+        answers=row["answers"],
+        submitted_at=parse_time(row["submitted_at"]),
+        processed_at=parse_optional_time(row["processed_at"]),
+    )
+
+
+def memory_from_row(row: Row) -> Memory:
+    """A memory; the embedding is None when the row was read without it."""
+    return Memory(
+        id=_uuid(row["id"]),
+        user_id=_uuid(row["user_id"]),
+        category=row["category"],
+        key=row["key"],
+        value=row["value"],
+        importance=float(row["importance"]),
+        source=row["source"],
+        created_at=parse_time(row["created_at"]),
+        updated_at=parse_time(row["updated_at"]),
+        last_accessed_at=parse_optional_time(row["last_accessed_at"]),
+        access_count=int(row["access_count"]),
+        embedding=embedding_array(row.get("embedding")),
+    )
+
+
+def memory_change_from_row(row: Row) -> MemoryChange:
+    return MemoryChange(
+        user_id=_uuid(row["user_id"]),
+        category=row["category"],
+        key=row["key"],
+        old_value=row["old_value"],
+        new_value=row["new_value"],
+        changed_at=parse_time(row["changed_at"]),
+    )
+
+
+def conversation_from_row(row: Row) -> Conversation:
+    return Conversation(
+        id=_uuid(row["id"]),
+        user_id=_uuid(row["user_id"]),
+        started_at=parse_time(row["started_at"]),
+        ended_at=parse_optional_time(row["ended_at"]),
+        summary=row["summary"],
+        open_threads=tuple(row["open_threads"] or ()),
+    )
+
+
+def message_from_row(row: Row) -> Message:
+    return Message(
+        id=_uuid(row["id"]),
+        conversation_id=_uuid(row["conversation_id"]),
+        user_id=_uuid(row["user_id"]),
+        role=row["role"],
+        content=row["content"],
+        created_at=parse_time(row["created_at"]),
+    )
