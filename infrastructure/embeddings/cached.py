@@ -1,0 +1,56 @@
+"""An LRU of recent embeddings in front of any provider: a repeated query costs no model run or request."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from infrastructure.embeddings.base import Embedder
+
+
+@dataclass(slots=True)
+class EmbeddingCacheStats:
+    hits: int = 0
+    misses: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+class CachedEmbedder(Embedder):
+    """Same interface as the provider it wraps; keeps the last ``max_entries`` texts' vectors."""
+
+    def __init__(self, *, embedder: Embedder, max_entries: int = 1024) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self._inner = embedder
+        self._max = max_entries
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.name = embedder.name
+        self.dimension = embedder.dimension
+        self.stats = EmbeddingCacheStats()
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
+        misses = sum(1 for t in texts if t not in self._vectors)
+        self.stats.misses += misses
+        self.stats.hits += len(texts) - misses
+        if missing:
+            for text, vector in zip(missing, await self._inner.embed(missing), strict=True):
+                self._vectors[text] = vector
+        rows = []
+        for text in texts:
+            self._vectors.move_to_end(text)
+            rows.append(self._vectors[text])
+        while len(self._vectors) > self._max:
+            self._vectors.popitem(last=False)
+        # np.stack copies: a caller that changes its matrix does not change the cache.
+        return np.stack(rows) if rows else np.zeros((0, self.dimension), dtype=np.float32)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

@@ -1,0 +1,187 @@
+"""The write batcher on SQLite and PostgreSQL: everything accepted is stored once, or reported."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from core.errors import BatcherFullError, ClosedError, InvalidInputError, StorageError
+from infrastructure.database_batcher import BatcherParams, DatabaseBatcher, backoff_delay
+from infrastructure.storage import MemoryAccess, MemoryWrite, MessageWrite, Storage
+from infrastructure.storage.postgres import PostgresStorage
+from infrastructure.storage.sqlite import SqliteStorage
+from tests.conftest import T0
+from tests.waiting import eventually
+
+FAST = BatcherParams(max_rows=50, max_delay=0.01, retry_initial=0.01, retry_max=0.05, close_timeout=5.0)
+
+
+@dataclass
+class Database:
+    """A storage backend plus a way to make the real database refuse writes for a while (a held lock)."""
+
+    storage: Storage
+    lock: Callable[[], contextlib.AbstractAsyncContextManager[None]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    if request.param == "sqlite":
+        path = tmp_path / "batcher.db"
+        storage = await SqliteStorage.open(path, busy_timeout=0.05)
+
+        @contextlib.asynccontextmanager
+        async def lock() -> AsyncIterator[None]:
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("begin immediate")  # another process holds the write lock
+            try:
+                yield
+            finally:
+                other.execute("rollback")
+                other.close()
+
+    else:
+        dsn = request.getfixturevalue("migrated_database")
+        storage = await PostgresStorage.open(dsn, migrate=False, command_timeout=0.2)
+
+        @contextlib.asynccontextmanager
+        async def lock() -> AsyncIterator[None]:
+            other = await asyncpg.connect(dsn)
+            transaction = other.transaction()
+            await transaction.start()
+            await other.execute("lock table public.memories, public.messages in access exclusive mode")
+            try:
+                yield
+            finally:
+                await transaction.rollback()
+                await other.close()
+
+    try:
+        yield Database(storage=storage, lock=lock)
+    finally:
+        await storage.aclose()
+
+
+def memory(user: uuid.UUID, n: int, value: str = "v") -> MemoryWrite:
+    return MemoryWrite(user, "FACT", f"key_{n}", f"{value}{n}", 0.5, "extraction", T0 + dt.timedelta(seconds=n))
+
+
+def message(user: uuid.UUID, conversation: uuid.UUID, n: int) -> MessageWrite:
+    return MessageWrite(uuid.uuid4(), conversation, user, "user", f"message {n}", T0 + dt.timedelta(seconds=n))
+
+
+async def test_a_thousand_writes_are_all_stored_by_aclose_in_few_statements(database: Database) -> None:
+    store, user, conversation = database.storage, uuid.uuid4(), uuid.uuid4()
+    batcher = DatabaseBatcher(storage=store, params=FAST)
+    batcher.start()
+    futures = [batcher.upsert_memory(memory(user, n)) for n in range(600)]
+    futures += [batcher.append_message(message(user, conversation, n)) for n in range(400)]
+    await batcher.aclose()
+
+    assert all(f.done() and f.exception() is None for f in futures)
+    assert len(await store.list_memories(user, include_embeddings=False)) == 600
+    assert len(await store.recent_messages(user, limit=1000)) == 400
+    stats = batcher.stats()
+    assert (stats.accepted, stats.rows_written, stats.failures, stats.queue_depth) == (1000, 1000, 0, 0)
+    assert stats.statements <= 1000 / 50 + 2
+    assert stats.roundtrip_saving >= 0.9
+
+
+async def test_repeated_upserts_of_one_memory_merge_and_the_last_wins(database: Database) -> None:
+    store, user = database.storage, uuid.uuid4()
+    async with DatabaseBatcher(storage=store, params=FAST) as batcher:
+        futures = [batcher.upsert_memory(memory(user, 1, value=v)) for v in ("a", "b", "c")]
+        await asyncio.gather(*futures)
+        assert batcher.stats().merged == 2
+    [stored] = await store.list_memories(user)
+    assert stored.value == "c1"
+
+
+async def test_a_batch_that_fails_twice_then_succeeds_is_stored_once(database: Database) -> None:
+    store, user, conversation = database.storage, uuid.uuid4(), uuid.uuid4()
+    async with DatabaseBatcher(storage=store, params=FAST) as batcher:
+        async with database.lock():
+            futures = [batcher.append_message(message(user, conversation, n)) for n in range(20)]
+            futures.append(batcher.upsert_memory(memory(user, 1)))
+            await eventually(lambda: batcher.stats().retries >= 2)
+        await asyncio.gather(*futures)
+
+    assert len(await store.recent_messages(user, limit=100)) == 20
+    assert [m.key for m in await store.list_memories(user)] == ["key_1"]
+    assert batcher.stats().failures == 0
+
+
+async def test_a_full_queue_refuses_the_write_and_says_so(database: Database) -> None:
+    store, user = database.storage, uuid.uuid4()
+    batcher = DatabaseBatcher(storage=store, params=BatcherParams(max_pending=10, max_delay=0.01))
+    futures = [batcher.upsert_memory(memory(user, n)) for n in range(10)]  # not started: nothing drains
+    with pytest.raises(BatcherFullError) as caught:
+        batcher.upsert_memory(memory(user, 10))
+    assert caught.value.retryable
+    merged = batcher.upsert_memory(memory(user, 3, value="again"))  # a pending row merges: it needs no room
+    assert batcher.stats().rejected == 1
+
+    await batcher.flush()
+    await batcher.aclose()
+    await asyncio.gather(merged, *futures)
+    stored = {m.key: m.value for m in await store.list_memories(user)}
+    assert len(stored) == 10
+    assert stored["key_3"] == "again3"
+    with pytest.raises(ClosedError):
+        batcher.upsert_memory(memory(user, 11))
+
+
+async def test_writes_still_pending_when_a_dead_database_outlives_aclose_are_reported_failed(
+    database: Database,
+) -> None:
+    store, user = database.storage, uuid.uuid4()
+    params = BatcherParams(max_delay=0.01, retry_initial=0.01, retry_max=0.02, close_timeout=0.3)
+    batcher = DatabaseBatcher(storage=store, params=params)
+    batcher.start()
+    async with database.lock():
+        futures = [batcher.upsert_memory(memory(user, n)) for n in range(5)]
+        await batcher.aclose()
+    assert all(isinstance(f.exception(), StorageError) for f in futures)
+    assert batcher.stats().failures == 5
+    assert await store.list_memories(user) == []
+
+
+async def test_bad_input_is_refused_when_offered_not_by_failing_a_batch(database: Database) -> None:
+    store, user = database.storage, uuid.uuid4()
+    async with DatabaseBatcher(storage=store, params=FAST) as batcher:
+        good = batcher.upsert_memory(memory(user, 1))
+        with pytest.raises(InvalidInputError):
+            batcher.upsert_memory(MemoryWrite(user, "FACT", "k", "", 0.5, "tool", T0))
+        await good
+    assert len(await store.list_memories(user)) == 1
+
+
+async def test_many_access_updates_become_one_statement(database: Database) -> None:
+    store, user = database.storage, uuid.uuid4()
+    await store.upsert_memories([memory(user, n) for n in range(3)])
+    before = store.stats.queries
+    async with DatabaseBatcher(storage=store, params=FAST) as batcher:
+        for turn in range(30):
+            batcher.record_access(MemoryAccess(user, (("FACT", f"key_{turn % 3}"),), T0 + dt.timedelta(minutes=turn)))
+        await batcher.flush()
+    assert store.stats.queries - before == 1
+    counts = {m.key: m.access_count for m in await store.list_memories(user)}
+    assert counts == {"key_0": 10, "key_1": 10, "key_2": 10}
+
+
+def test_backoff_grows_exponentially_with_full_jitter_up_to_the_ceiling() -> None:
+    class Top:  # the largest draw uniform() can make: shows the envelope
+        def uniform(self, low: float, high: float) -> float:
+            return high
+
+    envelope = [backoff_delay(n, initial=0.05, ceiling=1.0, rng=Top()) for n in range(7)]  # type: ignore[arg-type]
+    assert envelope == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
