@@ -32,17 +32,10 @@ from typing import Any, Generic, TypeVar
 from core.config import Settings
 from core.errors import BatcherFullError, ClosedError, CompanionError, StorageError
 from infrastructure.storage import MemoryAccess, MemoryWrite, MessageWrite, Storage
-from infrastructure.storage.port import check_memory_access, check_memory_write, check_message_write
 
 logger = logging.getLogger("companion.batcher")
 
 Item = TypeVar("Item")
-
-_VALIDATORS: dict[str, Callable[[Any], None]] = {
-    "memories": check_memory_write,
-    "messages": check_message_write,
-    "memory_access": check_memory_access,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +120,11 @@ class DatabaseBatcher:
         self._rng = rng or random.Random()
         self._sequence = 0
         self._lanes: dict[str, _Lane[Any]] = {
-            "memories": _Lane("memories", storage.upsert_memories, lambda w: (w.user_id, w.category, w.key)),
+            "memories": _Lane(
+                "memories",
+                lambda writes: storage.upsert_memories(writes, read_back=False),
+                lambda w: (w.user_id, w.category, w.key),
+            ),
             "messages": _Lane("messages", storage.append_messages, lambda m: m.id),
             "memory_access": _Lane("memory_access", storage.record_memory_access, lambda _: self._next_sequence()),
         }
@@ -209,7 +206,6 @@ class DatabaseBatcher:
         """Accept one write; the future resolves when it is stored (or fails). Raises when it cannot accept."""
         if self._closing:
             raise ClosedError("the batcher is closing; the write was not accepted")
-        _VALIDATORS[lane_name](item)  # bad input is refused to its caller now, not to a whole batch later
         lane = self._lanes[lane_name]
         key = lane.key(item)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -11,18 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.net import free_port
+
 
 def shared_redis_url() -> str:
     url = os.environ.get("TEST_REDIS_URL")
     if not url:
         pytest.fail('Redis tests need TEST_REDIS_URL; `make test` sets it (or: eval "$(scripts/test-services.sh)")')
     return url
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class OwnRedisServer:

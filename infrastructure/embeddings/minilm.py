@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,9 @@ from tokenizers import Tokenizer
 from core.errors import EmbeddingError
 from infrastructure.embeddings.base import Embedder
 
-MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+MAX_TOKENS = 256
+_CHUNK = 16  # texts per forward pass  # sentence-transformers' max_seq_length for this model
 DIMENSION = 384
 
 
@@ -87,12 +90,27 @@ class MiniLMEncoder:
             )
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._tokenizer.enable_truncation(MAX_TOKENS)
+        self._unpadded = Tokenizer.from_file(str(model_dir / "tokenizer.json"))  # measures lengths
+        self._unpadded.enable_truncation(MAX_TOKENS)
+        self._unpadded.no_padding()
         self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the longest in the batch
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, DIMENSION), dtype=np.float32)
-        encodings = self._tokenizer.encode_batch(list(texts))
+        if len(texts) <= _CHUNK:
+            return self._forward(list(texts))
+        # Texts of similar length run together in small chunks: little padding, and arrays that stay in cache.
+        lengths = [len(e.ids) for e in self._unpadded.encode_batch(list(texts))]
+        order = np.argsort(lengths, kind="stable")
+        out = np.empty((len(texts), DIMENSION), dtype=np.float32)
+        for start in range(0, len(texts), _CHUNK):
+            chosen = order[start : start + _CHUNK]
+            out[chosen] = self._forward([texts[i] for i in chosen])
+        return out
+
+    def _forward(self, texts: list[str]) -> np.ndarray:
+        encodings = self._tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.float32)
         batch, length = ids.shape
@@ -102,7 +120,7 @@ class MiniLMEncoder:
         # Padding gets a large negative score so softmax gives it no weight.
         attention_bias = ((1.0 - mask) * -1e9)[:, None, None, :]
         head_dim = x.shape[-1] // self._heads
-        scale = 1.0 / np.sqrt(head_dim)
+        scale = 1.0 / math.sqrt(head_dim)  # a Python float: a numpy float64 would promote everything to float64
         for layer in self._layers:
             qkv = x @ layer.qkv_w + layer.qkv_b
             q, k, v = (
@@ -155,13 +173,14 @@ def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float)
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
-    """BERT's exact GELU, x * Phi(x), with erf to a relative error below 1.2e-7 (numpy has no erf)."""
-    return (0.5 * x * (1.0 + _erf(x / np.sqrt(2.0)))).astype(np.float32)
+    """BERT's exact GELU, x * Phi(x), with erf to a relative error near float32's own (numpy has no erf)."""
+    return 0.5 * x * (1.0 + _erf(x * _INV_SQRT2))
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
-    # Numerical Recipes' erfc Chebyshev fit, in float64.
-    z = np.abs(x.astype(np.float64))
+    # Numerical Recipes' erfc Chebyshev fit, in the input's float32 (float64 bought no accuracy against the
+    # reference, and cost a fifth of the forward pass).
+    z = np.abs(x)
     t = 1.0 / (1.0 + 0.5 * z)
     poly = -z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (
         0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))))  # fmt: skip

@@ -1,7 +1,9 @@
 """The storage port: the one narrow async interface the services use, whatever the database.
 
 Each public method validates its input first (user ids, field names, sizes) and only then calls the backend's
-``_``-prefixed implementation, so bad input is refused before any query on every backend alike. Backends
+``_``-prefixed implementation, so bad input is refused before any query on every backend alike. The write records
+(``MemoryWrite``, ``MessageWrite``, ``MemoryAccess``) validate themselves when built, so a batch holds only valid
+rows wherever it was assembled. Backends
 translate their driver's errors into :class:`core.errors.StorageError` at this boundary, and count round trips in
 ``stats.queries`` (a warm turn is expected to make none).
 
@@ -18,17 +20,14 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from core.errors import InvalidInputError
 from core.validators import parse_user_id
+from infrastructure.storage.checks import check_text, require_uuid, utc
 from infrastructure.storage.records import (
-    MAX_CATEGORY_LENGTH,
-    MAX_KEY_LENGTH,
-    MAX_TEXT_LENGTH,
     PROFILE_FIELDS,
     Conversation,
     DeletedCounts,
@@ -42,8 +41,6 @@ from infrastructure.storage.records import (
     Profile,
     StorageStats,
 )
-
-_ROLES = frozenset({"user", "assistant", "system"})
 
 
 class Storage(abc.ABC):
@@ -74,7 +71,7 @@ class Storage(abc.ABC):
 
     async def ensure_profile(self, user_id: uuid.UUID | str, *, at: dt.datetime) -> Profile:
         """Create the user's empty profile if it does not exist (safe when sessions race) and return it."""
-        return await self._ensure_profile(parse_user_id(user_id), _utc(at))
+        return await self._ensure_profile(parse_user_id(user_id), utc(at))
 
     async def get_profile(self, user_id: uuid.UUID | str) -> Profile | None:
         return await self._get_profile(parse_user_id(user_id))
@@ -91,8 +88,8 @@ class Storage(abc.ABC):
             raise InvalidInputError("update_profile needs at least one field")
         for name, value in changes.items():
             if value is not None:
-                _check_text(value, what=f"profile {name}")
-        return await self._update_profile(uid, dict(changes), _utc(at))
+                check_text(value, what=f"profile {name}")
+        return await self._update_profile(uid, dict(changes), utc(at))
 
     # Onboarding -------------------------------------------------------------------------------------------
 
@@ -103,30 +100,30 @@ class Storage(abc.ABC):
         uid = parse_user_id(user_id)
         if not isinstance(answers, Mapping):
             raise InvalidInputError("onboarding answers must be a JSON object")
-        return await self._save_onboarding(uid, dict(answers), _utc(at))
+        return await self._save_onboarding(uid, dict(answers), utc(at))
 
     async def get_onboarding(self, user_id: uuid.UUID | str) -> OnboardingAnswers | None:
         return await self._get_onboarding(parse_user_id(user_id))
 
     async def claim_onboarding(self, user_id: uuid.UUID | str, *, at: dt.datetime) -> bool:
         """Mark unprocessed answers as processed; True only for the one caller that did it."""
-        return await self._claim_onboarding(parse_user_id(user_id), _utc(at))
+        return await self._claim_onboarding(parse_user_id(user_id), utc(at))
 
     # Memories ---------------------------------------------------------------------------------------------
 
-    async def upsert_memories(self, writes: Sequence[MemoryWrite]) -> list[Memory]:
-        """Insert or update each memory in one statement; returns the stored rows in the order given."""
+    async def upsert_memories(self, writes: Sequence[MemoryWrite], *, read_back: bool = True) -> list[Memory]:
+        """Insert or update each memory in one statement; returns the stored rows in the order given.
+
+        ``read_back=False`` (the write batcher) skips reading the rows back and returns an empty list."""
         if not writes:
             return []
-        for write in writes:
-            check_memory_write(write)
         seen: set[tuple[uuid.UUID, str, str]] = set()
         for write in writes:
             ident = (write.user_id, write.category, write.key)
             if ident in seen:
                 raise InvalidInputError("one upsert batch names the same memory twice; merge them first")
             seen.add(ident)
-        return await self._upsert_memories(list(writes))
+        return await self._upsert_memories(list(writes), read_back)
 
     async def get_memory(self, user_id: uuid.UUID | str, category: str, key: str) -> Memory | None:
         return await self._get_memory(parse_user_id(user_id), category, key)
@@ -152,8 +149,6 @@ class Storage(abc.ABC):
 
     async def record_memory_access(self, accesses: Sequence[MemoryAccess]) -> None:
         """Add one to ``access_count`` and set ``last_accessed_at`` for each named memory."""
-        for access in accesses:
-            check_memory_access(access)
         accesses = [a for a in accesses if a.keys]
         if accesses:
             await self._record_memory_access(accesses)
@@ -167,7 +162,7 @@ class Storage(abc.ABC):
     async def start_conversation(
         self, user_id: uuid.UUID | str, conversation_id: uuid.UUID, *, at: dt.datetime
     ) -> Conversation:
-        return await self._start_conversation(parse_user_id(user_id), _uuid(conversation_id), _utc(at))
+        return await self._start_conversation(parse_user_id(user_id), require_uuid(conversation_id), utc(at))
 
     async def finish_conversation(
         self,
@@ -180,11 +175,11 @@ class Storage(abc.ABC):
     ) -> None:
         """Record the end of a conversation with its summary and the threads left open."""
         if summary is not None:
-            _check_text(summary, what="summary")
+            check_text(summary, what="summary")
         for thread in open_threads:
-            _check_text(thread, what="open thread")
+            check_text(thread, what="open thread")
         await self._finish_conversation(
-            parse_user_id(user_id), _uuid(conversation_id), _utc(at), summary, tuple(open_threads)
+            parse_user_id(user_id), require_uuid(conversation_id), utc(at), summary, tuple(open_threads)
         )
 
     async def recent_conversations(self, user_id: uuid.UUID | str, *, limit: int = 5) -> list[Conversation]:
@@ -195,8 +190,6 @@ class Storage(abc.ABC):
 
     async def append_messages(self, messages: Sequence[MessageWrite]) -> int:
         """Store messages in one statement; a message id already stored is skipped. Returns rows inserted."""
-        for message in messages:
-            check_message_write(message)
         return await self._append_messages(list(messages)) if messages else 0
 
     async def recent_messages(
@@ -205,7 +198,7 @@ class Storage(abc.ABC):
         """The user's latest messages (of one conversation, if given), in the order they were said."""
         if limit < 1:
             raise InvalidInputError("limit must be at least 1")
-        cid = None if conversation_id is None else _uuid(conversation_id)
+        cid = None if conversation_id is None else require_uuid(conversation_id)
         return await self._recent_messages(parse_user_id(user_id), cid, limit)
 
     # Everything of a user ---------------------------------------------------------------------------------
@@ -237,7 +230,7 @@ class Storage(abc.ABC):
     async def _claim_onboarding(self, user_id: uuid.UUID, at: dt.datetime) -> bool: ...
 
     @abc.abstractmethod
-    async def _upsert_memories(self, writes: list[MemoryWrite]) -> list[Memory]: ...
+    async def _upsert_memories(self, writes: list[MemoryWrite], read_back: bool) -> list[Memory]: ...
 
     @abc.abstractmethod
     async def _get_memory(self, user_id: uuid.UUID, category: str, key: str) -> Memory | None: ...
@@ -284,70 +277,3 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def _delete_user_data(self, user_id: uuid.UUID) -> DeletedCounts: ...
-
-
-# Input checks shared by every backend (and by the write batcher, which refuses bad input when offered) ---------
-
-
-def check_message_write(message: MessageWrite) -> None:
-    parse_user_id(message.user_id)
-    _uuid(message.id)
-    _uuid(message.conversation_id)
-    if message.role not in _ROLES:
-        raise InvalidInputError(f"message role must be one of {sorted(_ROLES)}")
-    _check_text(message.content, what="message content")
-    _utc(message.at)
-
-
-def check_memory_access(access: MemoryAccess) -> None:
-    parse_user_id(access.user_id)
-    _utc(access.at)
-
-
-def check_memory_write(write: MemoryWrite) -> None:
-    parse_user_id(write.user_id)
-    _check_name(write.category, what="category", max_length=MAX_CATEGORY_LENGTH)
-    _check_name(write.key, what="key", max_length=MAX_KEY_LENGTH)
-    _check_name(write.source, what="source", max_length=MAX_CATEGORY_LENGTH)
-    _check_text(write.value, what="memory value")
-    if not write.value.strip():
-        raise InvalidInputError("memory value is empty")
-    if not (isinstance(write.importance, int | float) and 0.0 <= write.importance <= 1.0):
-        raise InvalidInputError("memory importance must be a number from 0 to 1")
-    _utc(write.at)
-    if write.embedding is not None:
-        if write.embedding.ndim != 1 or write.embedding.size == 0:
-            raise InvalidInputError("memory embedding must be a non-empty 1-D vector")
-        if not all(math.isfinite(x) for x in write.embedding.tolist()):
-            raise InvalidInputError("memory embedding holds NaN or infinity")
-
-
-def _check_name(value: str, *, what: str, max_length: int) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInputError(f"memory {what} is empty")
-    if len(value) > max_length:
-        raise InvalidInputError(f"memory {what} is longer than {max_length} characters")
-    if "\x00" in value:
-        raise InvalidInputError(f"memory {what} contains a NUL character")
-
-
-def _check_text(value: str, *, what: str) -> None:
-    if not isinstance(value, str):
-        raise InvalidInputError(f"{what} must be text")
-    if len(value) > MAX_TEXT_LENGTH:
-        raise InvalidInputError(f"{what} is longer than {MAX_TEXT_LENGTH} characters")
-    # PostgreSQL text cannot hold NUL; refusing it everywhere keeps the backends identical.
-    if "\x00" in value:
-        raise InvalidInputError(f"{what} contains a NUL character")
-
-
-def _utc(at: dt.datetime) -> dt.datetime:
-    if not isinstance(at, dt.datetime) or at.tzinfo is None:
-        raise InvalidInputError("timestamps must be timezone-aware datetimes")
-    return at.astimezone(dt.UTC)
-
-
-def _uuid(value: uuid.UUID) -> uuid.UUID:
-    if not isinstance(value, uuid.UUID):
-        raise InvalidInputError("ids must be uuid.UUID values")
-    return value

@@ -1,7 +1,7 @@
 """PostgreSQL backend through an asyncpg connection pool (a Supabase database's connection string works too).
 
-Batches travel as one ``jsonb`` parameter read by ``jsonb_to_recordset``, so N rows cost one round trip whatever
-their shape. Driver errors are translated to :mod:`core.errors` here and nowhere else.
+Batches travel as one array per column through ``unnest``, in asyncpg's binary format, so N rows cost one round
+trip and no text conversion. Driver errors are translated to :mod:`core.errors` here and nowhere else.
 """
 
 from __future__ import annotations
@@ -188,27 +188,32 @@ class PostgresStorage(Storage):
 
     # Memories ---------------------------------------------------------------------------------------------
 
-    async def _upsert_memories(self, writes: list[MemoryWrite]) -> list[Memory]:
-        rows = await self._fetch(
+    async def _upsert_memories(self, writes: list[MemoryWrite], read_back: bool) -> list[Memory]:
+        # One array per column, sent in asyncpg's binary format: no row is turned into text on either side.
+        run = self._fetch if read_back else self._execute
+        rows = await run(
             f"""
             insert into public.memories as m
                 (user_id, category, key, value, importance, source, embedding, created_at, updated_at)
-            select r.user_id, r.category, r.key, r.value, r.importance, r.source, r.embedding,
-                   r.updated_at, r.updated_at
-              from jsonb_to_recordset($1::jsonb) as r(
-                   user_id uuid, category text, key text, value text, importance real, source text,
-                   embedding real[], updated_at timestamptz)
+            select r.user_id, r.category, r.key, r.value, r.importance, r.source, r.embedding, r.at, r.at
+              from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::real[], $6::text[], $7::bytea[],
+                          $8::timestamptz[])
+                   as r(user_id, category, key, value, importance, source, embedding, at)
             on conflict (user_id, category, key) do update
                set value = excluded.value, importance = excluded.importance, source = excluded.source,
                    embedding = excluded.embedding, updated_at = excluded.updated_at
-            returning {_MEMORY_COLUMNS}, embedding
+            {"returning " + _MEMORY_COLUMNS if read_back else ""}
             """,
-            [wire.memory_write_row(w) for w in writes],
+            [w.user_id for w in writes],
+            [w.category for w in writes],
+            [w.key for w in writes],
+            [w.value for w in writes],
+            [w.importance for w in writes],
+            [w.source for w in writes],
+            [wire.embedding_bytes(w.embedding) for w in writes],
+            [w.at for w in writes],
         )
-        by_identity = {
-            wire.memory_identity(r["user_id"], r["category"], r["key"]): wire.memory_from_row(r) for r in rows
-        }
-        return [by_identity[wire.memory_identity(w.user_id, w.category, w.key)] for w in writes]
+        return wire.in_write_order(writes, rows) if read_back else []
 
     async def _get_memory(self, user_id: uuid.UUID, category: str, key: str) -> Memory | None:
         row = await self._fetchrow(
@@ -311,11 +316,15 @@ class PostgresStorage(Storage):
         status = await self._execute(
             """
             insert into public.messages (id, conversation_id, user_id, role, content, created_at)
-            select * from jsonb_to_recordset($1::jsonb) as r(
-                id uuid, conversation_id uuid, user_id uuid, role text, content text, created_at timestamptz)
+            select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[])
             on conflict (id) do nothing
             """,
-            [wire.message_row(m) for m in messages],
+            [m.id for m in messages],
+            [m.conversation_id for m in messages],
+            [m.user_id for m in messages],
+            [m.role for m in messages],
+            [m.content for m in messages],
+            [m.at for m in messages],
         )
         return int(status.rsplit(" ", 1)[1])
 

@@ -2,6 +2,8 @@
 
 Times are timezone-aware UTC datetimes. Embeddings are float32 numpy vectors (any dimension) or None.
 Writes carry the time they happened (``at``) so that callers own the clock and retried writes stay idempotent.
+The write records check themselves when built (raising ``InvalidInputError``): a batch, wherever it was assembled,
+holds only rows every backend accepts. A user id may be given as text; it is stored as a ``uuid.UUID``.
 """
 
 from __future__ import annotations
@@ -14,14 +16,23 @@ from typing import Any, Literal
 
 import numpy as np
 
+from core.errors import InvalidInputError
+from core.validators import parse_user_id
+from infrastructure.storage.checks import (
+    MAX_CATEGORY_LENGTH,
+    MAX_KEY_LENGTH,
+    check_name,
+    check_text,
+    require_uuid,
+    utc,
+)
+
 MessageRole = Literal["user", "assistant", "system"]
 
 # The profile columns a caller may change with ``update_profile``.
 PROFILE_FIELDS = frozenset({"name", "preferred_name", "timezone", "language", "summary"})
 
-MAX_KEY_LENGTH = 120
-MAX_CATEGORY_LENGTH = 32
-MAX_TEXT_LENGTH = 64_000
+MESSAGE_ROLES = frozenset({"user", "assistant", "system"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +67,24 @@ class MemoryWrite:
     source: str
     at: dt.datetime
     embedding: np.ndarray | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "user_id", parse_user_id(self.user_id))
+        check_name(self.category, what="category", max_length=MAX_CATEGORY_LENGTH)
+        check_name(self.key, what="key", max_length=MAX_KEY_LENGTH)
+        check_name(self.source, what="source", max_length=MAX_CATEGORY_LENGTH)
+        check_text(self.value, what="memory value")
+        if not self.value.strip():
+            raise InvalidInputError("memory value is empty")
+        importance = self.importance
+        if isinstance(importance, bool) or not isinstance(importance, (int, float)) or not 0 <= importance <= 1:
+            raise InvalidInputError("memory importance must be a number from 0 to 1")
+        utc(self.at)
+        if self.embedding is not None:
+            if not isinstance(self.embedding, np.ndarray) or self.embedding.ndim != 1 or self.embedding.size == 0:
+                raise InvalidInputError("memory embedding must be a non-empty 1-D numpy vector")
+            if not np.isfinite(self.embedding).all():
+                raise InvalidInputError("memory embedding holds NaN or infinity")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +123,11 @@ class MemoryAccess:
     keys: tuple[tuple[str, str], ...]  # (category, key)
     at: dt.datetime
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "user_id", parse_user_id(self.user_id))
+        object.__setattr__(self, "keys", tuple((str(c), str(k)) for c, k in self.keys))
+        utc(self.at)
+
 
 @dataclass(frozen=True, slots=True)
 class Conversation:
@@ -115,6 +149,15 @@ class MessageWrite:
     role: MessageRole
     content: str
     at: dt.datetime
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "user_id", parse_user_id(self.user_id))
+        require_uuid(self.id)
+        require_uuid(self.conversation_id)
+        if self.role not in MESSAGE_ROLES:
+            raise InvalidInputError(f"message role must be one of {sorted(MESSAGE_ROLES)}")
+        check_text(self.content, what="message content")
+        utc(self.at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,19 +156,19 @@ class SupabaseStorage(Storage):
 
     # Memories ---------------------------------------------------------------------------------------------
 
-    async def _upsert_memories(self, writes: list[MemoryWrite]) -> list[Memory]:
-        rows = await self._rows(
-            self._table("memories").upsert(
-                [wire.memory_write_row(w) | {"created_at": wire.time_text(w.at)} for w in writes],
-                on_conflict="user_id,category,key",
-                default_to_null=False,
-            )
+    async def _upsert_memories(self, writes: list[MemoryWrite], read_back: bool) -> list[Memory]:
+        request = self._table("memories").upsert(
+            [wire.memory_write_row(w) | {"created_at": wire.time_text(w.at)} for w in writes],
+            on_conflict="user_id,category,key",
+            default_to_null=False,
+            returning=ReturnMethod.representation if read_back else ReturnMethod.minimal,
         )
         # created_at is sent for new rows; on an update the memories_keep_created_at trigger keeps the first one.
-        by_identity = {
-            wire.memory_identity(r["user_id"], r["category"], r["key"]): wire.memory_from_row(r) for r in rows
-        }
-        return [by_identity[wire.memory_identity(w.user_id, w.category, w.key)] for w in writes]
+        if not read_back:
+            await self._run(request)
+            return []
+        # Everything but the embedding, which the writes hold already.
+        return wire.in_write_order(writes, await self._rows(request.select(_MEMORY_COLUMNS)))
 
     async def _get_memory(self, user_id: uuid.UUID, category: str, key: str) -> Memory | None:
         rows = await self._rows(

@@ -1,16 +1,18 @@
 """Rows on the wire, in both directions, written once for every backend.
 
-Out: PostgreSQL receives batches as one ``jsonb`` parameter (``jsonb_to_recordset``), PostgREST as a JSON body;
-both read the same shapes. A float32 embedding is written as the exact values of its floats, so it reads back bit
-for bit.
+Embeddings are stored as bytes: float32 little-endian, 4 bytes a dimension (a SQLite BLOB, a PostgreSQL bytea,
+PostgREST's ``\\x``-hex text of that bytea). They read back bit for bit, and never pass through text floats.
+
+Out: PostgREST receives rows as a JSON body (and PostgreSQL the access list as one ``jsonb`` parameter).
 
 In: each backend hands a row as a mapping of column to value, where ids may be ``UUID`` or text, times
-``datetime`` or ISO text, JSON columns already decoded and an embedding a sequence of floats (or None); the
+``datetime`` or ISO text, JSON columns already decoded and an embedding bytes, hex text or None; the
 ``*_from_row`` functions turn it into the records of ``records.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Mapping, Sequence
@@ -51,12 +53,25 @@ def _uuid(value: str | uuid.UUID) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
 
 
-def embedding_list(embedding: np.ndarray | None) -> list[float] | None:
-    return None if embedding is None else np.asarray(embedding, dtype=np.float32).tolist()
+EMBEDDING_DTYPE = np.dtype("<f4")
 
 
-def embedding_array(values: Sequence[float] | None) -> np.ndarray | None:
-    return None if values is None else np.array(values, dtype=np.float32)  # a writable copy
+def embedding_bytes(embedding: np.ndarray | None) -> bytes | None:
+    return None if embedding is None else np.asarray(embedding, dtype=EMBEDDING_DTYPE).tobytes()
+
+
+def embedding_hex(embedding: np.ndarray | None) -> str | None:
+    """The bytea literal PostgREST reads and writes."""
+    data = embedding_bytes(embedding)
+    return None if data is None else "\\x" + data.hex()
+
+
+def embedding_array(value: bytes | memoryview | str | None) -> np.ndarray | None:
+    """Stored bytes (or PostgREST's hex text of them) as a writable float32 vector."""
+    if value is None:
+        return None
+    data = bytes.fromhex(value.removeprefix("\\x")) if isinstance(value, str) else bytes(value)
+    return np.frombuffer(data, dtype=EMBEDDING_DTYPE).astype(np.float32)  # astype copies: writable, native order
 
 
 def memory_write_row(write: MemoryWrite) -> dict[str, Any]:
@@ -67,7 +82,7 @@ def memory_write_row(write: MemoryWrite) -> dict[str, Any]:
         "value": write.value,
         "importance": float(write.importance),
         "source": write.source,
-        "embedding": embedding_list(write.embedding),
+        "embedding": embedding_hex(write.embedding),
         "updated_at": time_text(write.at),
     }
 
@@ -91,8 +106,14 @@ def access_rows(accesses: Sequence[MemoryAccess]) -> list[dict[str, str]]:
     ]
 
 
-def memory_identity(user_id: uuid.UUID | str, category: str, key: str) -> tuple[str, str, str]:
-    return (str(user_id), category, key)
+def in_write_order(writes: Sequence[MemoryWrite], rows: Sequence[Row]) -> list[Memory]:
+    """Stored rows (read back without their embedding) as memories in the order written, with the embedding
+    each write sent: it is what the database now holds, and not reading it back saves its bytes."""
+    by_identity = {(str(r["user_id"]), r["category"], r["key"]): r for r in rows}
+    return [
+        dataclasses.replace(memory_from_row(by_identity[(str(w.user_id), w.category, w.key)]), embedding=w.embedding)
+        for w in writes
+    ]
 
 
 def profile_from_row(row: Row) -> Profile:
@@ -118,7 +139,7 @@ def onboarding_from_row(row: Row) -> OnboardingAnswers:
 
 
 def memory_from_row(row: Row) -> Memory:
-    """A memory; the embedding is None when the row was read without it."""
+    """A memory; the embedding is None when the row was read without it (or ``embedding`` overrides it)."""
     return Memory(
         id=_uuid(row["id"]),
         user_id=_uuid(row["user_id"]),
@@ -131,7 +152,7 @@ def memory_from_row(row: Row) -> Memory:
         updated_at=parse_time(row["updated_at"]),
         last_accessed_at=parse_optional_time(row["last_accessed_at"]),
         access_count=int(row["access_count"]),
-        embedding=embedding_array(row.get("embedding")),
+        embedding=embedding_array(row["embedding"]) if "embedding" in row.keys() else None,  # noqa: SIM118 (sqlite3.Row has only keys())
     )
 
 

@@ -1,5 +1,6 @@
 -- Companion schema for PostgreSQL and Supabase. Re-applying this file is harmless.
--- Embeddings are plain real[] (no extension): ranking happens in the worker with numpy.
+-- Embeddings are bytea holding float32 little-endian values, 4 bytes a dimension (no extension: ranking happens in
+-- the worker with numpy, and bytes travel both ways without turning every float into text).
 
 create table if not exists public.profiles (
     user_id        uuid primary key,
@@ -28,7 +29,7 @@ create table if not exists public.memories (
     value            text not null,
     importance       real not null default 0.5 check (importance >= 0 and importance <= 1),
     source           text not null default 'tool',
-    embedding        real[],
+    embedding        bytea,
     created_at       timestamptz not null default now(),
     updated_at       timestamptz not null default now(),
     last_accessed_at timestamptz,

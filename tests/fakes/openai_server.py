@@ -1,7 +1,7 @@
 """A local OpenAI-compatible server for tests: the network edge to the LLM provider, scripted by data.
 
 ``/v1/chat/completions`` streams a reply as server-sent events, the way OpenAI, Ollama and vLLM do. The reply is
-``replies[last user message]`` if scripted, else an echo. Every request body is kept in ``chat_requests`` so tests
+``replies[last user message]`` if scripted, else an echo. ``/v1/embeddings`` answers deterministic vectors. Every request body is kept in ``chat_requests`` so tests
 can assert on exactly what the agent sent. It runs on a thread of its own (``with FakeOpenAIServer() as fake:``)
 so that synchronous tests (a console under a pseudo-terminal) can use it too.
 """
@@ -9,11 +9,13 @@ so that synchronous tests (a console under a pseudo-terminal) can use it too.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 import time
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
 
@@ -21,6 +23,7 @@ class FakeOpenAIServer:
     def __init__(self, *, replies: dict[str, str] | None = None) -> None:
         self.replies = dict(replies or {})
         self.chat_requests: list[dict[str, Any]] = []
+        self.embedding_requests: list[dict[str, Any]] = []
         self.base_url = ""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fake-openai", daemon=True)
@@ -44,6 +47,7 @@ class FakeOpenAIServer:
     async def _start(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -54,6 +58,18 @@ class FakeOpenAIServer:
     async def _stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.embedding_requests.append(body)
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        dimensions = int(body.get("dimensions") or 1536)
+        data = [
+            {"object": "embedding", "index": i, "embedding": _fake_embedding(text, dimensions)}
+            for i, text in reversed(list(enumerate(texts)))  # out of order, as the API allows
+        ]
+        usage = {"prompt_tokens": len(texts), "total_tokens": len(texts)}
+        return web.json_response({"object": "list", "data": data, "model": body["model"], "usage": usage})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -75,6 +91,12 @@ class FakeOpenAIServer:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+def _fake_embedding(text: str, dimensions: int) -> list[float]:
+    """Deterministic, not unit length (as some compatible servers answer): a vector seeded by the text."""
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    return [float(v) for v in np.random.default_rng(seed).standard_normal(dimensions) * 3.0]
 
 
 def _last_user_text(body: dict[str, Any]) -> str:

@@ -34,7 +34,7 @@ def _now() -> dt.datetime:
 
 @dataclass(frozen=True)
 class Column:
-    type: str  # uuid | text | real | real[] | integer | bigint | timestamptz | jsonb
+    type: str  # uuid | text | real | bytea | integer | bigint | timestamptz | jsonb
     nullable: bool = True
     default: Callable[[], Any] | None = None
 
@@ -87,7 +87,7 @@ def _schema() -> dict[str, Table]:
                 "value": text,
                 "importance": Column("real", nullable=False, default=lambda: 0.5),
                 "source": Column("text", nullable=False, default=lambda: "tool"),
-                "embedding": Column("real[]"),
+                "embedding": Column("bytea"),
                 "created_at": now,
                 "updated_at": now,
                 "last_accessed_at": Column("timestamptz"),
@@ -149,8 +149,10 @@ def _coerce(column: str, kind: str, value: Any) -> Any:
             return value
         if kind == "real":
             return float(np.float32(value))
-        if kind == "real[]":
-            return [float(np.float32(v)) for v in value]
+        if kind == "bytea":  # PostgREST takes and gives bytea as \\x-prefixed hex text
+            if not (isinstance(value, str) and value.startswith("\\x")):
+                raise ValueError("bytea must be \\x-hex")
+            return bytes.fromhex(value[2:])
         if kind in ("integer", "bigint"):
             return int(value)
         if kind == "timestamptz":
@@ -171,8 +173,8 @@ def _render(kind: str, value: Any) -> Any:
         return value.isoformat()
     if kind == "real":
         return float(str(np.float32(value)))  # float4 prints its shortest form: 0.7, not 0.699999988
-    if kind == "real[]":
-        return [float(str(np.float32(v))) for v in value]
+    if kind == "bytea":
+        return "\\x" + value.hex()
     return value
 
 

@@ -11,7 +11,8 @@ from aiohttp import web
 from core.config import Settings
 from core.errors import ClosedError
 from infrastructure.connection_pool import ConnectionPool
-from tests.redis_servers import free_port, shared_redis_url
+from tests.net import free_port
+from tests.redis_servers import shared_redis_url
 
 
 def settings(tmp_path: Path, **overrides: object) -> Settings:

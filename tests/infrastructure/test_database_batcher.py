@@ -155,11 +155,11 @@ async def test_writes_still_pending_when_a_dead_database_outlives_aclose_are_rep
     assert await store.list_memories(user) == []
 
 
-async def test_bad_input_is_refused_when_offered_not_by_failing_a_batch(database: Database) -> None:
+async def test_bad_input_never_reaches_a_batch_to_fail_it(database: Database) -> None:
     store, user = database.storage, uuid.uuid4()
     async with DatabaseBatcher(storage=store, params=FAST) as batcher:
         good = batcher.upsert_memory(memory(user, 1))
-        with pytest.raises(InvalidInputError):
+        with pytest.raises(InvalidInputError):  # refused to its caller when built, before it can be offered
             batcher.upsert_memory(MemoryWrite(user, "FACT", "k", "", 0.5, "tool", T0))
         await good
     assert len(await store.list_memories(user)) == 1

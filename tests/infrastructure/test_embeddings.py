@@ -8,10 +8,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import openai
 import pytest
 
-from infrastructure.embeddings import CachedEmbedder
+from core.config import Settings
+from core.errors import EmbeddingError
+from infrastructure.embeddings import CachedEmbedder, open_embedder
 from infrastructure.embeddings.minilm import MiniLMEmbedder
+from infrastructure.embeddings.openai_embedder import OpenAIEmbedder
+from tests.fakes.openai_server import FakeOpenAIServer
+from tests.net import free_port
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "minilm_reference.json"
 
@@ -40,9 +46,11 @@ def test_vectors_equal_the_sentence_transformers_reference(embedder: MiniLMEmbed
     expected = np.array(reference["vectors"], dtype=np.float32)
 
     batched = embedder.encode(reference["sentences"])  # padded batch, incl. an empty and a >256-token text
+    chunked = embedder.encode(reference["sentences"] * 3)  # past one chunk: sorted by length, then put back
     one_by_one = np.stack([embedder.encode([s])[0] for s in reference["sentences"]])
 
     np.testing.assert_allclose(batched, expected, atol=1e-5)
+    np.testing.assert_allclose(chunked, np.concatenate([expected] * 3), atol=1e-5)
     np.testing.assert_allclose(one_by_one, expected, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
 
@@ -67,3 +75,41 @@ async def test_repeated_texts_are_served_from_the_cache(embedder: MiniLMEmbedder
     await cached.embed(["coffee with Sam"])
     await cached.embed(["a walk in the park"])
     assert (cached.stats.hits, cached.stats.misses) == (3, 4)
+
+
+async def test_the_openai_provider_returns_unit_vectors_in_input_order_at_our_dimension(tmp_path: Path) -> None:
+    with FakeOpenAIServer() as fake:
+        settings = Settings(_env_file=None, embedding_provider="openai", openai_base_url=fake.base_url)  # type: ignore[call-arg]
+        client = openai.AsyncOpenAI(api_key="test", base_url=fake.base_url)
+        embedder = await open_embedder(settings, openai_client=client)
+        try:
+            vectors = await embedder.embed(["first", "second", "first"])
+        finally:
+            await client.close()
+
+    assert vectors.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(vectors[0], vectors[2])
+    assert not np.allclose(vectors[0], vectors[1])
+    [request] = fake.embedding_requests  # the repeated text was asked for once
+    assert (request["model"], request["dimensions"], request["input"]) == (
+        "text-embedding-3-small",
+        384,
+        ["first", "second"],
+    )
+
+
+async def test_an_unreachable_provider_is_a_retryable_embedding_error() -> None:
+    client = openai.AsyncOpenAI(api_key="test", base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=0)
+    try:
+        with pytest.raises(EmbeddingError) as caught:
+            await OpenAIEmbedder(client=client).embed(["hello"])
+    finally:
+        await client.close()
+    assert caught.value.retryable
+
+
+async def test_the_local_provider_is_the_default(tmp_path: Path) -> None:
+    embedder = await open_embedder(Settings(_env_file=None))  # type: ignore[call-arg]
+    assert (embedder.name, embedder.dimension) == ("local", 384)
+    assert (await embedder.embed_one("hello")).shape == (384,)

@@ -114,26 +114,26 @@ async def test_a_malformed_user_id_is_refused_before_any_query(backend: Backend)
     store, bad = backend.storage, "not-a-uuid"
     good = uuid.uuid4()
     calls = [
-        store.ensure_profile(bad, at=T0),
-        store.get_profile(bad),
-        store.update_profile(bad, {"name": "x"}, at=T0),
-        store.save_onboarding(bad, {}, at=T0),
-        store.claim_onboarding(bad, at=T0),
-        store.upsert_memories([memory(good, "k", "v"), memory(bad, "k", "v")]),  # type: ignore[arg-type]
-        store.list_memories("123e4567-e89b-12d3-a456-42661417400"),  # one digit short
-        store.get_memory("{123e4567-e89b-12d3-a456-426614174000}", "FACT", "k"),
-        store.delete_memories(bad, [("FACT", "k")]),
-        store.record_memory_access([MemoryAccess(bad, (("FACT", "k"),), T0)]),  # type: ignore[arg-type]
-        store.memory_history(bad, "FACT", "k"),
-        store.start_conversation(bad, uuid.uuid4(), at=T0),
-        store.recent_conversations(bad),
-        store.append_messages([MessageWrite(uuid.uuid4(), uuid.uuid4(), bad, "user", "hi", T0)]),  # type: ignore[arg-type]
-        store.recent_messages(bad),
-        store.delete_user_data("'; drop table memories; --"),
+        lambda: store.ensure_profile(bad, at=T0),
+        lambda: store.get_profile(bad),
+        lambda: store.update_profile(bad, {"name": "x"}, at=T0),
+        lambda: store.save_onboarding(bad, {}, at=T0),
+        lambda: store.claim_onboarding(bad, at=T0),
+        lambda: store.upsert_memories([memory(good, "k", "v"), memory(bad, "k", "v")]),  # type: ignore[arg-type]
+        lambda: store.list_memories("123e4567-e89b-12d3-a456-42661417400"),  # one digit short
+        lambda: store.get_memory("{123e4567-e89b-12d3-a456-426614174000}", "FACT", "k"),
+        lambda: store.delete_memories(bad, [("FACT", "k")]),
+        lambda: store.record_memory_access([MemoryAccess(bad, (("FACT", "k"),), T0)]),  # type: ignore[arg-type]
+        lambda: store.memory_history(bad, "FACT", "k"),
+        lambda: store.start_conversation(bad, uuid.uuid4(), at=T0),
+        lambda: store.recent_conversations(bad),
+        lambda: store.append_messages([MessageWrite(uuid.uuid4(), uuid.uuid4(), bad, "user", "hi", T0)]),  # type: ignore[arg-type]
+        lambda: store.recent_messages(bad),
+        lambda: store.delete_user_data("'; drop table memories; --"),
     ]
     for call in calls:
         with pytest.raises(InvalidUserIdError):
-            await call
+            await call()
     assert store.stats.queries == 0
     if backend.stub is not None:
         assert backend.stub.requests == []
@@ -147,19 +147,31 @@ async def test_a_malformed_user_id_is_refused_before_any_query(backend: Backend)
         {"value": "a\x00b"},
         {"value": "x" * 64_001},
         {"importance": 1.5},
+        {"importance": True},
         {"key": ""},
         {"key": "k" * 121},
         {"embedding": np.array([0.1, np.nan], dtype=np.float32)},
         {"at": dt.datetime(2026, 1, 1)},  # naive
     ],
-    ids=["empty", "nul", "too-long", "importance", "empty-key", "long-key", "nan-embedding", "naive-time"],
+    ids=[
+        "empty",
+        "nul",
+        "too-long",
+        "importance",
+        "bool-importance",
+        "empty-key",
+        "long-key",
+        "nan-embedding",
+        "naive-time",
+    ],
 )
 async def test_invalid_memory_writes_are_refused_whole_before_any_query(backend: Backend, bad_write: dict) -> None:
     store, user = backend.storage, uuid.uuid4()
     fields = {"key": "k2", "value": "fine", "importance": 0.5, "at": T0} | bad_write
-    bad = MemoryWrite(user_id=user, category="FACT", source="tool", **fields)
-    with pytest.raises(InvalidInputError):
-        await store.upsert_memories([memory(user, "k1", "good"), bad])
+    with pytest.raises(InvalidInputError):  # a write record checks itself: no batch can hold it
+        await store.upsert_memories(
+            [memory(user, "k1", "good"), MemoryWrite(user_id=user, category="FACT", source="tool", **fields)]
+        )
     assert store.stats.queries == 0
     assert await store.list_memories(user) == []
 
@@ -294,7 +306,7 @@ async def test_messages_are_stored_once_and_read_back_in_order(backend: Backend)
     in_first = await store.recent_messages(user, conversation_id=first)
     assert [(m.role, m.created_at) for m in in_first] == [("user", T0), ("assistant", T0 + minutes(1))]
     with pytest.raises(InvalidInputError):
-        await store.append_messages([MessageWrite(uuid.uuid4(), first, user, "robot", "beep", T0)])  # type: ignore[arg-type]
+        MessageWrite(uuid.uuid4(), first, user, "robot", "beep", T0)  # type: ignore[arg-type]
 
 
 async def test_conversations_record_their_summary_and_open_threads(backend: Backend) -> None:
