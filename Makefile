@@ -1,5 +1,6 @@
 # make console   chat with the agent in the terminal (python agent.py console --text)
 # make test      the whole suite: ruff, import-linter, pytest (starts PostgreSQL and Redis when needed)
+# make bench     bench/infrastructure.py: batching, cache, pool and embedder numbers as one JSON object
 # The first run creates .venv and installs everything, system packages included where it may.
 
 PYTHON ?= python3.11
@@ -7,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: console test lint setup constraints clean
+.PHONY: console test lint bench setup constraints clean
 
 setup: $(STAMP)
 
@@ -34,6 +35,10 @@ test: $(STAMP)
 	@scripts/system-deps.sh test
 	$(MAKE) --no-print-directory lint
 	@eval "$$(scripts/test-services.sh)" && $(BIN)/pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	@scripts/system-deps.sh test
+	$(BIN)/python bench/infrastructure.py
 
 constraints: $(STAMP)
 	@{ echo "# Every transitive dependency pinned, from \`pip freeze\` of a working install. Regenerate with \`make constraints\`."; \
