@@ -116,11 +116,13 @@ class Settings(BaseSettings):
             return value
         if value.startswith("sqlite:///") or value.startswith(("postgresql://", "postgres://")):
             return value
-        scheme = value.split(":", 1)[0] if ":" in value else value[:12]
-        # Only the scheme is echoed: the rest of a database URL may hold a password.
+        # Only a scheme is echoed: the rest of a database URL may hold a password.
+        seen = (
+            f" (it starts with '{value.split(':', 1)[0]}:')" if ":" in value and "@" not in value.split(":")[0] else ""
+        )
         raise ValueError(
-            "must be sqlite:///path/to/file.db or postgresql://user:password@host:5432/dbname "
-            f"(it starts with '{scheme}:'); unset it to use the default {DEFAULT_DATABASE_URL}"
+            "must be sqlite:///path/to/file.db or postgresql://user:password@host:5432/dbname"
+            f"{seen}; unset it to use the default {DEFAULT_DATABASE_URL}"
         )
 
     @field_validator("openai_base_url", "supabase_url")

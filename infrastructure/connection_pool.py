@@ -76,10 +76,13 @@ class _Resource(Generic[Client]):
         self._create, self._close, self._check, self._gauges = create, close, check, gauges
         self._lock = asyncio.Lock()
         self.client: Client | None = None
+        self.closed = False
         self.created = self.reused = self.errors = 0
         self.last_health: HealthResult | None = None
 
     async def get(self) -> Client:
+        if self.closed:
+            raise ClosedError("the connection pool is closed")
         if self.client is not None:
             self.reused += 1
             return self.client
@@ -97,6 +100,8 @@ class _Resource(Generic[Client]):
 
     async def health_check(self) -> HealthResult:
         started = time.perf_counter()
+        if self.closed:
+            raise ClosedError("the connection pool is closed")
         try:
             await self._check(self.client if self.client is not None else await self.get())
             result = HealthResult(ok=True, checked_at=time.time(), latency_ms=_ms_since(started))
@@ -109,6 +114,7 @@ class _Resource(Generic[Client]):
         return result
 
     async def aclose(self) -> None:
+        self.closed = True
         async with self._lock:
             client, self.client = self.client, None
         if client is not None:
@@ -162,9 +168,7 @@ class ConnectionPool:
         return await self._get(self._redis) if self._settings.cache_uses_redis else None
 
     async def _get(self, resource: _Resource[Client]) -> Client:
-        if self._closed:
-            raise ClosedError("the connection pool is closed")
-        return await resource.get()
+        return await resource.get()  # a closed resource raises ClosedError
 
     async def open_all(self) -> None:
         """Create every configured resource now (prewarm), so the first session does not pay for it."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from core.config import Settings
-from core.errors import BatcherFullError, ClosedError, CompanionError, StorageError
+from core.errors import BatcherFullError, ClosedError, CompanionError, StorageError, StorageUnavailableError
 from infrastructure.storage import MemoryAccess, MemoryWrite, MessageWrite, Storage
 
 logger = logging.getLogger("companion.batcher")
@@ -65,7 +65,7 @@ class BatcherParams:
 @dataclass(frozen=True, slots=True)
 class BatcherStats:
     accepted: int
-    statements: int
+    statements: int  # statements that stored a batch (retries are counted apart)
     rows_written: int
     merged: int
     roundtrip_saving: float  # 1 - statements / accepted: the share of round trips batching saved
@@ -129,12 +129,12 @@ class DatabaseBatcher:
             "memory_access": _Lane("memory_access", storage.record_memory_access, lambda _: self._next_sequence()),
         }
         self._wakeup = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._in_flight = 0
+        self._in_flight: list[_Pending[Any]] = []
+        self._in_flight_lane: _Lane[Any] | None = None
+        self._urgent = 0  # flush() calls waiting
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._flush_all = False
+        self._dead = False
         self._close_deadline: float | None = None
         self._accepted = self._statements = self._rows = self._merged = 0
         self._failures = self._retries = self._rejected = 0
@@ -142,7 +142,7 @@ class DatabaseBatcher:
     # Lifecycle --------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._task is None:
+        if self._task is None and not self._closing:
             self._task = asyncio.create_task(self._run(), name="database-batcher")
 
     async def __aenter__(self) -> DatabaseBatcher:
@@ -152,29 +152,39 @@ class DatabaseBatcher:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def flush(self) -> None:
-        """Write everything accepted so far now; return when it is stored or has failed."""
+    async def flush(self, *, within: float | None = None) -> None:
+        """Write what was accepted before this call now; return when each of those writes is stored or has
+        failed, or after ``within`` seconds (the writes stay queued). Writes offered meanwhile do not delay it."""
         self.start()
-        self._flush_all = True
+        waiting = [f for p in self._outstanding() for f in p.futures if not f.done()]
+        if not waiting:
+            return
+        self._urgent += 1
         self._wakeup.set()
-        while self._depth() or self._in_flight:
-            self._idle.clear()
-            self._wakeup.set()
-            await self._idle.wait()
-        self._flush_all = False
+        try:
+            await asyncio.wait(waiting, timeout=within)  # asyncio.wait never cancels what it waits for
+        finally:
+            self._urgent -= 1
 
     async def aclose(self) -> None:
-        """Refuse new writes, flush the rest (retrying up to ``close_timeout``), stop the task. Idempotent."""
+        """Refuse new writes, flush the rest (retrying up to ``close_timeout``), stop the task. Idempotent.
+
+        What the database has not taken by the deadline fails with StorageUnavailableError. Cancelling the
+        caller does not cancel the flush."""
         if self._task is None:
-            self._fail_all(ClosedError("batcher closed before it started"))
             self._closing = True
+            self._fail_all(ClosedError("batcher closed before it started"))
             return
         if not self._closing:
             self._closing = True
             self._close_deadline = self._clock() + self._params.close_timeout
             self._wakeup.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout=self._params.close_timeout + 1.0)
+        except TimeoutError:  # a write that ignores its own timeout: stop it and report what is left
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     # Writes -----------------------------------------------------------------------------------------------
 
@@ -194,7 +204,7 @@ class DatabaseBatcher:
             statements=self._statements,
             rows_written=self._rows,
             merged=self._merged,
-            roundtrip_saving=1.0 - self._statements / self._accepted if self._accepted else 0.0,
+            roundtrip_saving=max(0.0, 1.0 - self._statements / self._accepted) if self._accepted else 0.0,
             failures=self._failures,
             retries=self._retries,
             rejected=self._rejected,
@@ -204,8 +214,8 @@ class DatabaseBatcher:
 
     def _offer(self, lane_name: str, item: Any) -> asyncio.Future[None]:
         """Accept one write; the future resolves when it is stored (or fails). Raises when it cannot accept."""
-        if self._closing:
-            raise ClosedError("the batcher is closing; the write was not accepted")
+        if self._closing or self._dead:
+            raise ClosedError("the batcher is closed; the write was not accepted")
         lane = self._lanes[lane_name]
         key = lane.key(item)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -221,7 +231,6 @@ class DatabaseBatcher:
                 raise BatcherFullError(f"the write queue is full ({self._params.max_pending} pending)")
             lane.pending[key] = _Pending(item=item, accepted_at=self._clock(), futures=[future])
         self._accepted += 1
-        self._idle.clear()
         if len(lane.pending) >= self._params.max_rows or len(lane.pending) == 1:
             self._wakeup.set()
         return future
@@ -229,24 +238,29 @@ class DatabaseBatcher:
     # The task ---------------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
-            due = self._due_lanes()
-            for lane in due:
-                await self._write_batch(lane)
-            if self._closing and not self._depth():
-                break
-            if not self._depth():
-                self._idle.set()
-            if not due:
-                self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=self._next_due_in())
-        self._idle.set()
+        try:
+            while True:
+                due = self._due_lanes()
+                for lane in due:
+                    await self._write_batch(lane)
+                if self._closing and not self._depth():
+                    return
+                if not due:
+                    self._wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), timeout=self._next_due_in())
+        except asyncio.CancelledError:
+            self._fail_all(StorageUnavailableError("the batcher was stopped before the database took these writes"))
+            raise
+        except Exception as exc:  # our bug: never leave callers waiting on futures nobody will resolve
+            self._dead = True
+            logger.error("write batcher stopped", extra={"error": type(exc).__name__})
+            self._fail_all(ClosedError("the write batcher stopped on an unexpected error"))
 
     def _due_lanes(self) -> list[_Lane[Any]]:
         now = self._clock()
-        urgent = self._closing or self._flush_all
-        return [
+        urgent = self._closing or self._urgent > 0
+        due = [
             lane
             for lane in self._lanes.values()
             if lane.pending
@@ -256,6 +270,10 @@ class DatabaseBatcher:
                 or now - (lane.oldest() or now) >= self._params.max_delay
             )
         ]
+        memories = self._lanes["memories"]
+        if self._lanes["memory_access"] in due and memories.pending and memories not in due:
+            due.insert(0, memories)  # an access count must not reach the database before its memory
+        return due
 
     def _next_due_in(self) -> float | None:
         oldest = [o for o in (lane.oldest() for lane in self._lanes.values()) if o is not None]
@@ -264,41 +282,61 @@ class DatabaseBatcher:
         return max(0.0, min(oldest) + self._params.max_delay - self._clock())
 
     async def _write_batch(self, lane: _Lane[Any]) -> None:
-        batch = lane.take(self._params.max_rows)
-        self._in_flight += len(batch)
+        self._in_flight, self._in_flight_lane = lane.take(self._params.max_rows), lane
         try:
-            attempt = 0
-            while True:
-                try:
-                    self._statements += 1
-                    await lane.write([p.item for p in batch])
-                except StorageError as exc:
-                    give_up = not exc.retryable or (
-                        self._close_deadline is not None and self._clock() >= self._close_deadline
-                    )
-                    if give_up:
-                        self._fail(lane, batch, exc)
-                        return
-                    self._retries += 1
-                    delay = backoff_delay(
-                        attempt, initial=self._params.retry_initial, ceiling=self._params.retry_max, rng=self._rng
-                    )
-                    if self._close_deadline is not None:
-                        delay = min(delay, max(0.0, self._close_deadline - self._clock()))
-                    attempt += 1
-                    await asyncio.sleep(delay)
-                    continue
-                except CompanionError as exc:  # invalid input: retrying cannot help
-                    self._fail(lane, batch, exc)
+            await self._write_with_retry(lane, self._in_flight)
+        finally:
+            self._in_flight, self._in_flight_lane = [], None
+
+    async def _write_with_retry(self, lane: _Lane[Any], batch: list[_Pending[Any]]) -> None:
+        attempt = 0
+        while True:
+            if self._close_deadline is not None and self._clock() >= self._close_deadline:
+                self._fail(lane, batch, StorageUnavailableError("the database did not take these writes in time"))
+                return
+            try:
+                await self._bounded(lane.write([p.item for p in batch]))
+            except StorageError as exc:
+                if not exc.retryable:
+                    await self._isolate(lane, batch, exc)
                     return
+            except TimeoutError:  # the close deadline cut this attempt short; the loop reports it
+                pass
+            except CompanionError as exc:
+                await self._isolate(lane, batch, exc)
+                return
+            except Exception as exc:  # an untranslated error: fail this batch, keep serving the others
+                logger.error("write batch raised unexpectedly", extra={"lane": lane.name, "error": type(exc).__name__})
+                self._fail(lane, batch, StorageError("unexpected error while writing a batch"))
+                return
+            else:
+                self._statements += 1
                 self._rows += len(batch)
                 for pending in batch:
                     for future in pending.futures:
                         if not future.done():
                             future.set_result(None)
                 return
-        finally:
-            self._in_flight -= len(batch)
+            self._retries += 1
+            delay = backoff_delay(attempt, initial=self._params.retry_initial, ceiling=self._params.retry_max,
+                                  rng=self._rng)  # fmt: skip
+            if self._close_deadline is not None:
+                delay = min(delay, max(0.0, self._close_deadline - self._clock()))
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _isolate(self, lane: _Lane[Any], batch: list[_Pending[Any]], exc: CompanionError) -> None:
+        """A batch the database refused for good: write its rows one by one, so one bad row fails alone."""
+        if len(batch) == 1:
+            self._fail(lane, batch, exc)
+            return
+        for pending in batch:
+            await self._write_with_retry(lane, [pending])
+
+    async def _bounded(self, write: Awaitable[Any]) -> Any:
+        if self._close_deadline is None:
+            return await write
+        return await asyncio.wait_for(write, timeout=max(0.0, self._close_deadline - self._clock()))
 
     def _fail(self, lane: _Lane[Any], batch: list[_Pending[Any]], exc: CompanionError) -> None:
         self._failures += len(batch)
@@ -313,9 +351,15 @@ class DatabaseBatcher:
                     future.exception()  # a caller that fired and forgot must not get "exception never retrieved"
 
     def _fail_all(self, exc: CompanionError) -> None:
+        in_flight, lane_of_it, self._in_flight = self._in_flight, self._in_flight_lane, []
+        if in_flight and lane_of_it is not None:
+            self._fail(lane_of_it, in_flight, exc)
         for lane in self._lanes.values():
             if lane.pending:
                 self._fail(lane, lane.take(len(lane.pending)), exc)
+
+    def _outstanding(self) -> list[_Pending[Any]]:
+        return [*self._in_flight, *(p for lane in self._lanes.values() for p in lane.pending.values())]
 
     def _depth(self) -> int:
         return sum(len(lane.pending) for lane in self._lanes.values())

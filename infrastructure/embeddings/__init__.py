@@ -17,8 +17,8 @@ async def open_embedder(settings: Settings, *, openai_client: openai.AsyncOpenAI
     if settings.embedding_provider == "openai":
         from infrastructure.embeddings.openai_embedder import OpenAIEmbedder
 
-        if openai_client is None:
-            raise ValueError("EMBEDDING_PROVIDER=openai needs the pooled OpenAI client")
+        if openai_client is None:  # a wiring mistake of ours, not the user's configuration
+            raise TypeError("EMBEDDING_PROVIDER=openai needs the pooled OpenAI client")
         inner = OpenAIEmbedder(
             client=openai_client, model=settings.embedding_model, dimension=settings.embedding_dimensions
         )

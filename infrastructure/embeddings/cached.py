@@ -36,21 +36,23 @@ class CachedEmbedder(Embedder):
         self.stats = EmbeddingCacheStats()
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
-        misses = sum(1 for t in texts if t not in self._vectors)
-        self.stats.misses += misses
-        self.stats.hits += len(texts) - misses
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        # Take what is cached now: another call may evict it while this one waits for the provider.
+        known = {t: self._vectors[t] for t in texts if t in self._vectors}
+        missing = [t for t in dict.fromkeys(texts) if t not in known]
+        self.stats.hits += sum(1 for t in texts if t in known)
+        self.stats.misses += sum(1 for t in texts if t not in known)
         if missing:
-            for text, vector in zip(missing, await self._inner.embed(missing), strict=True):
-                self._vectors[text] = vector
-        rows = []
-        for text in texts:
+            fresh = await self._inner.embed(missing)
+            known.update(zip(missing, fresh, strict=True))
+        for text in dict.fromkeys(texts):
+            self._vectors[text] = known[text]
             self._vectors.move_to_end(text)
-            rows.append(self._vectors[text])
         while len(self._vectors) > self._max:
             self._vectors.popitem(last=False)
         # np.stack copies: a caller that changes its matrix does not change the cache.
-        return np.stack(rows) if rows else np.zeros((0, self.dimension), dtype=np.float32)
+        return np.stack([known[t] for t in texts])
 
     async def aclose(self) -> None:
         await self._inner.aclose()

@@ -18,8 +18,7 @@ def check_name(value: object, *, what: str, max_length: int) -> None:
         raise InvalidInputError(f"memory {what} is empty")
     if len(value) > max_length:
         raise InvalidInputError(f"memory {what} is longer than {max_length} characters")
-    if "\x00" in value:
-        raise InvalidInputError(f"memory {what} contains a NUL character")
+    _check_storable(value, what=f"memory {what}")
 
 
 def check_text(value: object, *, what: str) -> None:
@@ -27,9 +26,18 @@ def check_text(value: object, *, what: str) -> None:
         raise InvalidInputError(f"{what} must be text")
     if len(value) > MAX_TEXT_LENGTH:
         raise InvalidInputError(f"{what} is longer than {MAX_TEXT_LENGTH} characters")
-    # PostgreSQL text cannot hold NUL; refusing it everywhere keeps the backends identical.
+    _check_storable(value, what=what)
+
+
+def _check_storable(value: str, *, what: str) -> None:
+    # PostgreSQL text cannot hold NUL, and no database takes a lone surrogate (JSON tool arguments can carry
+    # "\ud800"); refusing both everywhere keeps the backends identical and a batch free of rows that would fail.
     if "\x00" in value:
         raise InvalidInputError(f"{what} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInputError(f"{what} is not valid Unicode text") from None
 
 
 def utc(at: object) -> dt.datetime:

@@ -7,6 +7,7 @@ database migrated by the Supabase CLI can be handed to the worker and vice versa
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,15 +48,18 @@ async def apply_migrations(conn: asyncpg.Connection, *, force: bool = False) -> 
     applied_now: list[str] = []
     async with conn.transaction():
         await conn.execute("select pg_advisory_xact_lock($1)", _LOCK_KEY)
+        # Row-level security with no policy: on Supabase the REST API must not expose this table to anyone.
         await conn.execute(
             "create table if not exists public.companion_schema_migrations ("
-            " version text primary key, applied_at timestamptz not null default now())"
+            " version text primary key, applied_at timestamptz not null default now());"
+            "alter table public.companion_schema_migrations enable row level security"
         )
         done = {r["version"] for r in await conn.fetch("select version from public.companion_schema_migrations")}
-        for migration in discover():
+        migrations = await asyncio.to_thread(lambda: [(m, m.sql) for m in discover()])
+        for migration, sql in migrations:
             if migration.version in done and not force:
                 continue
-            await conn.execute(migration.sql)
+            await conn.execute(sql)
             await conn.execute(
                 "insert into public.companion_schema_migrations (version) values ($1) on conflict do nothing",
                 migration.version,

@@ -31,12 +31,11 @@ from infrastructure.storage.records import (
     OnboardingAnswers,
     Profile,
 )
+from infrastructure.storage.retryable import is_retryable
 
 _MEMORY_COLUMNS = (
     "id, user_id, category, key, value, importance, source, created_at, updated_at, last_accessed_at, access_count"
 )
-# SQLSTATE classes where trying again can succeed: connection, transaction rollback, resources, operator action.
-_RETRYABLE_CLASSES = frozenset({"08", "40", "53", "57"})
 
 
 class PostgresStorage(Storage):
@@ -93,12 +92,16 @@ class PostgresStorage(Storage):
 
     @contextlib.contextmanager
     def _translate(self) -> Iterator[None]:
+        # Causes are dropped (from None): asyncpg's messages quote the offending values, which are user data.
         try:
             yield
+        except asyncpg.DataError:  # a value the driver could not encode: the row, not the database
+            self.stats.errors += 1
+            raise StorageError("postgres refused a value") from None
         except asyncpg.PostgresError as exc:
             self.stats.errors += 1
             sqlstate = exc.sqlstate or ""
-            raise StorageError(f"postgres error {sqlstate}", retryable=sqlstate[:2] in _RETRYABLE_CLASSES) from exc
+            raise StorageError(f"postgres error {sqlstate}", retryable=is_retryable(sqlstate)) from None
         except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:
             self.stats.errors += 1
             raise StorageUnavailableError("PostgreSQL is unreachable") from exc
@@ -138,7 +141,10 @@ class PostgresStorage(Storage):
             user_id,
             at,
         )
-        assert row is not None
+        if row is None:  # another session inserted it after this statement's snapshot: read it now
+            row = await self._fetchrow("select * from public.profiles where user_id = $1", user_id)
+        if row is None:
+            raise StorageError("profile vanished while being ensured", retryable=True)
         return wire.profile_from_row(row)
 
     async def _get_profile(self, user_id: uuid.UUID) -> Profile | None:
@@ -277,6 +283,10 @@ class PostgresStorage(Storage):
             user_id,
             at,
         )
+        if row is None:  # inserted concurrently after this statement's snapshot, or someone else's id
+            row = await self._fetchrow(
+                "select * from public.conversations where id = $1 and user_id = $2", conversation_id, user_id
+            )
         if row is None:
             raise InvalidInputError("conversation id is already used by another user")
         return wire.conversation_from_row(row)

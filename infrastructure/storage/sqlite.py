@@ -94,16 +94,16 @@ class SqliteStorage(Storage):
             raise StorageUnavailableError("the SQLite storage is closed")
         try:
             yield
-        except sqlite3.OperationalError as exc:
-            self.stats.errors += 1
-            # "database is locked" and friends pass; a malformed statement would not, but that is our bug.
-            raise StorageError("sqlite operational error", retryable=True) from exc
         except sqlite3.Error as exc:
             self.stats.errors += 1
-            raise StorageError("sqlite error") from exc
-        except ValueError as exc:  # aiosqlite: "no active connection"
+            # Only a lock held by another connection passes; a disk error or a bad statement does not.
+            busy = getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            raise StorageError(f"sqlite error {getattr(exc, 'sqlite_errorname', '')}", retryable=busy) from None
+        except ValueError as exc:
             self.stats.errors += 1
-            raise StorageUnavailableError("the SQLite connection is closed") from exc
+            if "no active connection" in str(exc):  # aiosqlite, after close
+                raise StorageUnavailableError("the SQLite connection is closed") from None
+            raise StorageError("sqlite refused a value") from None
 
     async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         self.stats.queries += 1

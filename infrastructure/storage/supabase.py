@@ -33,11 +33,10 @@ from infrastructure.storage.records import (
     OnboardingAnswers,
     Profile,
 )
+from infrastructure.storage.retryable import is_retryable
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 _MEMORY_COLUMNS = "id,user_id,category,key,value,importance,source,created_at,updated_at,last_accessed_at,access_count"
-# PostgREST error codes (PGRST*) and SQLSTATEs after which the same request can succeed.
-_RETRYABLE_CODES = frozenset({"PGRST000", "PGRST001", "PGRST002", "PGRST003", "40001", "40P01", "57014"})
 
 
 class SupabaseStorage(Storage):
@@ -76,7 +75,7 @@ class SupabaseStorage(Storage):
         except APIError as exc:
             self.stats.errors += 1
             code = exc.code or ""
-            raise StorageError(f"supabase error {code}", retryable=code in _RETRYABLE_CODES) from exc
+            raise StorageError(f"supabase error {code}", retryable=is_retryable(code)) from None
         except (httpx.TransportError, RuntimeError) as exc:  # RuntimeError: the HTTP client was closed
             self.stats.errors += 1
             raise StorageUnavailableError("Supabase is unreachable") from exc

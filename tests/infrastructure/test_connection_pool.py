@@ -92,3 +92,14 @@ async def test_redis_is_absent_when_not_configured(tmp_path: Path) -> None:
         assert "redis" not in pool.stats()
     finally:
         await pool.aclose()
+
+
+async def test_a_closed_pool_creates_nothing_again(tmp_path: Path) -> None:
+    pool = ConnectionPool(settings=settings(tmp_path))
+    await pool.open_all()
+    await pool.aclose()
+    with pytest.raises(ClosedError):
+        await pool.health_check()
+    with pytest.raises(ClosedError):
+        await pool.open_all()
+    assert all(not resource.open for resource in pool.stats().values())

@@ -31,6 +31,7 @@ class Database:
 
     storage: Storage
     lock: Callable[[], contextlib.AbstractAsyncContextManager[None]]
+    refuse_value: Callable[[str], contextlib.AbstractAsyncContextManager[None]]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -49,6 +50,19 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
                 other.execute("rollback")
                 other.close()
 
+        @contextlib.asynccontextmanager
+        async def refuse_value(value: str) -> AsyncIterator[None]:
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute(
+                "create trigger refuse before insert on memories when new.value = ? "
+                "begin select raise(abort, 'refused'); end".replace("?", "'" + value + "'")
+            )
+            try:
+                yield
+            finally:
+                other.execute("drop trigger refuse")
+                other.close()
+
     else:
         dsn = request.getfixturevalue("migrated_database")
         storage = await PostgresStorage.open(dsn, migrate=False, command_timeout=0.2)
@@ -65,8 +79,21 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
                 await transaction.rollback()
                 await other.close()
 
+        @contextlib.asynccontextmanager
+        async def refuse_value(value: str) -> AsyncIterator[None]:
+            other = await asyncpg.connect(dsn)
+            constraint = f"refuse_{uuid.uuid4().hex[:8]}"
+            await other.execute(
+                f"alter table public.memories add constraint {constraint} check (value <> '{value}') not valid"
+            )
+            try:
+                yield
+            finally:
+                await other.execute(f"alter table public.memories drop constraint {constraint}")
+                await other.close()
+
     try:
-        yield Database(storage=storage, lock=lock)
+        yield Database(storage=storage, lock=lock, refuse_value=refuse_value)
     finally:
         await storage.aclose()
 
@@ -185,3 +212,52 @@ def test_backoff_grows_exponentially_with_full_jitter_up_to_the_ceiling() -> Non
 
     envelope = [backoff_delay(n, initial=0.05, ceiling=1.0, rng=Top()) for n in range(7)]  # type: ignore[arg-type]
     assert envelope == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+
+
+async def test_a_row_the_database_refuses_fails_alone_and_the_rest_of_its_batch_is_stored(database: Database) -> None:
+    store, user = database.storage, uuid.uuid4()
+    async with database.refuse_value("poison-row"), DatabaseBatcher(storage=store, params=FAST) as batcher:
+        futures = [batcher.upsert_memory(memory(user, n)) for n in range(5)]
+        poisoned = batcher.upsert_memory(MemoryWrite(user, "FACT", "bad", "poison-row", 0.5, "tool", T0))
+        await asyncio.wait([*futures, poisoned])
+
+    assert isinstance(poisoned.exception(), StorageError)
+    assert not poisoned.exception().retryable
+    assert all(f.exception() is None for f in futures)
+    assert len(await store.list_memories(user)) == 5
+    assert batcher.stats().failures == 1
+
+
+async def test_flush_waits_for_earlier_writes_only(database: Database) -> None:
+    store, user = database.storage, uuid.uuid4()
+    params = BatcherParams(max_rows=50, max_delay=30.0)  # nothing is due by age during the test
+    async with DatabaseBatcher(storage=store, params=params) as batcher:
+        earlier = [batcher.upsert_memory(memory(user, n)) for n in range(5)]
+        keep_writing = True
+
+        async def writer() -> None:
+            n = 100
+            while keep_writing:
+                batcher.upsert_memory(memory(user, n))
+                n += 1
+                await asyncio.sleep(0.001)
+
+        task = asyncio.create_task(writer())
+        await batcher.flush(within=10.0)
+        keep_writing = False
+        await task
+        assert all(f.done() and f.exception() is None for f in earlier)
+
+
+async def test_aclose_gives_a_dead_database_close_timeout_and_no_more(database: Database) -> None:
+    store, user = database.storage, uuid.uuid4()
+    params = BatcherParams(max_rows=5, max_delay=0.01, retry_initial=0.01, retry_max=0.02, close_timeout=0.3)
+    batcher = DatabaseBatcher(storage=store, params=params)
+    batcher.start()
+    async with database.lock():
+        futures = [batcher.upsert_memory(memory(user, n)) for n in range(40)]  # eight batches
+        started = asyncio.get_running_loop().time()
+        await batcher.aclose()
+        took = asyncio.get_running_loop().time() - started
+    assert took < 3.0  # bounded by close_timeout, not by eight batches times the command timeout
+    assert all(isinstance(f.exception(), StorageError) for f in futures)

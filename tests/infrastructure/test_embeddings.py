@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -113,3 +114,13 @@ async def test_the_local_provider_is_the_default(tmp_path: Path) -> None:
     embedder = await open_embedder(Settings(_env_file=None))  # type: ignore[call-arg]
     assert (embedder.name, embedder.dimension) == ("local", 384)
     assert (await embedder.embed_one("hello")).shape == (384,)
+
+
+async def test_concurrent_calls_that_evict_each_other_all_get_their_vectors(embedder: MiniLMEmbedder) -> None:
+    cached = CachedEmbedder(embedder=embedder, max_entries=1)
+    texts = [f"sentence number {n}" for n in range(6)]
+    results = await asyncio.gather(*(cached.embed([t, texts[0]]) for t in texts))
+    direct = embedder.encode(texts)
+    for text_index, matrix in enumerate(results):
+        np.testing.assert_allclose(matrix[0], direct[text_index], atol=1e-5)
+        np.testing.assert_allclose(matrix[1], direct[0], atol=1e-5)

@@ -161,3 +161,37 @@ async def test_a_value_that_is_not_json_is_refused_and_nothing_is_stored(shared,
     with pytest.raises(CacheError):
         await cache.set_many({"ok": 1, "bad": {1, 2}})
     assert await cache.get("ok") is None
+
+
+async def test_a_load_that_races_a_delete_is_not_cached(shared, prefix) -> None:
+    worker_a = RedisCache(redis=shared, params=CacheParams(prefix=prefix))
+    worker_b = RedisCache(redis=shared, params=CacheParams(prefix=prefix))
+    user = uuid.uuid4()
+
+    async def load_then_someone_deletes() -> list[str]:
+        await worker_b.delete("memories", user_id=user)  # a save on another worker drops the list key
+        return ["old list"]
+
+    await worker_a.get_or_load("memories", load_then_someone_deletes, user_id=user)
+    assert await worker_a.get("memories", user_id=user) is None
+
+
+async def test_a_ttl_that_is_not_positive_is_refused_without_leaving_redis_mode(shared, prefix) -> None:
+    cache = RedisCache(redis=shared, params=CacheParams(prefix=prefix))
+    for ttl in (0, -1.0):
+        with pytest.raises(CacheError):
+            await cache.set("k", "v", ttl=ttl)
+    await cache.set("k", "v", ttl=0.0005)  # under a millisecond: kept for the smallest time Redis allows
+    assert cache.mode == "redis"
+    assert cache.stats().errors == 0
+
+
+async def test_the_in_process_cache_honours_deletes_during_a_load() -> None:
+    cache = RedisCache(redis=None)
+
+    async def load_then_delete() -> str:
+        await cache.delete("profile")
+        return "stale"
+
+    await cache.get_or_load("profile", load_then_delete)
+    assert await cache.get("profile") is None
