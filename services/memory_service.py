@@ -1,0 +1,247 @@
+"""MemoryService: what the companion knows about one user, kept in the database and in the user's index.
+
+Built once per session for the user it serves. Every write passes the write guard, then goes through the write
+batcher (awaited, so a saved memory is stored when ``save_memory`` returns), and updates the user's retrieval index
+and cache in place, so the next turn's retrieval needs no database round trip. Deletes are immediate statements
+(the batcher only coalesces inserts and upserts).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import unicodedata
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from core.errors import InvalidInputError
+from core.validators import WriteGuard
+from infrastructure.database_batcher import DatabaseBatcher
+from infrastructure.embeddings import Embedder
+from infrastructure.redis_cache import RedisCache
+from infrastructure.storage import DeletedCounts, Memory, MemoryAccess, MemoryChange, MemoryWrite, Storage
+from rag_system import CATEGORIES, IndexedMemory, MemoryIndex
+
+MAX_VALUE_LENGTH = 1_000  # characters: a memory is a fact, not a document
+MAX_KEY_LENGTH = 64
+SOURCES = frozenset({"tool", "extraction", "onboarding", "import"})
+# When the caller gives no importance: health and people matter more than passing events.
+DEFAULT_IMPORTANCE = {
+    "HEALTH": 0.8,
+    "RELATIONSHIP": 0.7,
+    "GOAL": 0.7,
+    "FACT": 0.6,
+    "PREFERENCE": 0.6,
+    "ROUTINE": 0.5,
+    "EVENT": 0.5,
+    "OTHER": 0.4,
+}
+LIST_CACHE_KEY = "memories"
+
+
+@dataclass(frozen=True, slots=True)
+class NewMemory:
+    category: str
+    key: str
+    value: str
+    importance: float | None = None
+    source: str = "import"
+    at: dt.datetime | None = None  # when it was learned; now if not given
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryStats:
+    count: int
+    by_category: dict[str, int]
+
+
+def normalize_category(category: str) -> str:
+    """One of :data:`rag_system.CATEGORIES`, any case; anything else is an InvalidInputError listing them."""
+    name = str(category).strip().upper()
+    if name not in CATEGORIES:
+        raise InvalidInputError(f"category must be one of {', '.join(CATEGORIES)}")
+    return name
+
+
+def normalize_key(key: str) -> str:
+    """``"Sister's City"`` -> ``"sisters_city"``: lower-case ASCII words joined by underscores."""
+    ascii_text = unicodedata.normalize("NFKD", str(key)).encode("ascii", "ignore").decode()
+    normalized = re.sub(r"[^a-z0-9]+", "_", ascii_text.lower().replace("'", "")).strip("_")
+    if not normalized:
+        raise InvalidInputError("memory key must contain letters or digits")
+    if len(normalized) > MAX_KEY_LENGTH:
+        raise InvalidInputError(f"memory key must be at most {MAX_KEY_LENGTH} characters")
+    return normalized
+
+
+def index_text(key: str, value: str) -> str:
+    """What is embedded and indexed for a memory: its key in words, then its value."""
+    return f"{key.replace('_', ' ')}: {value}"
+
+
+class MemoryService:
+    def __init__(
+        self,
+        *,
+        user_id: uuid.UUID,
+        guard: WriteGuard,
+        storage: Storage,
+        batcher: DatabaseBatcher,
+        embedder: Embedder,
+        index: MemoryIndex,
+        cache: RedisCache | None = None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self.user_id = user_id
+        self._guard = guard
+        self._storage = storage
+        self._batcher = batcher
+        self._embedder = embedder
+        self.index = index
+        self._cache = cache
+        self._clock = clock
+
+    async def load_index(self) -> int:
+        """Fill the index from the database (once per session); memories stored without an embedding get one."""
+        memories = await self._storage.list_memories(self.user_id)
+        missing = [m for m in memories if m.embedding is None or m.embedding.shape != (self._embedder.dimension,)]
+        vectors = await self._embedder.embed([index_text(m.key, m.value) for m in missing]) if missing else []
+        fresh = {(m.category, m.key): v for m, v in zip(missing, vectors, strict=True)}
+        for memory in memories:
+            embedding = fresh.get((memory.category, memory.key), memory.embedding)
+            self.index.upsert(_indexed(memory), embedding)
+        return len(memories)
+
+    async def save_memory(
+        self,
+        category: str,
+        key: str,
+        value: str,
+        importance: float | None = None,
+        *,
+        source: str = "tool",
+    ) -> IndexedMemory:
+        """Store (or update) a memory; returns it as indexed. A changed value keeps its old one in the history."""
+        self._guard.check(self.user_id)
+        category, key = normalize_category(category), normalize_key(key)
+        value = _clean_value(value)
+        if source not in SOURCES:
+            raise InvalidInputError(f"memory source must be one of {sorted(SOURCES)}")
+        importance = DEFAULT_IMPORTANCE[category] if importance is None else float(importance)
+        at = self._clock()
+        embedding = (await self._embedder.embed([index_text(key, value)]))[0]
+        write = MemoryWrite(self.user_id, category, key, value, importance, source, at, embedding=embedding)
+        await self._batcher.upsert_memory(write)
+        existing = self.index.get(category, key)
+        created_at = existing.created_at if existing is not None else at
+        indexed = IndexedMemory(category, key, value, importance, created_at=created_at, updated_at=at)
+        self.index.upsert(indexed, embedding)
+        await self._invalidate_list()
+        return indexed
+
+    async def save_many(self, items: Sequence[NewMemory]) -> list[IndexedMemory]:
+        """Store many memories at once (onboarding seeds, imports): one embedding call, batched writes, then the
+        index. Each item may carry its own time (``at``); invalid items raise before anything is written."""
+        self._guard.check(self.user_id)
+        prepared = []
+        for item in items:
+            category, key = normalize_category(item.category), normalize_key(item.key)
+            value = _clean_value(item.value)
+            importance = DEFAULT_IMPORTANCE[category] if item.importance is None else float(item.importance)
+            if item.source not in SOURCES:
+                raise InvalidInputError(f"memory source must be one of {sorted(SOURCES)}")
+            prepared.append((category, key, value, importance, item.source, item.at or self._clock()))
+        vectors = await self._embedder.embed([index_text(p[1], p[2]) for p in prepared]) if prepared else []
+        writes = [
+            MemoryWrite(self.user_id, category, key, value, importance, source, at, embedding=vector)
+            for (category, key, value, importance, source, at), vector in zip(prepared, vectors, strict=True)
+        ]
+        futures = [self._batcher.upsert_memory(w) for w in writes]
+        await self._batcher.flush()
+        for future in futures:
+            await future  # raise the first failure, if any
+        saved = []
+        for write in writes:
+            existing = self.index.get(write.category, write.key)
+            created_at = existing.created_at if existing is not None else write.at
+            indexed = IndexedMemory(write.category, write.key, write.value, write.importance, created_at, write.at)
+            self.index.upsert(indexed, write.embedding)  # type: ignore[arg-type]
+            saved.append(indexed)
+        await self._invalidate_list()
+        return saved
+
+    async def get(self, category: str, key: str) -> Memory | None:
+        return await self._storage.get_memory(self.user_id, normalize_category(category), normalize_key(key))
+
+    async def list_memories(self, category: str | None = None) -> list[IndexedMemory]:
+        """From the index: no database round trip. Newest first."""
+        wanted = None if category is None else normalize_category(category)
+        memories = [m for m in self.index.memories() if wanted is None or m.category == wanted]
+        return sorted(memories, key=lambda m: m.updated_at, reverse=True)
+
+    async def history(self, category: str, key: str) -> list[MemoryChange]:
+        return await self._storage.memory_history(self.user_id, normalize_category(category), normalize_key(key))
+
+    async def delete(self, category: str, key: str) -> bool:
+        self._guard.check(self.user_id)
+        category, key = normalize_category(category), normalize_key(key)
+        await self._batcher.flush()  # an upsert of it still queued must not land after the delete
+        deleted = await self._storage.delete_memories(self.user_id, [(category, key)]) > 0
+        self.index.remove(category, key)
+        await self._invalidate_list()
+        return deleted
+
+    async def forget_matching(self, memories: Sequence[IndexedMemory]) -> list[IndexedMemory]:
+        """Delete the given memories (as retrieval found them for "forget that ...")."""
+        forgotten = []
+        for memory in memories:
+            if await self.delete(memory.category, memory.key):
+                forgotten.append(memory)
+        return forgotten
+
+    def record_access(self, memories: Sequence[IndexedMemory]) -> None:
+        """Count a turn's use of these memories; batched, never awaited by the turn."""
+        if memories and self._guard.can_write:
+            keys = tuple((m.category, m.key) for m in memories)
+            self._batcher.record_access(MemoryAccess(self.user_id, keys, self._clock()))
+
+    async def forget_everything(self) -> DeletedCounts:
+        """Remove all of this user's data: database rows, index, and cache on every worker sharing the Redis."""
+        self._guard.check(self.user_id)
+        await self._batcher.flush()
+        counts = await self._storage.delete_user_data(self.user_id)
+        self.index.clear()
+        if self._cache is not None:
+            await self._cache.invalidate_user(self.user_id)
+        return counts
+
+    def stats(self) -> MemoryStats:
+        by_category: dict[str, int] = {}
+        for memory in self.index.memories():
+            by_category[memory.category] = by_category.get(memory.category, 0) + 1
+        return MemoryStats(count=len(self.index), by_category=by_category)
+
+    async def _invalidate_list(self) -> None:
+        if self._cache is not None:
+            await self._cache.delete(LIST_CACHE_KEY, user_id=self.user_id)
+
+
+def _clean_value(value: str) -> str:
+    value = " ".join(str(value).split())
+    if not value:
+        raise InvalidInputError("memory value is empty")
+    if len(value) > MAX_VALUE_LENGTH:
+        raise InvalidInputError(f"memory value is longer than {MAX_VALUE_LENGTH} characters; say it shorter")
+    return value
+
+
+def _indexed(memory: Memory) -> IndexedMemory:
+    return IndexedMemory(
+        category=memory.category,
+        key=memory.key,
+        value=memory.value,
+        importance=memory.importance,
+        created_at=memory.created_at,
+        updated_at=memory.updated_at,
+    )

@@ -1,0 +1,105 @@
+"""RagService: the one call the agent makes per turn, and the explicit recall a tool uses.
+
+``context_for_turn`` embeds the turn (and, for conversation-aware retrieval, the last few turns), searches the
+user's in-process index and returns the memories to inject, already formatted within a token budget. The only
+possible remote call is the query embedding, when embeddings are remote.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from infrastructure.embeddings import Embedder
+from rag_system import MemoryIndex, Retrieved, ScoringParams, analyze_query
+
+HEADER = "What you remember about the user (use it when it helps; never recite it):"
+
+
+@dataclass(frozen=True, slots=True)
+class TurnContext:
+    """The memories for one turn and their text for the model. ``text`` is empty when nothing is relevant."""
+
+    retrieved: tuple[Retrieved, ...]
+    text: str
+
+
+def estimate_tokens(text: str) -> int:
+    """About 4 characters a token for English: good enough for a budget, free of a tokenizer."""
+    return max(1, (len(text) + 3) // 4)
+
+
+def format_memories(retrieved: Sequence[Retrieved], *, token_budget: int, now: dt.datetime) -> str:
+    """Best first, one line each, until the budget is spent; a line that does not fit is left out whole."""
+    lines = [HEADER]
+    used = estimate_tokens(HEADER)
+    for item in retrieved:
+        memory = item.memory
+        line = f"- {memory.value} ({memory.category.lower()}, {_age(now - memory.updated_at)})"
+        cost = estimate_tokens(line)
+        if used + cost > token_budget:
+            continue
+        lines.append(line)
+        used += cost
+    return "\n".join(lines) if len(lines) > 1 else ""
+
+
+class RagService:
+    def __init__(
+        self,
+        *,
+        index: MemoryIndex,
+        embedder: Embedder,
+        params: ScoringParams | None = None,
+        token_budget: int = 300,
+        history_turns: int = 3,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self._index = index
+        self._embedder = embedder
+        self._params = params or ScoringParams()
+        self._token_budget = token_budget
+        self._history_turns = history_turns
+        self._clock = clock
+
+    async def search(self, text: str, recent_turns: Sequence[str] = (), *, k: int = 5) -> list[Retrieved]:
+        now = self._clock()
+        history = [t for t in recent_turns[-self._history_turns :] if t.strip()]
+        texts = [text, " ".join(history)] if history else [text]
+        vectors = await self._embedder.embed(texts)
+        analysis = analyze_query(text, history, now=now)
+        return self._index.search(
+            analysis,
+            vectors[0],
+            now=now,
+            k=k,
+            history_vector=vectors[1] if history else None,
+            params=self._params,
+        )
+
+    async def context_for_turn(self, text: str, recent_turns: Sequence[str] = (), *, k: int = 5) -> TurnContext:
+        retrieved = await self.search(text, recent_turns, k=k)
+        return TurnContext(
+            retrieved=tuple(retrieved),
+            text=format_memories(retrieved, token_budget=self._token_budget, now=self._clock()),
+        )
+
+    async def recall(self, query: str, *, k: int = 5) -> list[Retrieved]:
+        """Explicit recall (the ``recall`` tool): the same ranking, without conversation history."""
+        return await self.search(query, (), k=k)
+
+
+def _age(delta: dt.timedelta) -> str:
+    days = delta.days
+    if days < 1:
+        return "today"
+    if days < 2:
+        return "yesterday"
+    if days < 14:
+        return f"{days} days ago"
+    if days < 60:
+        return f"{days // 7} weeks ago"
+    if days < 730:
+        return f"{days // 30} months ago"
+    return f"{days // 365} years ago"

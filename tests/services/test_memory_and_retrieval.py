@@ -1,0 +1,172 @@
+"""MemoryService and RagService through the real storage (SQLite, PostgreSQL), batcher, embedder and Redis."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from core.errors import InvalidInputError, WriteForbiddenError
+from core.validators import WriteGuard
+from infrastructure.connection_pool import redis_client
+from infrastructure.database_batcher import BatcherParams, DatabaseBatcher
+from infrastructure.embeddings import CachedEmbedder
+from infrastructure.embeddings.minilm import MiniLMEmbedder
+from infrastructure.redis_cache import CacheParams, RedisCache
+from infrastructure.storage import Storage
+from infrastructure.storage.postgres import PostgresStorage
+from infrastructure.storage.sqlite import SqliteStorage
+from rag_system import MemoryIndex
+from services.memory_service import LIST_CACHE_KEY, MemoryService, normalize_key
+from services.rag_service import RagService
+from tests.redis_servers import shared_redis_url
+
+NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
+_ENCODER: MiniLMEmbedder | None = None
+
+
+def encoder() -> MiniLMEmbedder:
+    global _ENCODER
+    if _ENCODER is None:
+        _ENCODER = MiniLMEmbedder.load()
+    return _ENCODER
+
+
+@dataclass
+class World:
+    """What one job process holds: storage, batcher, embedder. Sessions are built on it."""
+
+    storage: Storage
+    batcher: DatabaseBatcher
+    embedder: CachedEmbedder
+
+    def session(self, user: uuid.UUID, *, cache: RedisCache | None = None, guard: WriteGuard | None = None):
+        index = MemoryIndex(dimension=self.embedder.dimension)
+        memories = MemoryService(user_id=user, guard=guard or WriteGuard(user_id=user), storage=self.storage,
+                                 batcher=self.batcher, embedder=self.embedder, index=index, cache=cache,
+                                 clock=lambda: NOW)  # fmt: skip
+        return memories, RagService(index=index, embedder=self.embedder, clock=lambda: NOW)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
+    if request.param == "sqlite":
+        storage = await SqliteStorage.open(tmp_path / "services.db")
+    else:
+        storage = await PostgresStorage.open(request.getfixturevalue("migrated_database"), migrate=False)
+    batcher = DatabaseBatcher(storage=storage, params=BatcherParams(max_delay=0.005))
+    batcher.start()
+    yield World(storage=storage, batcher=batcher, embedder=CachedEmbedder(embedder=encoder()))
+    await batcher.aclose()
+    await storage.aclose()
+
+
+async def test_a_fact_told_in_one_session_is_found_first_in_the_next(world: World) -> None:
+    user = uuid.uuid4()
+    memories, _ = world.session(user)
+    await memories.save_memory("RELATIONSHIP", "sister city", "My sister Maya lives in Lisbon")
+    await memories.save_memory("PREFERENCE", "drink", "Prefers green tea to coffee")
+    await memories.save_memory("FACT", "job", "Works as a nurse at a community clinic")
+
+    later, rag = world.session(user)  # a new session: a fresh index, loaded from the database
+    assert await later.load_index() == 3
+    context = await rag.context_for_turn("where does my sister live?")
+
+    assert context.retrieved[0].memory.key == "sister_city"
+    assert "Maya lives in Lisbon" in context.text.splitlines()[1]
+
+
+async def test_a_changed_fact_updates_the_memory_and_keeps_the_old_value_in_its_history(world: World) -> None:
+    user = uuid.uuid4()
+    memories, rag = world.session(user)
+    await memories.save_memory("FACT", "home city", "Lives in Braga")
+    await memories.save_memory("FACT", "home_city", "Lives in Porto")
+
+    [current] = await memories.list_memories()
+    assert current.value == "Lives in Porto"
+    assert [(h.old_value, h.new_value) for h in await memories.history("FACT", "home_city")] == [
+        ("Lives in Braga", "Lives in Porto")
+    ]
+    assert [r.memory.value for r in await rag.recall("which city do I live in?")] == ["Lives in Porto"]
+
+
+async def test_the_write_guard_refuses_a_write_for_another_user_before_any_query(world: World) -> None:
+    served, other = uuid.uuid4(), uuid.uuid4()
+    memories, _ = world.session(other, guard=WriteGuard(user_id=served))
+    before = world.storage.stats.queries
+    with pytest.raises(WriteForbiddenError):
+        await memories.save_memory("FACT", "job", "nurse")
+    with pytest.raises(WriteForbiddenError):
+        await memories.forget_everything()
+    assert world.storage.stats.queries == before
+    assert await world.storage.list_memories(other) == []
+
+
+async def test_bad_memories_get_clear_errors_and_nothing_is_written(world: World) -> None:
+    user = uuid.uuid4()
+    memories, _ = world.session(user)
+    with pytest.raises(InvalidInputError, match="category must be one of"):
+        await memories.save_memory("HOBBY", "k", "v")
+    with pytest.raises(InvalidInputError, match="longer than"):
+        await memories.save_memory("FACT", "essay", "x" * 1001)
+    with pytest.raises(InvalidInputError, match="letters or digits"):
+        await memories.save_memory("FACT", "!!!", "v")
+    assert await world.storage.list_memories(user) == []
+    assert normalize_key("  Sister's City (Lisbon) ") == "sisters_city_lisbon"
+
+
+async def test_forget_everything_leaves_nothing_in_retrieval_listings_or_any_workers_cache(world: World) -> None:
+    user, neighbour = uuid.uuid4(), uuid.uuid4()
+    client = redis_client(shared_redis_url(), timeout=1.0)
+    prefix = f"test{secrets.token_hex(4)}"
+    worker_a = RedisCache(redis=client, params=CacheParams(prefix=prefix))
+    worker_b = RedisCache(redis=client, params=CacheParams(prefix=prefix))  # another job process, same Redis
+    try:
+        memories, rag = world.session(user, cache=worker_a)
+        await memories.save_memory("HEALTH", "allergy", "Allergic to penicillin")
+        kept, _ = world.session(neighbour)
+        await kept.save_memory("HEALTH", "allergy", "Allergic to peanuts")
+        await worker_b.set(LIST_CACHE_KEY, ["allergy"], user_id=user)
+        await worker_b.set("profile", {"name": "Ana"}, user_id=user)
+
+        counts = await memories.forget_everything()
+
+        assert counts.memories == 1
+        assert await rag.recall("what am I allergic to?") == []
+        assert await memories.list_memories() == []
+        assert await world.storage.list_memories(user) == []
+        assert await worker_b.get_many([LIST_CACHE_KEY, "profile"], user_id=user) == {}
+        again, rag_again = world.session(user)
+        assert await again.load_index() == 0
+        assert len(await world.storage.list_memories(neighbour)) == 1
+    finally:
+        async for key in client.scan_iter(match=f"{prefix}:*"):
+            await client.delete(key)
+        await client.aclose()
+
+
+async def test_forgetting_one_memory_removes_it_from_retrieval(world: World) -> None:
+    user = uuid.uuid4()
+    memories, rag = world.session(user)
+    await memories.save_memory("PREFERENCE", "drink", "Prefers green tea to coffee")
+    found = await rag.recall("what do I like to drink?")
+    assert [m.key for m in await memories.forget_matching([r.memory for r in found])] == ["drink"]
+    assert await rag.recall("what do I like to drink?") == []
+    assert await world.storage.get_memory(user, "PREFERENCE", "drink") is None
+
+
+async def test_the_turn_context_fits_its_token_budget(world: World) -> None:
+    user = uuid.uuid4()
+    memories, _ = world.session(user)
+    for n in range(8):
+        await memories.save_memory("FACT", f"run {n}", f"Ran a {n + 5} km race by the river in spring number {n}")
+    rag = RagService(index=memories.index, embedder=world.embedder, token_budget=40, clock=lambda: NOW)
+    context = await rag.context_for_turn("what races have I run?")
+    assert context.retrieved
+    assert len(context.text) // 4 <= 40
+    assert len(context.text.splitlines()) < 1 + len(context.retrieved)  # some lines did not fit
