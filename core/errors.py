@@ -8,6 +8,7 @@
     ├── StorageError               the database failed (translated from the driver at the backend boundary)
     │   └── StorageUnavailableError  the database could not be reached; retryable
     ├── EmbeddingError             the embedding provider failed
+    ├── LLMError                   the language model failed or answered with something unusable
     ├── CacheError                 a value the cache cannot hold (Redis failures are never raised: it falls back)
     ├── BatcherFullError           the write batcher refused a write because its queue is full; retryable
     └── ClosedError                used after aclose() (a closed batcher or connection pool)
@@ -63,6 +64,10 @@ class StorageUnavailableError(StorageError):
 
 class EmbeddingError(CompanionError):
     """The embedding provider failed; ``retryable`` when the provider may answer next time."""
+
+
+class LLMError(CompanionError):
+    """The language model failed (``retryable`` when it may answer next time) or answered unusably."""
 
 
 class CacheError(CompanionError):

@@ -13,6 +13,7 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,8 +21,14 @@ from aiohttp import web
 
 
 class FakeOpenAIServer:
-    def __init__(self, *, replies: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        replies: dict[str, str] | None = None,
+        responder: Callable[[dict[str, Any]], str | None] | None = None,
+    ) -> None:
         self.replies = dict(replies or {})
+        self.responder = responder  # sees the whole request body; None falls back to ``replies`` or the echo
         self.chat_requests: list[dict[str, Any]] = []
         self.embedding_requests: list[dict[str, Any]] = []
         self.base_url = ""
@@ -75,7 +82,8 @@ class FakeOpenAIServer:
         body = await request.json()
         self.chat_requests.append(body)
         said = _last_user_text(body)
-        reply = self.replies.get(said, f"I heard you say: {said}")
+        scripted = self.responder(body) if self.responder is not None else None
+        reply = scripted if scripted is not None else self.replies.get(said, f"I heard you say: {said}")
         if not body.get("stream"):
             return web.json_response(_completion(body, reply))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

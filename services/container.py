@@ -1,0 +1,137 @@
+"""The one place that builds the object graph: once per process (pools, models), once per session (a user's
+services). agent.py calls these; so does a Python shell.
+
+    async with await open_process(settings) as process:
+        async with await open_session(process, user_id=user) as session:
+            await session.memories.save_memory("RELATIONSHIP", "sister city", "My sister Maya lives in Lisbon")
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from core.config import Settings
+from core.validators import WriteGuard
+from infrastructure.background import BackgroundTasks
+from infrastructure.connection_pool import ConnectionPool
+from infrastructure.database_batcher import BatcherParams, DatabaseBatcher
+from infrastructure.embeddings import CachedEmbedder, open_embedder
+from infrastructure.llm import OpenAIChat
+from infrastructure.redis_cache import CacheParams, RedisCache
+from infrastructure.storage import Storage
+from rag_system import MemoryIndex
+from services.conversation_service import ConversationService
+from services.memory_extraction import MemoryExtractor
+from services.memory_service import MemoryService
+from services.onboarding_service import OnboardingService
+from services.profile_service import ProfileService
+from services.rag_service import RagService
+from services.user_service import UserService
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class Process:
+    """What every session of one job process shares. ``aclose()`` flushes the batcher before anything closes."""
+
+    settings: Settings
+    pool: ConnectionPool
+    storage: Storage
+    cache: RedisCache
+    batcher: DatabaseBatcher
+    embedder: CachedEmbedder
+    llm: OpenAIChat
+    tasks: BackgroundTasks
+    clock: Callable[[], dt.datetime] = _utc_now
+
+    async def aclose(self) -> None:
+        await self.tasks.aclose()
+        await self.batcher.aclose()
+        await self.cache.aclose()
+        await self.pool.aclose()
+
+    async def __aenter__(self) -> Process:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def open_process(
+    settings: Settings, *, clock: Callable[[], dt.datetime] = _utc_now, pool: ConnectionPool | None = None
+) -> Process:
+    """Open the pools, load the embedder and start the batcher (a LiveKit prewarm, or the start of a script)."""
+    pool = pool or ConnectionPool(settings=settings)
+    try:
+        await pool.open_all()
+        storage = await pool.storage()
+        cache = RedisCache(redis=await pool.redis(), params=CacheParams.from_settings(settings))
+        batcher = DatabaseBatcher(storage=storage, params=BatcherParams.from_settings(settings))
+        batcher.start()
+        embedder = await open_embedder(settings, openai_client=await pool.openai())
+        llm = OpenAIChat(client=await pool.openai(), model=settings.llm_model)
+    except BaseException:
+        await pool.aclose()
+        raise
+    return Process(settings=settings, pool=pool, storage=storage, cache=cache, batcher=batcher,
+                   embedder=embedder, llm=llm, tasks=BackgroundTasks(), clock=clock)  # fmt: skip
+
+
+@dataclass
+class Session:
+    """One user's services for one conversation."""
+
+    user_id: uuid.UUID
+    guard: WriteGuard
+    users: UserService
+    memories: MemoryService
+    rag: RagService
+    conversations: ConversationService
+    onboarding: OnboardingService
+    profiles: ProfileService
+    extractor: MemoryExtractor
+
+    async def aclose(self) -> None:
+        """Nothing of the session outlives it but its writes, which the process's batcher owns."""
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def open_session(process: Process, *, user_id: uuid.UUID, load: bool = True) -> Session:
+    """Build a user's services and (with ``load``) fill their memory index from the database."""
+    guard = WriteGuard(user_id=user_id)
+    common = {"user_id": user_id, "guard": guard, "storage": process.storage}
+    users = UserService(**common, cache=process.cache, clock=process.clock)
+    index = MemoryIndex(dimension=process.embedder.dimension)
+    memories = MemoryService(**common, batcher=process.batcher, embedder=process.embedder, index=index,
+                             cache=process.cache, clock=process.clock)  # fmt: skip
+    session = Session(
+        user_id=user_id,
+        guard=guard,
+        users=users,
+        memories=memories,
+        rag=RagService(index=index, embedder=process.embedder, clock=process.clock),
+        conversations=ConversationService(
+            **common,
+            batcher=process.batcher,
+            llm=process.llm,
+            agent_name=process.settings.agent_name,
+            clock=process.clock,
+        ),  # fmt: skip
+        onboarding=OnboardingService(**common, users=users, memories=memories, clock=process.clock),
+        profiles=ProfileService(**common, users=users, memories=memories, llm=process.llm, tasks=process.tasks),
+        extractor=MemoryExtractor(memories=memories, llm=process.llm, embedder=process.embedder),
+    )
+    if load:
+        await memories.load_index()
+    return session

@@ -1,0 +1,113 @@
+"""UserService: the user's basic profile (name, preferred name, timezone, language), created once, cached."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+import zoneinfo
+from collections.abc import Callable
+from typing import Any
+
+from core.errors import InvalidInputError
+from core.validators import WriteGuard
+from infrastructure.redis_cache import RedisCache
+from infrastructure.storage import Profile, Storage
+
+PROFILE_CACHE_KEY = "profile"
+BASIC_FIELDS = ("name", "preferred_name", "timezone", "language")
+MAX_NAME_LENGTH = 80
+_LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")  # BCP 47, as "en", "pt-BR"
+
+
+class UserService:
+    def __init__(
+        self,
+        *,
+        user_id: uuid.UUID,
+        guard: WriteGuard,
+        storage: Storage,
+        cache: RedisCache | None = None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self.user_id = user_id
+        self._guard = guard
+        self._storage = storage
+        self._cache = cache
+        self._clock = clock
+
+    async def ensure_profile_exists(self) -> Profile:
+        """Idempotent, and safe when two sessions of the same user start together."""
+        self._guard.check(self.user_id)
+        return await self._storage.ensure_profile(self.user_id, at=self._clock())
+
+    async def get_profile(self) -> Profile | None:
+        if self._cache is None:
+            return await self._storage.get_profile(self.user_id)
+        cached = await self._cache.get_or_load(PROFILE_CACHE_KEY, self._load_for_cache, user_id=self.user_id)
+        return None if cached is None else _from_cache(cached)
+
+    async def update_profile(self, **fields: str | None) -> Profile:
+        """Set basic fields (and ``summary``, the written profile); values are checked before anything is sent."""
+        self._guard.check(self.user_id)
+        changes = {name: _check_field(name, value) for name, value in fields.items()}
+        profile = await self._storage.update_profile(self.user_id, changes, at=self._clock())
+        if self._cache is not None:
+            await self._cache.delete(PROFILE_CACHE_KEY, user_id=self.user_id)
+        return profile
+
+    async def _load_for_cache(self) -> dict[str, Any] | None:
+        profile = await self._storage.get_profile(self.user_id)
+        return None if profile is None else _to_cache(profile)
+
+
+def display_name(profile: Profile | None) -> str | None:
+    if profile is None:
+        return None
+    return profile.preferred_name or profile.name
+
+
+def _check_field(name: str, value: str | None) -> str | None:
+    if name not in (*BASIC_FIELDS, "summary"):
+        raise InvalidInputError(f"profile field must be one of {', '.join(BASIC_FIELDS)}")
+    if value is None:
+        return None
+    value = " ".join(str(value).split())
+    if not value:
+        return None
+    if name in ("name", "preferred_name") and len(value) > MAX_NAME_LENGTH:
+        raise InvalidInputError(f"{name} must be at most {MAX_NAME_LENGTH} characters")
+    if name == "timezone":
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise InvalidInputError("timezone must be an IANA name such as Europe/Lisbon") from None
+    if name == "language" and not _LANGUAGE.match(value):
+        raise InvalidInputError("language must be a language code such as en or pt-BR")
+    return value
+
+
+def _to_cache(profile: Profile) -> dict[str, Any]:
+    return {
+        "user_id": str(profile.user_id),
+        "name": profile.name,
+        "preferred_name": profile.preferred_name,
+        "timezone": profile.timezone,
+        "language": profile.language,
+        "summary": profile.summary,
+        "created_at": profile.created_at.isoformat(),
+        "updated_at": profile.updated_at.isoformat(),
+    }
+
+
+def _from_cache(data: dict[str, Any]) -> Profile:
+    return Profile(
+        user_id=uuid.UUID(data["user_id"]),
+        name=data["name"],
+        preferred_name=data["preferred_name"],
+        timezone=data["timezone"],
+        language=data["language"],
+        summary=data["summary"],
+        created_at=dt.datetime.fromisoformat(data["created_at"]),
+        updated_at=dt.datetime.fromisoformat(data["updated_at"]),
+    )
