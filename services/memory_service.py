@@ -21,7 +21,7 @@ from infrastructure.database_batcher import DatabaseBatcher
 from infrastructure.embeddings import Embedder
 from infrastructure.redis_cache import RedisCache
 from infrastructure.storage import DeletedCounts, Memory, MemoryAccess, MemoryChange, MemoryWrite, Storage
-from rag_system import CATEGORIES, IndexedMemory, MemoryIndex
+from rag_system import CATEGORIES, IndexedMemory, MemoryIndex, analyze_query
 
 MAX_VALUE_LENGTH = 1_000  # characters: a memory is a fact, not a document
 MAX_KEY_LENGTH = 64
@@ -191,6 +191,17 @@ class MemoryService:
         self.index.remove(category, key)
         await self._invalidate_list()
         return deleted
+
+    async def forget(self, description: str, *, limit: int = 1) -> list[IndexedMemory]:
+        """Forget what the user describes ("forget what I said about my ex"): the best matches above the
+        retrieval engine's relevance gate, at most ``limit`` of them; nothing when nothing matches."""
+        self._guard.check(self.user_id)
+        if not description.strip():
+            raise InvalidInputError("say what to forget")
+        vector = (await self._embedder.embed([description]))[0]
+        now = self._clock()
+        found = self.index.search(analyze_query(description, [], now=now), vector, now=now, k=limit)
+        return await self.forget_matching([r.memory for r in found])
 
     async def forget_matching(self, memories: Sequence[IndexedMemory]) -> list[IndexedMemory]:
         """Delete the given memories (as retrieval found them for "forget that ...")."""

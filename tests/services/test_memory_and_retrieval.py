@@ -160,6 +160,17 @@ async def test_forgetting_one_memory_removes_it_from_retrieval(world: World) -> 
     assert await world.storage.get_memory(user, "PREFERENCE", "drink") is None
 
 
+async def test_forgetting_what_the_user_describes_removes_that_memory_only(world: World) -> None:
+    user = uuid.uuid4()
+    memories, rag = world.session(user)
+    await memories.save_memory("PREFERENCE", "drink", "Prefers green tea to coffee")
+    await memories.save_memory("RELATIONSHIP", "sister city", "My sister Maya lives in Lisbon")
+    forgotten = await memories.forget("forget what I told you about tea")
+    assert [m.key for m in forgotten] == ["drink"]
+    assert await memories.forget("my favourite football team") == []  # nothing like it: nothing forgotten
+    assert [m.key for m in await memories.list_memories()] == ["sister_city"]
+
+
 async def test_the_turn_context_fits_its_token_budget(world: World) -> None:
     user = uuid.uuid4()
     memories, _ = world.session(user)
