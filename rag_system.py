@@ -249,6 +249,33 @@ _CATEGORY_CUES = {
               "exam", "went", "going", "yesterday", "week", "weekend"},
     "FACT": {"job", "work", "live", "name", "age", "born", "from", "city", "occupation"},
 }  # fmt: skip
+# Words of a purely temporal question: "what did I do yesterday", "what happened last week".
+_TIME_WORDS = frozenset(
+    [
+        "today",
+        "yesterday",
+        "week",
+        "weekend",
+        "month",
+        "morning",
+        "night",
+        "last",
+        "past",
+        "few",
+        "day",
+        "ago",
+        "happen",
+        "happened",
+        "go",
+        "went",
+        "new",
+        "recently",
+        "lately",
+        "latest",
+        "up",
+    ]
+)
+_POINTS_BACK = re.compile(r"\b(it|its|she|he|her|hers|him|his|they|them|their|that|those|there)\b")
 _RECENTLY = re.compile(r"\b(recently|lately|these days|nowadays|latest|new)\b")
 
 
@@ -264,6 +291,8 @@ class QueryAnalysis:
     window: tuple[dt.datetime, dt.datetime] | None = None
     recently: bool = False
     history_terms: dict[str, float] = field(default_factory=dict)
+    topical: bool = True  # the turn names something besides time ("what happened yesterday" does not)
+    follow_up: bool = False  # the turn points back ("is it better?", "where does she live?"): earlier words count
 
 
 def tokenize(text: str) -> list[str]:
@@ -284,6 +313,8 @@ def analyze_query(text: str, recent_turns: Sequence[str], *, now: dt.datetime) -
     return QueryAnalysis(
         groups=groups,
         categories=categories,
+        topical=any(w not in _TIME_WORDS for w in words),
+        follow_up=bool(recent_turns) and bool(_POINTS_BACK.search(lowered)),
         window=time_window(lowered, now=now),
         recently=bool(_RECENTLY.search(lowered)),
         history_terms=history,
@@ -294,7 +325,7 @@ def time_window(text: str, *, now: dt.datetime) -> tuple[dt.datetime, dt.datetim
     """The span a temporal phrase names, in UTC, or None. Days are counted from ``now``'s midnight."""
     midnight = now.astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     day = dt.timedelta(days=1)
-    if re.search(r"\btoday\b|\bthis morning\b|\btonight\b", text):
+    if re.search(r"\btoday\b|\bthis morning\b", text):
         return midnight, now
     if re.search(r"\byesterday\b|\blast night\b", text):
         return midnight - day, midnight
@@ -352,6 +383,7 @@ def _weights(params: ScoringParams, analysis: QueryAnalysis) -> tuple[float, flo
 # The index ----------------------------------------------------------------------------------------------------
 
 _K1, _B = 1.2, 0.75  # BM25's usual constants
+HISTORY_BONUS_CAP = 0.3  # the most that words of earlier turns add to ``lexical`` when the turn is not a follow-up
 
 
 class MemoryIndex:
@@ -462,7 +494,7 @@ class MemoryIndex:
             query = _unit(query + params.history_weight * _unit(np.asarray(history_vector, dtype=np.float32)))
         vectors = self._vectors[:n]
         semantic = np.clip(vectors @ query, 0.0, 1.0)
-        lexical = self._bm25(analysis, n)
+        lexical, lexical_turn = self._bm25(analysis, n)
         age_days = (now.timestamp() - self._updated[:n]) / 86_400.0
         recency_part = recency(age_days, half_life_days=params.half_life_days)
         importance = self._importance[:n]
@@ -471,13 +503,20 @@ class MemoryIndex:
         weights = _weights(params, analysis)
         total = combine(semantic, lexical, recency_part, importance, category, weights)
 
+        # Earlier turns' words make a memory relevant only when the turn points back to them ("how is she?");
+        # otherwise they add a small bonus, so "what's the weather?" after talk of a sister finds no sister.
+        words = lexical if analysis.follow_up else lexical_turn
+        relevant = (semantic >= params.min_semantic) | (words >= params.min_lexical)
         if analysis.window is None:
-            relevant = (semantic >= params.min_semantic) | (lexical >= params.min_lexical)
             eligible = relevant & (total >= params.min_score)
-        else:  # "what happened yesterday": the time is the relevance; the score only orders
+        else:
             start, end = analysis.window[0].timestamp(), analysis.window[1].timestamp()
             updated, created = self._updated[:n], self._created[:n]
-            eligible = ((updated >= start) & (updated <= end)) | ((created >= start) & (created <= end))
+            in_window = ((updated >= start) & (updated <= end)) | ((created >= start) & (created <= end))
+            if analysis.topical:  # "what did Aisha do this week": the window and some relevance
+                eligible = in_window & (relevant | (semantic >= params.min_semantic / 2) | (lexical_turn > 0))
+            else:  # "what happened yesterday": the time is the relevance; the score only orders
+                eligible = in_window
         rows = np.flatnonzero(eligible)
         if rows.size == 0:
             return []
@@ -503,12 +542,10 @@ class MemoryIndex:
 
     # BM25 ---------------------------------------------------------------------------------------------------
 
-    def _bm25(self, analysis: QueryAnalysis, n: int) -> np.ndarray:
+    def _bm25(self, analysis: QueryAnalysis, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Coverage of the turn's words: each group counts through its best member, divided by what a memory
         holding every group's best matchable member once, at average length, would score. A word nothing in the
         index holds (nor any expansion of it) cannot lower the score of the memories that match the rest."""
-        if n == 0:
-            return np.zeros(0, dtype=np.float32)
         average = float(self._length[:n].mean()) or 1.0
         scores = np.zeros(n, dtype=np.float32)
         best = 0.0
@@ -524,12 +561,15 @@ class MemoryIndex:
                 group_best = max(group_best, weight * idf)  # its score at tf 1 and average length
             scores += group_scores
             best += group_best
+        turn = np.minimum(scores / best, 1.0) if best > 0 else scores
+        bonus = np.zeros(n, dtype=np.float32)
         for word, weight in analysis.history_terms.items():
             contribution = self._term_scores(word, n, average)
             if contribution is not None:
-                rows, values, _ = contribution
-                scores[rows] += weight * values
-        return np.minimum(scores / best, 1.0) if best > 0 else np.minimum(scores, 1.0)
+                rows, values, idf = contribution
+                bonus[rows] += weight * values / max(idf, 1e-6)  # about ``weight`` per earlier-turn word held
+        cap = 1.0 if analysis.follow_up else HISTORY_BONUS_CAP
+        return np.minimum(turn + np.minimum(bonus, cap), 1.0), turn
 
     def _term_scores(self, word: str, n: int, average: float) -> tuple[np.ndarray, np.ndarray, float] | None:
         posting = self._postings.get(word)

@@ -21,7 +21,7 @@ from infrastructure.database_batcher import BatcherParams, DatabaseBatcher
 from infrastructure.embeddings import CachedEmbedder, open_embedder
 from infrastructure.llm import OpenAIChat
 from infrastructure.redis_cache import CacheParams, RedisCache
-from infrastructure.storage import Storage
+from infrastructure.storage import DeletedCounts, Storage
 from rag_system import MemoryIndex
 from services.conversation_service import ConversationService
 from services.memory_extraction import MemoryExtractor
@@ -68,6 +68,7 @@ async def open_process(
 ) -> Process:
     """Open the pools, load the embedder and start the batcher (a LiveKit prewarm, or the start of a script)."""
     pool = pool or ConnectionPool(settings=settings)
+    batcher: DatabaseBatcher | None = None
     try:
         await pool.open_all()
         storage = await pool.storage()
@@ -77,6 +78,8 @@ async def open_process(
         embedder = await open_embedder(settings, openai_client=await pool.openai())
         llm = OpenAIChat(client=await pool.openai(), model=settings.llm_model)
     except BaseException:
+        if batcher is not None:
+            await batcher.aclose()
         await pool.aclose()
         raise
     return Process(settings=settings, pool=pool, storage=storage, cache=cache, batcher=batcher,
@@ -96,6 +99,13 @@ class Session:
     onboarding: OnboardingService
     profiles: ProfileService
     extractor: MemoryExtractor
+
+    async def forget_everything(self) -> DeletedCounts:
+        """Everything of this user goes: rows, index, cache entries, and what this session holds (the transcript
+        that would be summarised, background work under way)."""
+        counts = await self.memories.forget_everything()
+        self.conversations.forget()
+        return counts
 
     async def aclose(self) -> None:
         """Nothing of the session outlives it but its writes, which the process's batcher owns."""

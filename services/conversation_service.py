@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from core.errors import CompanionError
+from core.errors import CompanionError, InvalidInputError
 from core.validators import WriteGuard
 from infrastructure.database_batcher import DatabaseBatcher
 from infrastructure.llm import TextModel
@@ -39,7 +39,7 @@ MAX_TRANSCRIPT_CHARS = 12_000
 
 class _Summary(BaseModel):
     summary: str = Field(min_length=1, max_length=2_000)
-    open_threads: list[str] = Field(default_factory=list, max_length=5)
+    open_threads: list[str] = Field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +65,9 @@ def elapsed_in_words(delta: dt.timedelta) -> str:
         return f"about {_NUMBERS.get(round(days / 7), str(round(days / 7)))} weeks"
     if days < 45:
         return "about a month"
-    if days < 330:
-        return f"about {_NUMBERS.get(round(days / 30), str(round(days / 30)))} months"
+    if days < 350:
+        months = min(11, round(days / 30))
+        return f"about {_NUMBERS.get(months, str(months))} months"
     return "over a year" if days < 700 else f"about {_NUMBERS.get(round(days / 365), str(round(days / 365)))} years"
 
 
@@ -105,8 +106,9 @@ class ConversationService:
     async def opening(self, profile: Profile | None) -> Opening:
         """The greeting for this session, built from the last finished conversation (no LLM call)."""
         name = display_name(profile)
-        previous = [c for c in await self._storage.recent_conversations(self.user_id, limit=3)
-                    if c.id != self.conversation_id]  # fmt: skip
+        # Only finished conversations: a session where nothing was said has no summary and no threads.
+        previous = [c for c in await self._storage.recent_conversations(self.user_id, limit=10)
+                    if c.id != self.conversation_id and c.ended_at is not None]  # fmt: skip
         if not previous:
             hello = f"Hi {name}!" if name else "Hi there!"
             ask = "" if name else " What should I call you?"
@@ -126,15 +128,27 @@ class ConversationService:
         return await self._storage.start_conversation(self.user_id, self.conversation_id, at=self._clock())
 
     def log_message(self, role: Literal["user", "assistant"], content: str) -> asyncio.Future[None] | None:
-        """Keep the message for the summary and store it through the batcher; the turn does not wait."""
+        """Keep the message for the summary and store it through the batcher; the turn does not wait, and no
+        error of the log (a full queue, text no database takes) reaches it."""
         content = content.strip()
         if not content:
             return None
         self._transcript.append((role, content))
         if not self._guard.can_write:
             return None
-        message = MessageWrite(uuid.uuid4(), self.conversation_id, self.user_id, role, content, self._message_time())
-        return self._batcher.append_message(message)
+        try:
+            message = MessageWrite(
+                uuid.uuid4(), self.conversation_id, self.user_id, role, content, self._message_time()
+            )
+            return self._batcher.append_message(message)
+        except CompanionError as exc:
+            logger.warning("message not logged", extra={"error": type(exc).__name__})
+            return None
+
+    def forget(self) -> None:
+        """After forget-everything: nothing said so far may reach a summary; later messages start afresh."""
+        self._transcript.clear()
+        self.conversation_id = uuid.uuid4()
 
     def _message_time(self) -> dt.datetime:
         """Strictly increasing within the session, so the stored order is the order said even when two messages
@@ -151,11 +165,17 @@ class ConversationService:
         if not self._guard.can_write or not self._transcript:
             return None
         summary, threads = await self._summarise()
-        await self._storage.finish_conversation(
-            self.user_id, self.conversation_id, at=self._clock(), summary=summary, open_threads=threads
-        )
-        recent = await self._storage.recent_conversations(self.user_id, limit=1)
-        return recent[0] if recent else None
+        try:
+            await self._storage.finish_conversation(
+                self.user_id, self.conversation_id, at=self._clock(), summary=summary, open_threads=threads
+            )
+        except InvalidInputError:  # a summary no database takes (NUL, lone surrogate): end without it
+            logger.warning("conversation summary dropped", extra={"error": "InvalidInputError"})
+            await self._storage.finish_conversation(
+                self.user_id, self.conversation_id, at=self._clock(), summary=None, open_threads=()
+            )
+        recent = await self._storage.recent_conversations(self.user_id, limit=10)
+        return next((c for c in recent if c.id == self.conversation_id), None)
 
     async def _summarise(self) -> tuple[str | None, list[str]]:
         if self._llm is None:

@@ -4,8 +4,9 @@ The model sees the recent turns and the keys already known, and answers JSON. Ou
 logged (without its content) and dropped, never raised. Each item is then checked against what is known:
 - the same key in the same category with a new value updates that memory (its history keeps the old value);
 - a value that means nearly the same as an existing memory (embedding similarity) is a duplicate and is skipped;
-- a value close to an existing memory of the same category, under a different key, is taken as that fact
-  having changed, and updates it instead of adding a contradiction.
+- a value close to an existing FACT under a different key (a person has one job, one home city) is taken as that
+  fact having changed, and updates it instead of adding a contradiction. Other categories hold many values
+  ("her mother lives in Porto" and "her sister lives in Porto" are different people), so they are not merged.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ EXTRACTION_PROMPT = (
     'the third person", "importance": 0.0-1.0}]}. Reuse a known key when the fact is about the same thing (a new '
     'job replaces "occupation"). Return {"memories": []} when there is nothing durable.'
 )
+
+
+SINGLE_VALUED = frozenset({"FACT"})
 
 
 class _Item(BaseModel):
@@ -73,8 +77,9 @@ class MemoryExtractor:
     async def extract(self, turns: Sequence[tuple[str, str]]) -> ExtractionResult:
         """``turns``: (role, text) pairs, oldest first."""
         result = ExtractionResult()
-        if not any(role == "user" for role, _ in turns):
+        if not any(role == "user" for role, _ in turns) or not self._memories.can_write:
             return result
+        epoch = self._memories.epoch
         known = [f"{m.category}/{m.key}: {m.value}" for m in await self._memories.list_memories()][:100]
         prompt = "Known memories:\n" + ("\n".join(known) or "(none)") + "\n\nConversation:\n"
         prompt += "\n".join(f"{role}: {text}" for role, text in turns)
@@ -91,7 +96,12 @@ class MemoryExtractor:
             result.dropped = True
             return result
         for item in output.memories:
-            await self._consider(item, result)
+            if self._memories.epoch != epoch:  # the user asked to forget everything meanwhile
+                break
+            try:
+                await self._consider(item, result)
+            except CompanionError as exc:  # one unusable item (or a slow database) does not stop the rest
+                logger.warning("extracted memory skipped", extra={"error": type(exc).__name__})
         return result
 
     async def _consider(self, item: _Item, result: ExtractionResult) -> None:
@@ -117,7 +127,7 @@ class MemoryExtractor:
             if similarity >= self._duplicate:
                 result.duplicates += 1
                 return
-            if memory.category == category and similarity >= self._same_fact:
+            if category in SINGLE_VALUED and memory.category == category and similarity >= self._same_fact:
                 await self._memories.save_memory(category, memory.key, value, item.importance, source="extraction")
                 result.updated.append(memory.key)
                 return

@@ -8,20 +8,24 @@ and cache in place, so the next turn's retrieval needs no database round trip. D
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
 import re
 import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from core.errors import InvalidInputError
+from core.errors import CompanionError, InvalidInputError, StorageUnavailableError
 from core.validators import WriteGuard
 from infrastructure.database_batcher import DatabaseBatcher
 from infrastructure.embeddings import Embedder
 from infrastructure.redis_cache import RedisCache
 from infrastructure.storage import DeletedCounts, Memory, MemoryAccess, MemoryChange, MemoryWrite, Storage
 from rag_system import CATEGORIES, IndexedMemory, MemoryIndex, analyze_query
+
+logger = logging.getLogger("companion.memory")
 
 MAX_VALUE_LENGTH = 1_000  # characters: a memory is a fact, not a document
 MAX_KEY_LENGTH = 64
@@ -92,6 +96,7 @@ class MemoryService:
         index: MemoryIndex,
         cache: RedisCache | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        write_timeout: float = 5.0,
     ) -> None:
         self.user_id = user_id
         self._guard = guard
@@ -101,6 +106,12 @@ class MemoryService:
         self.index = index
         self._cache = cache
         self._clock = clock
+        self._write_timeout = write_timeout
+        self.epoch = 0  # bumped by forget_everything(): background work that began before it must not write
+
+    @property
+    def can_write(self) -> bool:
+        return self._guard.can_write
 
     async def load_index(self) -> int:
         """Fill the index from the database (once per session); memories stored without an embedding get one."""
@@ -128,11 +139,11 @@ class MemoryService:
         value = _clean_value(value)
         if source not in SOURCES:
             raise InvalidInputError(f"memory source must be one of {sorted(SOURCES)}")
-        importance = DEFAULT_IMPORTANCE[category] if importance is None else float(importance)
+        importance = _importance(category, importance)
         at = self._clock()
         embedding = (await self._embedder.embed([index_text(key, value)]))[0]
         write = MemoryWrite(self.user_id, category, key, value, importance, source, at, embedding=embedding)
-        await self._batcher.upsert_memory(write)
+        await self._stored(self._batcher.upsert_memory(write))
         existing = self.index.get(category, key)
         created_at = existing.created_at if existing is not None else at
         indexed = IndexedMemory(category, key, value, importance, created_at=created_at, updated_at=at)
@@ -148,7 +159,7 @@ class MemoryService:
         for item in items:
             category, key = normalize_category(item.category), normalize_key(item.key)
             value = _clean_value(item.value)
-            importance = DEFAULT_IMPORTANCE[category] if item.importance is None else float(item.importance)
+            importance = _importance(category, item.importance)
             if item.source not in SOURCES:
                 raise InvalidInputError(f"memory source must be one of {sorted(SOURCES)}")
             prepared.append((category, key, value, importance, item.source, item.at or self._clock()))
@@ -157,18 +168,31 @@ class MemoryService:
             MemoryWrite(self.user_id, category, key, value, importance, source, at, embedding=vector)
             for (category, key, value, importance, source, at), vector in zip(prepared, vectors, strict=True)
         ]
-        futures = [self._batcher.upsert_memory(w) for w in writes]
-        await self._batcher.flush()
-        for future in futures:
-            await future  # raise the first failure, if any
-        saved = []
+        accepted: list[tuple[MemoryWrite, asyncio.Future[None]]] = []
+        refused: CompanionError | None = None
         for write in writes:
+            try:
+                accepted.append((write, self._batcher.upsert_memory(write)))
+            except CompanionError as exc:  # a full queue: what was accepted is still stored and indexed
+                refused = exc
+                break
+        await self._batcher.flush(within=self._write_timeout)
+        stored = [w for w, f in accepted if f.done() and not f.cancelled() and f.exception() is None]
+        saved = []
+        for write in stored:
             existing = self.index.get(write.category, write.key)
             created_at = existing.created_at if existing is not None else write.at
             indexed = IndexedMemory(write.category, write.key, write.value, write.importance, created_at, write.at)
             self.index.upsert(indexed, write.embedding)  # type: ignore[arg-type]
             saved.append(indexed)
         await self._invalidate_list()
+        if refused is not None:
+            raise refused
+        for _, future in accepted:
+            if not future.done():
+                raise StorageUnavailableError("the database is not answering; the memories are queued")
+            if future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
         return saved
 
     async def get(self, category: str, key: str) -> Memory | None:
@@ -186,7 +210,7 @@ class MemoryService:
     async def delete(self, category: str, key: str) -> bool:
         self._guard.check(self.user_id)
         category, key = normalize_category(category), normalize_key(key)
-        await self._batcher.flush()  # an upsert of it still queued must not land after the delete
+        await self._batcher.flush(within=self._write_timeout)  # a queued upsert of it must not land after
         deleted = await self._storage.delete_memories(self.user_id, [(category, key)]) > 0
         self.index.remove(category, key)
         await self._invalidate_list()
@@ -212,15 +236,19 @@ class MemoryService:
         return forgotten
 
     def record_access(self, memories: Sequence[IndexedMemory]) -> None:
-        """Count a turn's use of these memories; batched, never awaited by the turn."""
+        """Count a turn's use of these memories; batched, never awaited by the turn, never raising into it."""
         if memories and self._guard.can_write:
             keys = tuple((m.category, m.key) for m in memories)
-            self._batcher.record_access(MemoryAccess(self.user_id, keys, self._clock()))
+            try:
+                self._batcher.record_access(MemoryAccess(self.user_id, keys, self._clock()))
+            except CompanionError as exc:
+                logger.warning("memory access not recorded", extra={"error": type(exc).__name__})
 
     async def forget_everything(self) -> DeletedCounts:
         """Remove all of this user's data: database rows, index, and cache on every worker sharing the Redis."""
         self._guard.check(self.user_id)
-        await self._batcher.flush()
+        self.epoch += 1
+        await self._batcher.flush(within=self._write_timeout)
         counts = await self._storage.delete_user_data(self.user_id)
         self.index.clear()
         if self._cache is not None:
@@ -233,9 +261,25 @@ class MemoryService:
             by_category[memory.category] = by_category.get(memory.category, 0) + 1
         return MemoryStats(count=len(self.index), by_category=by_category)
 
+    async def _stored(self, write: asyncio.Future[None]) -> None:
+        """Wait for a write to be stored, up to ``write_timeout``; past it the write stays queued."""
+        try:
+            await asyncio.wait_for(asyncio.shield(write), timeout=self._write_timeout)
+        except TimeoutError:
+            raise StorageUnavailableError("the database is not answering; the memory is queued") from None
+
     async def _invalidate_list(self) -> None:
         if self._cache is not None:
             await self._cache.delete(LIST_CACHE_KEY, user_id=self.user_id)
+
+
+def _importance(category: str, importance: float | None) -> float:
+    if importance is None:
+        return DEFAULT_IMPORTANCE[category]
+    try:
+        return float(importance)
+    except (TypeError, ValueError):
+        raise InvalidInputError("memory importance must be a number from 0 to 1") from None
 
 
 def _clean_value(value: str) -> str:

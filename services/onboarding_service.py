@@ -17,6 +17,7 @@ from typing import Any
 from core.errors import InvalidInputError
 from core.validators import WriteGuard
 from infrastructure.storage import Profile, Storage
+from infrastructure.storage.checks import check_text
 from services.memory_service import MAX_VALUE_LENGTH, MemoryService, NewMemory, normalize_key
 from services.user_service import UserService
 
@@ -101,12 +102,18 @@ def _interpret(answers: Mapping[str, Any]) -> tuple[dict[str, str], list[NewMemo
         if not text:
             continue
         if name in _PROFILE_FIELDS:
+            try:
+                check_text(text, what="onboarding answer")
+            except InvalidInputError:
+                logger.warning("onboarding answer skipped", extra={"answer": name})
+                continue
             profile[_PROFILE_FIELDS[name]] = text
             continue
         category, key, template = _SEEDS.get(name, ("OTHER", name, "{}"))
         value = template.format(text)
         try:
             key = normalize_key(key)
+            check_text(value, what="onboarding answer")  # NUL, lone surrogates: refused now, not after the claim
             if len(value) > MAX_VALUE_LENGTH:
                 raise InvalidInputError("onboarding answer too long")
         except InvalidInputError:

@@ -58,8 +58,10 @@ class ProfileService:
         self._turns = 0
 
     async def generate(self) -> str:
-        """Write the merged profile now and save it; returns it."""
+        """Write the merged profile now and save it; returns it. If the user asks to forget everything while it
+        is being written, it is not saved."""
         self._guard.check(self.user_id)
+        epoch = self._memories.epoch
         profile = await self._users.get_profile()
         memories = await self._memories.list_memories()
         messages = await self._storage.recent_messages(self.user_id, limit=40)
@@ -70,6 +72,8 @@ class ProfileService:
         text = " ".join((await self._llm.complete(system=PROFILE_PROMPT, user=prompt, max_tokens=500)).split())
         if len(text) > MAX_PROFILE_CHARS:
             text = text[:MAX_PROFILE_CHARS].rsplit(" ", 1)[0]
+        if self._memories.epoch != epoch:
+            return ""
         await self._users.update_profile(summary=text)
         return text
 
@@ -77,9 +81,10 @@ class ProfileService:
         """Count a user turn; every ``refresh_every`` turns start a background refresh (unless one is running).
         True when one was started."""
         self._turns += 1
-        if self._turns % self._refresh_every or not self._guard.can_write or self._tasks.running(TASK_NAME):
+        name = f"{TASK_NAME}:{self.user_id}"
+        if self._turns % self._refresh_every or not self._guard.can_write or self._tasks.running(name):
             return False
-        return self._tasks.spawn(self._refresh(), name=TASK_NAME) is not None
+        return self._tasks.spawn(self._refresh(), name=name) is not None
 
     async def _refresh(self) -> None:
         try:

@@ -65,7 +65,8 @@ class RagService:
 
     async def search(self, text: str, recent_turns: Sequence[str] = (), *, k: int = 5) -> list[Retrieved]:
         now = self._clock()
-        history = [t for t in recent_turns[-self._history_turns :] if t.strip()]
+        window = list(recent_turns)[-self._history_turns :] if self._history_turns > 0 else []
+        history = [t for t in window if t.strip()]
         texts = [text, " ".join(history)] if history else [text]
         vectors = await self._embedder.embed(texts)
         analysis = analyze_query(text, history, now=now)

@@ -149,3 +149,18 @@ def test_updates_and_removals_keep_the_index_consistent() -> None:
     assert found.score.lexical > 0
     assert index.get("FACT", "b") is not None
     assert [m.key for m, _ in index.nearest(unit(0, 1), k=1)] == ["b"]
+
+
+def test_earlier_turns_help_a_follow_up_but_cannot_drag_in_an_unrelated_memory() -> None:
+    index = MemoryIndex(dimension=8)
+    index.upsert(memory("sister_city", "Maya lives in Lisbon", category="RELATIONSHIP"), unit(1))
+    far = unit(0, 0, 1)  # the turn's own meaning is nowhere near
+    history = ["I talked to my sister Maya about Lisbon"]
+    weather = index.search(analyze_query("what's the weather in Paris?", history, now=NOW), far, now=NOW)
+    follow_up = index.search(analyze_query("where does she live now?", history, now=NOW), far, now=NOW)
+    assert weather == []
+    assert [r.memory.key for r in follow_up] == ["sister_city"]
+
+
+def test_a_time_word_about_the_future_is_not_a_window() -> None:
+    assert time_window("what should we cook tonight?", now=NOW) is None

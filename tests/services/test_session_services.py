@@ -275,3 +275,59 @@ async def test_basic_profile_fields_are_checked(process: Process) -> None:
             await session.users.update_profile(**bad)
     updated = await session.users.update_profile(timezone="Europe/Lisbon", language="pt-PT", name="  Ana   Silva ")
     assert (updated.timezone, updated.language, updated.name) == ("Europe/Lisbon", "pt-PT", "Ana Silva")
+
+
+async def test_after_forget_everything_nothing_of_the_session_is_written_back(process: Process, script: Script) -> None:
+    user = uuid.uuid4()
+    session = await open_session(process, user_id=user)
+    await session.users.update_profile(name="Ana")
+    await session.conversations.start()
+    session.conversations.log_message("user", "My ex is called Rui and I want to forget him")
+    await session.memories.save_memory("RELATIONSHIP", "ex", "Her ex is called Rui")
+
+    await session.forget_everything()
+    assert await session.conversations.finish() is None  # nothing said before it is summarised
+    assert await session.profiles.generate() == "Ana is a nurse in Porto who loves jazz."  # a new profile is fine
+
+    epoch_before = session.memories.epoch
+    await session.forget_everything()
+    assert session.memories.epoch == epoch_before + 1
+    assert await process.storage.recent_conversations(user) == []
+    assert await process.storage.list_memories(user) == []
+
+
+async def test_the_opening_skips_a_session_where_nothing_was_said(process: Process, script: Script, clock: Clock):
+    user = uuid.uuid4()
+    first = await open_session(process, user_id=user)
+    await first.conversations.start()
+    first.conversations.log_message("user", "Big exam on Monday")
+    script.summary = {"summary": "Exam coming.", "open_threads": ["the exam on Monday"]}
+    await first.conversations.finish()
+    clock.now += dt.timedelta(days=1)
+    silent = await open_session(process, user_id=user)
+    await silent.conversations.start()  # joined, said nothing, left
+    clock.now += dt.timedelta(days=1)
+    later = await open_session(process, user_id=user)
+    opening = await later.conversations.opening(None)
+    assert opening.last_thread == "the exam on Monday"
+
+
+async def test_extraction_skips_an_unusable_item_and_keeps_the_rest(process: Process, script: Script) -> None:
+    session = await open_session(process, user_id=uuid.uuid4())
+    script.extraction = json.dumps({"memories": [
+        {"category": "FACT", "key": "blank", "value": "   "},
+        {"category": "PREFERENCE", "key": "tea", "value": "Prefers green tea"},
+    ]})  # fmt: skip
+    result = await session.extractor.extract([("user", "I like green tea")])
+    assert result.saved == ["tea"]
+
+
+async def test_a_message_no_database_takes_is_not_logged_and_does_not_raise_into_the_turn(process: Process) -> None:
+    user = uuid.uuid4()
+    session = await open_session(process, user_id=user)
+    await session.conversations.start()
+    assert session.conversations.log_message("user", "bad \x00 byte") is None
+    stored = session.conversations.log_message("user", "fine")
+    assert stored is not None
+    await stored
+    assert [m.content for m in await process.storage.recent_messages(user)] == ["fine"]
