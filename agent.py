@@ -3,31 +3,236 @@
     python agent.py console --text     chat in the terminal (no LiveKit server needed)
     python agent.py dev | start        join LiveKit rooms (LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET)
 
-This file only wires things together; behaviour lives in core/, services/, infrastructure/ and tts/.
+This file wires LiveKit to the services (services/container.py builds them); the Companion agent injects the
+turn's memories in ``llm_node``, so every path (voice, typed text, generate_reply, preemptive generation) carries
+them, and offers the tools.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
+import time
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+from typing import Any
 
-from livekit.agents import Agent, AgentServer, AgentSession, JobContext, JobProcess, cli
+from livekit.agents import (
+    Agent,
+    AgentServer,
+    AgentSession,
+    ConversationItemAddedEvent,
+    JobContext,
+    JobProcess,
+    ModelSettings,
+    RunContext,
+    ToolError,
+    cli,
+    function_tool,
+    llm,
+)
 from livekit.plugins import openai, silero
 
 from core.config import Settings, get_settings
-from core.errors import ConfigError
+from core.errors import CompanionError, ConfigError, WriteForbiddenError
 from core.preflight import EXIT_CONFIG, preflight
+from core.validators import is_user_id, parse_user_id
+from services.container import Process, Session, open_process, open_session
+from services.rag_service import TurnContext
+
+logger = logging.getLogger("companion.agent")
+
+RETRIEVAL_DEADLINE = 0.15  # seconds: past it the reply goes ahead without memories
+
+
+@dataclass
+class RetrievalStats:
+    turns: int = 0
+    deadline_misses: int = 0
+    last_ms: float = 0.0
 
 
 class Companion(Agent):
-    """The companion persona. Memory, tools and the per-turn context arrive with the services."""
+    """The companion persona, its per-turn memories and its tools."""
 
-    def __init__(self, *, name: str) -> None:
+    def __init__(self, *, services: Session, process: Process, retrieval_deadline: float = RETRIEVAL_DEADLINE):
+        name = process.settings.agent_name
         super().__init__(
             instructions=(
                 f"You are {name}, a warm, attentive companion in a voice conversation. Answer in one to three short "
-                "spoken sentences, without markdown, lists or emoji. Ask at most one question at a time."
+                "spoken sentences, without markdown, lists or emoji. Ask at most one question at a time. Use what "
+                "you remember about the user naturally; never recite it. Use the tools to remember, recall or forget "
+                "when the user asks, and the health tools when asked how you are running."
             )
         )
+        self._services = services
+        self._process = process
+        self._deadline = retrieval_deadline
+        self._turn: tuple[str, TurnContext] | None = None  # (user message id, its context)
+        self.retrieval = RetrievalStats()
+
+    # Memories, once per user message, on every path ----------------------------------------------------------
+
+    async def llm_node(
+        self, chat_ctx: llm.ChatContext, tools: list[llm.Tool], model_settings: ModelSettings
+    ) -> AsyncIterable[llm.ChatChunk | str]:
+        context = await self._context_for(chat_ctx)
+        if context is not None and context.text:
+            chat_ctx = chat_ctx.copy()
+            position = _newest_user_position(chat_ctx)
+            memory = llm.ChatMessage(role="system", content=[context.text])
+            chat_ctx.items.insert(position if position is not None else len(chat_ctx.items), memory)
+        async for chunk in Agent.default.llm_node(self, chat_ctx, tools, model_settings):
+            yield chunk
+
+    async def _context_for(self, chat_ctx: llm.ChatContext) -> TurnContext | None:
+        newest = _newest_user_message(chat_ctx)
+        if newest is None:
+            return None
+        if self._turn is not None and self._turn[0] == newest.id:
+            return self._turn[1]  # a second llm_node call in the same turn (after a tool call)
+        started = time.perf_counter()
+        recent = _recent_turns(chat_ctx, before=newest.id)
+        self.retrieval.turns += 1
+        try:
+            context = await asyncio.wait_for(
+                self._services.rag.context_for_turn(newest.text_content or "", recent), timeout=self._deadline
+            )
+        except TimeoutError:
+            self.retrieval.deadline_misses += 1
+            logger.warning("retrieval missed its deadline; replying without memories")
+            context = TurnContext(retrieved=(), text="")
+        except CompanionError as exc:
+            logger.warning("retrieval failed; replying without memories", extra={"error": type(exc).__name__})
+            context = TurnContext(retrieved=(), text="")
+        self.retrieval.last_ms = (time.perf_counter() - started) * 1000
+        self._services.memories.record_access([r.memory for r in context.retrieved])
+        self._turn = (newest.id, context)
+        return context
+
+    # Tools ---------------------------------------------------------------------------------------------------
+
+    @function_tool
+    async def remember(
+        self, context: RunContext, category: str, key: str, value: str, importance: float | None = None
+    ) -> str:
+        """Save something about the user to remember in later conversations.
+
+        Args:
+            category: one of FACT, PREFERENCE, GOAL, RELATIONSHIP, EVENT, HEALTH, ROUTINE, OTHER.
+            key: a short topic name, such as "sister city" or "favourite drink".
+            value: one sentence about the user, in the third person.
+            importance: from 0 to 1; leave empty for the category's default.
+        """
+        memory = await _speakable(self._services.memories.save_memory(category, key, value, importance))
+        return f"Saved: {memory.value}"
+
+    @function_tool
+    async def recall(self, context: RunContext, query: str) -> str:
+        """Look up what you remember about the user on a topic."""
+        found = await _speakable(self._services.rag.recall(query))
+        if not found:
+            return "Nothing remembered about that."
+        return " ".join(f"{r.memory.value}." for r in found)
+
+    @function_tool
+    async def forget(self, context: RunContext, query: str) -> str:
+        """Forget what the user asks you to forget, described in their words."""
+        forgotten = await _speakable(self._services.memories.forget(query))
+        if not forgotten:
+            return "There was nothing like that to forget."
+        return "Forgotten: " + " ".join(f"{m.value}." for m in forgotten)
+
+    @function_tool
+    async def update_profile(self, context: RunContext, field: str, value: str) -> str:
+        """Update the user's profile.
+
+        Args:
+            field: one of name, preferred_name, timezone (such as Europe/Lisbon), language (such as en).
+            value: the new value.
+        """
+        if field not in ("name", "preferred_name", "timezone", "language"):
+            raise ToolError("I can only change the name, preferred name, timezone or language.")
+        await _speakable(self._services.users.update_profile(**{field: value}))
+        return f"Updated the {field.replace('_', ' ')}."
+
+    @function_tool(name="getConnectionPoolStats")
+    async def get_connection_pool_stats(self, context: RunContext) -> str:
+        """How the connection pool is doing: each resource, its reuse and its health."""
+        parts = []
+        for name, stats in self._process.pool.stats().items():
+            health = "" if stats.last_health is None else (" healthy" if stats.last_health.ok else " failing")
+            parts.append(f"{name}: created {stats.created}, reused {stats.reused}, errors {stats.errors}{health}")
+        return "; ".join(parts) + "."
+
+    @function_tool(name="getRedisCacheStats")
+    async def get_redis_cache_stats(self, context: RunContext) -> str:
+        """How the cache is doing: hit rate, mode and latency."""
+        stats = self._process.cache.stats()
+        return (
+            f"The cache is in {stats.mode} mode with a hit rate of {stats.hit_rate:.0%} "
+            f"({stats.hits} hits, {stats.misses} misses), {stats.errors} errors, {stats.fallbacks} fallbacks, "
+            f"p50 {stats.p50_ms:.2f} milliseconds, p95 {stats.p95_ms:.2f} milliseconds."
+        )
+
+    @function_tool(name="getDatabaseBatchStats")
+    async def get_database_batch_stats(self, context: RunContext) -> str:
+        """How the database write batching is doing."""
+        stats = self._process.batcher.stats()
+        return (
+            f"{stats.accepted} writes accepted in {stats.statements} statements, saving {stats.roundtrip_saving:.0%} "
+            f"of round trips; {stats.failures} failed, {stats.retries} retries, {stats.queue_depth} waiting."
+        )
+
+    @function_tool(name="getMemoryStats")
+    async def get_memory_stats(self, context: RunContext) -> str:
+        """How many memories you hold about the user, and how retrieval is doing."""
+        stats = self._services.memories.stats()
+        kinds = ", ".join(f"{n} {c.lower()}" for c, n in sorted(stats.by_category.items())) or "none yet"
+        return (
+            f"I remember {stats.count} things about you ({kinds}). Retrieval ran {self.retrieval.turns} times, "
+            f"missed its deadline {self.retrieval.deadline_misses} times, last took {self.retrieval.last_ms:.1f} "
+            "milliseconds."
+        )
+
+
+async def _speakable(work: Any) -> Any:
+    """Turn our errors into a sentence the model may say (LiveKit's ToolError), never a traceback."""
+    try:
+        return await work
+    except WriteForbiddenError:
+        raise ToolError("I can't save anything in a guest conversation.") from None
+    except CompanionError as exc:
+        raise ToolError(exc.message if not exc.retryable else "That didn't work just now; try again soon.") from None
+
+
+def _newest_user_message(chat_ctx: llm.ChatContext) -> llm.ChatMessage | None:
+    for item in reversed(chat_ctx.items):
+        if isinstance(item, llm.ChatMessage) and item.role == "user":
+            return item
+    return None
+
+
+def _newest_user_position(chat_ctx: llm.ChatContext) -> int | None:
+    for position in range(len(chat_ctx.items) - 1, -1, -1):
+        item = chat_ctx.items[position]
+        if isinstance(item, llm.ChatMessage) and item.role == "user":
+            return position
+    return None
+
+
+def _recent_turns(chat_ctx: llm.ChatContext, *, before: str, limit: int = 3) -> list[str]:
+    turns: list[str] = []
+    for item in chat_ctx.items:
+        if item.id == before:
+            break
+        if isinstance(item, llm.ChatMessage) and item.role in ("user", "assistant") and item.text_content:
+            turns.append(item.text_content)
+    return turns[-limit:]
+
+
+# Wiring ------------------------------------------------------------------------------------------------------
 
 
 def prewarm(proc: JobProcess) -> None:
@@ -37,16 +242,64 @@ def prewarm(proc: JobProcess) -> None:
 server = AgentServer(setup_fnc=prewarm)
 
 
+async def start_companion(session: AgentSession, *, process: Process, services: Session, room: Any = None) -> Companion:
+    """Start ``session`` with the Companion for ``services``' user: onboarding, greeting, transcript logging."""
+    await services.onboarding.run()
+    if services.guard.can_write:
+        await services.users.ensure_profile_exists()
+    await services.conversations.start()
+    agent = Companion(services=services, process=process)
+
+    def on_item(event: ConversationItemAddedEvent) -> None:
+        item = event.item
+        if not isinstance(item, llm.ChatMessage) or item.role not in ("user", "assistant") or not item.text_content:
+            return
+        services.conversations.log_message(item.role, item.text_content)  # type: ignore[arg-type]
+        if item.role == "user":
+            services.profiles.on_user_turn()
+        elif services.guard.can_write:  # the turn is answered: learn from it without competing with the reply
+            recent = services.conversations.transcript[-4:]
+            process.tasks.spawn(services.extractor.extract(recent), name=f"extract:{services.user_id}")
+
+    session.on("conversation_item_added", on_item)
+    await (session.start(agent=agent) if room is None else session.start(agent=agent, room=room))
+    opening = await services.conversations.opening(await services.users.get_profile())
+    await session.say(opening.text)
+    return agent
+
+
+async def finish_companion(*, process: Process, services: Session) -> None:
+    """Session end: summary, profile refresh, then everything the batcher holds is stored."""
+    try:
+        finished = await services.conversations.finish()
+        if finished is not None and services.guard.can_write:
+            await services.profiles.generate()
+    except CompanionError as exc:
+        logger.warning("session end work failed", extra={"error": type(exc).__name__})
+    finally:
+        await process.aclose()
+
+
 @server.rtc_session()
 async def entrypoint(ctx: JobContext) -> None:
     settings = get_settings()
+    process = await open_process(settings)
+    if ctx.is_fake_job():  # the console
+        user_id: Any = settings.console_user_id
+    else:
+        participant = await ctx.wait_for_participant()
+        user_id = parse_user_id(participant.identity) if is_user_id(participant.identity) else None
+        if user_id is None:
+            logger.info("guest session: the participant identity is not a user id, nothing will be stored")
+    services = await open_session(process, user_id=user_id)
+    ctx.add_shutdown_callback(lambda: finish_companion(process=process, services=services))
     session = AgentSession(
         vad=ctx.proc.userdata["vad"],
         stt=openai.STT(base_url=settings.openai_base_url, api_key=settings.openai_key_for_client),
         llm=_llm(settings),
         tts=openai.TTS(base_url=settings.openai_base_url, api_key=settings.openai_key_for_client),
     )
-    await session.start(agent=Companion(name=settings.agent_name), room=ctx.room)
+    await start_companion(session, process=process, services=services, room=ctx.room)
 
 
 def _llm(settings: Settings) -> openai.LLM:
@@ -66,6 +319,8 @@ def main(argv: list[str]) -> int:
     if problem is not None:
         print(problem, file=sys.stderr)
         return EXIT_CONFIG
+    for chatty in ("aiosqlite", "asyncio", "httpcore", "openai._base_client"):  # their DEBUG drowns the console
+        logging.getLogger(chatty).setLevel(logging.INFO)
     cli.run_app(server)
     return 0
 

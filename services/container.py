@@ -117,9 +117,13 @@ class Session:
         await self.aclose()
 
 
-async def open_session(process: Process, *, user_id: uuid.UUID, load: bool = True) -> Session:
-    """Build a user's services and (with ``load``) fill their memory index from the database."""
-    guard = WriteGuard(user_id=user_id)
+async def open_session(process: Process, *, user_id: uuid.UUID | None, load: bool = True) -> Session:
+    """Build a user's services and (with ``load``) fill their memory index from the database.
+
+    ``user_id=None`` is a guest (an identity that is not a UUID): the services work, nothing is read or written."""
+    guard = WriteGuard(user_id=user_id) if user_id is not None else WriteGuard.guest()
+    if user_id is None:
+        user_id, load = uuid.uuid4(), False  # never stored: the guard refuses every write for it
     common = {"user_id": user_id, "guard": guard, "storage": process.storage}
     users = UserService(**common, cache=process.cache, clock=process.clock)
     index = MemoryIndex(dimension=process.embedder.dimension)

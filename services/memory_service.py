@@ -262,11 +262,12 @@ class MemoryService:
         return MemoryStats(count=len(self.index), by_category=by_category)
 
     async def _stored(self, write: asyncio.Future[None]) -> None:
-        """Wait for a write to be stored, up to ``write_timeout``; past it the write stays queued."""
-        try:
-            await asyncio.wait_for(asyncio.shield(write), timeout=self._write_timeout)
-        except TimeoutError:
-            raise StorageUnavailableError("the database is not answering; the memory is queued") from None
+        """Write now (a saved memory does not wait for company) and wait up to ``write_timeout``; past it the
+        write stays queued and the caller hears so."""
+        await self._batcher.flush(within=self._write_timeout)
+        if not write.done():
+            raise StorageUnavailableError("the database is not answering; the memory is queued")
+        await write
 
     async def _invalidate_list(self) -> None:
         if self._cache is not None:

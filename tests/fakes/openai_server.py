@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,10 +26,13 @@ class FakeOpenAIServer:
         self,
         *,
         replies: dict[str, str] | None = None,
-        responder: Callable[[dict[str, Any]], str | None] | None = None,
+        responder: Callable[[dict[str, Any]], str | ToolCall | None] | None = None,
+        embedding_delay: float = 0.0,
     ) -> None:
         self.replies = dict(replies or {})
         self.responder = responder  # sees the whole request body; None falls back to ``replies`` or the echo
+        self.embedding_delay = embedding_delay
+        self._calls = 0
         self.chat_requests: list[dict[str, Any]] = []
         self.embedding_requests: list[dict[str, Any]] = []
         self.base_url = ""
@@ -69,6 +73,8 @@ class FakeOpenAIServer:
     async def _embeddings(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.embedding_requests.append(body)
+        if self.embedding_delay:
+            await asyncio.sleep(self.embedding_delay)
         texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
         dimensions = int(body.get("dimensions") or 1536)
         data = [
@@ -83,6 +89,8 @@ class FakeOpenAIServer:
         self.chat_requests.append(body)
         said = _last_user_text(body)
         scripted = self.responder(body) if self.responder is not None else None
+        if isinstance(scripted, ToolCall):
+            return await self._tool_call(request, body, scripted)
         reply = scripted if scripted is not None else self.replies.get(said, f"I heard you say: {said}")
         if not body.get("stream"):
             return web.json_response(_completion(body, reply))
@@ -99,6 +107,33 @@ class FakeOpenAIServer:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    async def _tool_call(self, request: web.Request, body: dict[str, Any], call: ToolCall) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        self._calls += 1
+        delta = {"role": "assistant", "tool_calls": [{"index": 0, "id": f"call_{self._calls}", "type": "function",
+                 "function": {"name": call.name, "arguments": json.dumps(call.arguments)}}]}  # fmt: skip
+        await response.write(_event(_chunk(body, delta, finish=None)))
+        await response.write(_event(_chunk(body, {}, finish="tool_calls")))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A scripted answer that calls one tool instead of replying."""
+
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+def tool_results(body: dict[str, Any]) -> list[str]:
+    """The tool outputs the agent sent back in this request, for its newest user message."""
+    messages = body.get("messages", [])
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    return [m["content"] for m in messages[last_user + 1 :] if m.get("role") == "tool"]
 
 
 def _fake_embedding(text: str, dimensions: int) -> list[float]:

@@ -1,0 +1,225 @@
+"""The Companion agent in LiveKit's text mode: an AgentSession run against a local OpenAI-compatible fake."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from livekit.agents import AgentSession
+from livekit.plugins import openai
+
+from agent import Companion, start_companion
+from core.config import Settings
+from services.container import Process, Session, open_process, open_session
+from tests.fakes.openai_server import FakeOpenAIServer, ToolCall, tool_results
+from tests.waiting import eventually
+
+MAYA = "My sister Maya lives in Lisbon"
+
+
+class Brain:
+    """Scripts the fake LLM by the user's words; records what the storage port had done at each request."""
+
+    def __init__(self) -> None:
+        self.tools: dict[str, ToolCall] = {}
+        self.process: Process | None = None
+        self.queries_at_request: list[int] = []
+
+    def __call__(self, body: dict[str, Any]) -> str | ToolCall | None:
+        if body["messages"][0]["content"].startswith("You are Companion"):
+            if self.process is not None:
+                self.queries_at_request.append(self.process.storage.stats.queries)
+            results = tool_results(body)
+            if results:
+                return "Done. " + " ".join(results)
+            said = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
+            return self.tools.get(said)
+        return '{"memories": []}' if "JSON" in body["messages"][0]["content"] else "A profile."
+
+
+@pytest.fixture
+def brain() -> Brain:
+    return Brain()
+
+
+@pytest.fixture
+def fake(brain: Brain) -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer(responder=brain) as server:
+        yield server
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fake: FakeOpenAIServer) -> Settings:
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        database_url=f"sqlite:///{tmp_path}/companion.db",
+        openai_base_url=fake.base_url,
+        batch_max_delay_ms=5_000,  # writes wait for the end of the test's turn: the hot path stays observable
+    )
+
+
+@pytest.fixture
+async def process(settings: Settings, brain: Brain) -> AsyncIterator[Process]:
+    process = await open_process(settings)
+    brain.process = process
+    yield process
+    await process.aclose()
+
+
+@dataclass
+class Chat:
+    agent: Companion
+    session: AgentSession
+    services: Session
+    model: openai.LLM
+
+    async def say(self, *lines: str) -> None:
+        for line in lines:
+            await self.session.run(user_input=line)
+
+    async def aclose(self) -> None:
+        await self.session.aclose()
+        await self.model.aclose()
+
+
+@contextlib.asynccontextmanager
+async def chat(process: Process, user: uuid.UUID | None, fake: FakeOpenAIServer, *lines: str) -> AsyncIterator[Chat]:
+    services = await open_session(process, user_id=user)
+    model = openai.LLM(model="fake", base_url=fake.base_url, api_key="x")
+    session = AgentSession(llm=model)
+    conversation = Chat(await start_companion(session, process=process, services=services), session, services, model)
+    try:
+        await conversation.say(*lines)
+        yield conversation
+    finally:
+        await conversation.aclose()
+
+
+def greeting(session: AgentSession) -> str:
+    return next(i.text_content for i in session.history.items if getattr(i, "role", None) == "assistant")
+
+
+def system_notes(request: dict[str, Any]) -> str:
+    return "\n".join(m["content"] for m in request["messages"][1:] if m["role"] == "system")
+
+
+def replies_asked(fake: FakeOpenAIServer) -> list[dict[str, Any]]:
+    """The agent's own LLM requests (not the background extraction's or profile's)."""
+    return [r for r in fake.chat_requests if r["messages"][0]["content"].startswith("You are Companion")]
+
+
+async def test_a_new_user_is_greeted_as_new_and_the_next_session_as_returning(process, fake) -> None:
+    user = uuid.uuid4()
+    async with chat(process, user, fake, "I have an exam on Monday") as first:
+        assert greeting(first.session).startswith("Hi there! I'm Companion")
+        await first.services.conversations.finish()  # what the job's shutdown callback does
+    async with chat(process, user, fake) as second:
+        assert greeting(second.session).startswith("Welcome back!")
+
+
+async def test_a_fact_remembered_with_the_tool_reaches_the_llm_in_a_later_session(process, fake, brain) -> None:
+    user = uuid.uuid4()
+    brain.tools["Remember that my sister Maya lives in Lisbon"] = ToolCall(
+        "remember", {"category": "RELATIONSHIP", "key": "sister city", "value": MAYA}
+    )
+    async with chat(process, user, fake, "Remember that my sister Maya lives in Lisbon"):
+        pass
+    stored = await process.storage.get_memory(user, "RELATIONSHIP", "sister_city")
+    assert stored is not None
+    assert stored.value == MAYA
+    async with chat(process, user, fake, "Where does my sister live?"):
+        assert MAYA in system_notes(replies_asked(fake)[-1])
+
+
+async def test_typed_turns_and_generate_reply_both_carry_the_memories(process, fake) -> None:
+    user = uuid.uuid4()
+    await (await open_session(process, user_id=user)).memories.save_memory("RELATIONSHIP", "sister city", MAYA)
+    async with chat(process, user, fake, "Where does my sister live?") as conversation:  # typed: session.run
+        assert MAYA in system_notes(replies_asked(fake)[-1])
+        await conversation.session.generate_reply(user_input="Tell me about my sister again")
+        assert MAYA in system_notes(replies_asked(fake)[-1])
+        assert conversation.agent.retrieval.turns == 2
+        history = conversation.session.history.items
+        assert [m for m in history if getattr(m, "role", None) == "system"] == []  # injected, not persisted
+
+
+async def test_a_warm_turn_makes_no_storage_query_and_no_llm_call_before_the_reply(process, fake, brain) -> None:
+    user = uuid.uuid4()
+    await (await open_session(process, user_id=user)).memories.save_memory("PREFERENCE", "drink", "Prefers green tea")
+    async with chat(process, user, fake, "Hello") as conversation:
+        await eventually(lambda: process.tasks.stats().running == 0)  # the last turn's extraction is done
+        await process.batcher.flush()
+        before, requests_before = process.storage.stats.queries, len(fake.chat_requests)
+        await conversation.say("What do I like to drink?")
+        assert brain.queries_at_request[-1] == before  # nothing between the user's words and the reply's request
+        assert fake.chat_requests[requests_before]["messages"][0]["content"].startswith("You are Companion")
+        assert "Prefers green tea" in system_notes(replies_asked(fake)[-1])
+
+
+async def test_the_tools_change_the_database_and_the_health_tools_say_real_numbers(process, fake, brain) -> None:
+    user = uuid.uuid4()
+    brain.tools.update({
+        "Call me Ana": ToolCall("update_profile", {"field": "preferred_name", "value": "Ana"}),
+        "Remember I love jazz": ToolCall("remember", {"category": "PREFERENCE", "key": "music", "value": "Loves jazz"}),
+        "What music do I like?": ToolCall("recall", {"query": "music"}),
+        "Forget the jazz thing": ToolCall("forget", {"query": "jazz music"}),
+        "How is the cache doing?": ToolCall("getRedisCacheStats"),
+        "How is the pool?": ToolCall("getConnectionPoolStats"),
+        "How is batching?": ToolCall("getDatabaseBatchStats"),
+        "How many memories?": ToolCall("getMemoryStats"),
+        "Remember nonsense": ToolCall("remember", {"category": "HOBBY", "key": "x", "value": "y"}),
+    })  # fmt: skip
+
+    def said(line: str) -> str:
+        answers = tool_results(replies_asked(fake)[-1])
+        assert len(answers) == 1, (line, answers)
+        [answer] = answers
+        return answer
+
+    async with chat(process, user, fake, "Call me Ana", "Remember I love jazz", "What music do I like?") as c:
+        assert (await process.storage.get_profile(user)).preferred_name == "Ana"
+        assert "Loves jazz" in said("What music do I like?")
+        await c.say("How many memories?")
+        assert "I remember 1 things about you (1 preference)" in said("How many memories?")
+        await c.say("Forget the jazz thing")
+        assert await process.storage.get_memory(user, "PREFERENCE", "music") is None
+        await c.say("How is the cache doing?")
+        assert "memory mode with a hit rate of" in said("How is the cache doing?")
+        await c.say("How is the pool?")
+        assert "storage: created 1, reused" in said("How is the pool?")
+        await c.say("How is batching?")
+        assert "writes accepted in" in said("How is batching?")
+        await c.say("Remember nonsense")
+        assert "category must be one of" in said("Remember nonsense")
+
+
+async def test_a_guest_chats_but_nothing_is_stored(process, fake, brain) -> None:
+    brain.tools["Remember I love jazz"] = ToolCall(
+        "remember", {"category": "PREFERENCE", "key": "music", "value": "Loves jazz"}
+    )
+    async with chat(process, None, fake, "Remember I love jazz"):
+        assert "guest" in tool_results(replies_asked(fake)[-1])[0]
+    await process.batcher.flush()
+    assert process.batcher.stats().accepted == 0
+
+
+async def test_a_slow_embedder_past_the_deadline_does_not_hold_the_reply(tmp_path: Path) -> None:
+    with FakeOpenAIServer(embedding_delay=0.5) as slow:
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None, database_url=f"sqlite:///{tmp_path}/slow.db", openai_base_url=slow.base_url,
+            embedding_provider="openai",
+        )  # fmt: skip
+        process = await open_process(settings)
+        try:
+            async with chat(process, uuid.uuid4(), slow, "Where does my sister live?") as conversation:
+                items = conversation.session.history.items
+                replies = [i for i in items if getattr(i, "role", None) == "assistant"]
+                assert replies[-1].text_content == "I heard you say: Where does my sister live?"
+                assert conversation.agent.retrieval.deadline_misses == 1
+        finally:
+            await process.aclose()
