@@ -40,10 +40,11 @@ from core.preflight import EXIT_CONFIG, preflight
 from core.validators import is_user_id, parse_user_id
 from services.container import Process, Session, open_process, open_session
 from services.rag_service import TurnContext
+from tts import TEXT_TRANSFORMS, build_tts
 
 logger = logging.getLogger("companion.agent")
 
-RETRIEVAL_DEADLINE = 0.15  # seconds: past it the reply goes ahead without memories
+RETRIEVAL_DEADLINE = 0.15  # seconds (RETRIEVAL_DEADLINE_MS): past it the reply goes ahead without memories
 
 
 @dataclass
@@ -248,7 +249,9 @@ async def start_companion(session: AgentSession, *, process: Process, services: 
     if services.guard.can_write:
         await services.users.ensure_profile_exists()
     await services.conversations.start()
-    agent = Companion(services=services, process=process)
+    agent = Companion(
+        services=services, process=process, retrieval_deadline=process.settings.retrieval_deadline_ms / 1000
+    )
 
     def on_item(event: ConversationItemAddedEvent) -> None:
         item = event.item
@@ -292,12 +295,17 @@ async def entrypoint(ctx: JobContext) -> None:
         if user_id is None:
             logger.info("guest session: the participant identity is not a user id, nothing will be stored")
     services = await open_session(process, user_id=user_id)
+    speech = build_tts(settings)
     ctx.add_shutdown_callback(lambda: finish_companion(process=process, services=services))
+    ctx.add_shutdown_callback(speech.aclose)
     session = AgentSession(
         vad=ctx.proc.userdata["vad"],
-        stt=openai.STT(base_url=settings.openai_base_url, api_key=settings.openai_key_for_client),
+        stt=openai.STT(
+            model=settings.openai_stt_model, base_url=settings.openai_base_url, api_key=settings.openai_key_for_client
+        ),
         llm=_llm(settings),
-        tts=openai.TTS(base_url=settings.openai_base_url, api_key=settings.openai_key_for_client),
+        tts=speech.tts,
+        tts_text_transforms=TEXT_TRANSFORMS,
     )
     await start_companion(session, process=process, services=services, room=ctx.room)
 

@@ -105,9 +105,15 @@ class Settings(BaseSettings):
     livekit_api_key: str | None = None
     livekit_api_secret: SecretStr | None = None
 
-    # Uplift AI speech output.
+    # Speech: Uplift AI when its key is set (OpenAI TTS as its fallback), else OpenAI TTS; OpenAI STT.
     upliftai_api_key: SecretStr | None = None
     upliftai_base_url: str = "wss://api.upliftai.org"
+    upliftai_voice_id: str = "v_meklc281"
+    upliftai_output_format: str = "MP3_22050_32"
+    openai_tts_model: str = "gpt-4o-mini-tts"
+    openai_tts_voice: str = "alloy"
+    openai_stt_model: str = "gpt-4o-mini-transcribe"
+    retrieval_deadline_ms: float = Field(default=150.0, gt=0, le=5_000)
 
     @field_validator("database_url")
     @classmethod

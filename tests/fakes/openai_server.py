@@ -35,6 +35,9 @@ class FakeOpenAIServer:
         self._calls = 0
         self.chat_requests: list[dict[str, Any]] = []
         self.embedding_requests: list[dict[str, Any]] = []
+        self.speech_requests: list[dict[str, Any]] = []
+        self.transcriptions = 0
+        self.transcript = "Where does my sister live?"  # what any audio "said"
         self.base_url = ""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fake-openai", daemon=True)
@@ -59,6 +62,8 @@ class FakeOpenAIServer:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/audio/speech", self._speech)
+        app.router.add_post("/v1/audio/transcriptions", self._transcription)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -107,6 +112,24 @@ class FakeOpenAIServer:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    async def _speech(self, request: web.Request) -> web.StreamResponse:
+        """Raw 24 kHz mono PCM: a 440 Hz tone of about 60 ms per word asked for."""
+        body = await request.json()
+        self.speech_requests.append(body)
+        seconds = 0.06 * max(1, len(str(body.get("input", "")).split()))
+        t = np.arange(int(24_000 * seconds)) / 24_000
+        pcm = (np.sin(2 * np.pi * 440 * t) * 8_000).astype("<i2").tobytes()
+        response = web.StreamResponse(headers={"Content-Type": "audio/pcm"})
+        await response.prepare(request)
+        await response.write(pcm)
+        await response.write_eof()
+        return response
+
+    async def _transcription(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.transcriptions += 1
+        return web.json_response({"text": self.transcript})
 
     async def _tool_call(self, request: web.Request, body: dict[str, Any], call: ToolCall) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
