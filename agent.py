@@ -38,6 +38,7 @@ from core.config import Settings, get_settings
 from core.errors import CompanionError, ConfigError, WriteForbiddenError
 from core.preflight import EXIT_CONFIG, preflight
 from core.validators import is_user_id, parse_user_id
+from infrastructure.turn_metrics import TurnMetrics, TurnTimings
 from services.container import Process, Session, open_process, open_session
 from services.rag_service import TurnContext
 from tts import TEXT_TRANSFORMS, build_tts
@@ -52,6 +53,7 @@ class RetrievalStats:
     turns: int = 0
     deadline_misses: int = 0
     last_ms: float = 0.0
+    last_in_time: bool = True
 
 
 class Companion(Agent):
@@ -96,12 +98,14 @@ class Companion(Agent):
         started = time.perf_counter()
         recent = _recent_turns(chat_ctx, before=newest.id)
         self.retrieval.turns += 1
+        self.retrieval.last_in_time = True
         try:
             context = await asyncio.wait_for(
                 self._services.rag.context_for_turn(newest.text_content or "", recent), timeout=self._deadline
             )
         except TimeoutError:
             self.retrieval.deadline_misses += 1
+            self.retrieval.last_in_time = False
             logger.warning("retrieval missed its deadline; replying without memories")
             context = TurnContext(retrieved=(), text="")
         except CompanionError as exc:
@@ -243,15 +247,26 @@ def prewarm(proc: JobProcess) -> None:
 server = AgentServer(setup_fnc=prewarm)
 
 
-async def start_companion(session: AgentSession, *, process: Process, services: Session, room: Any = None) -> Companion:
-    """Start ``session`` with the Companion for ``services``' user: onboarding, greeting, transcript logging."""
+async def start_companion(
+    session: AgentSession,
+    *,
+    process: Process,
+    services: Session,
+    room: Any = None,
+    turn_metrics: TurnMetrics | None = None,
+) -> Companion:
+    """Start ``session`` with the Companion for ``services``' user: onboarding, greeting, transcript logging,
+    one metrics line per turn."""
     await services.onboarding.run()
     if services.guard.can_write:
         await services.users.ensure_profile_exists()
     await services.conversations.start()
+    turn_metrics = turn_metrics or TurnMetrics()
     agent = Companion(
         services=services, process=process, retrieval_deadline=process.settings.retrieval_deadline_ms / 1000
     )
+
+    last_user: dict[str, Any] = {}
 
     def on_item(event: ConversationItemAddedEvent) -> None:
         item = event.item
@@ -259,8 +274,14 @@ async def start_companion(session: AgentSession, *, process: Process, services: 
             return
         services.conversations.log_message(item.role, item.text_content)  # type: ignore[arg-type]
         if item.role == "user":
+            last_user.clear()
+            last_user.update(item.metrics, said=True)
             services.profiles.on_user_turn()
-        elif services.guard.can_write:  # the turn is answered: learn from it without competing with the reply
+            return
+        if last_user:  # an answer to the user (the greeting is not a turn)
+            turn_metrics.record(_timings(last_user, dict(item.metrics), agent.retrieval))
+            last_user.clear()
+        if services.guard.can_write:  # the turn is answered: learn from it without competing with the reply
             recent = services.conversations.transcript[-4:]
             process.tasks.spawn(services.extractor.extract(recent), name=f"extract:{services.user_id}")
 
@@ -269,6 +290,18 @@ async def start_companion(session: AgentSession, *, process: Process, services: 
     opening = await services.conversations.opening(await services.users.get_profile())
     await session.say(opening.text)
     return agent
+
+
+def _timings(user: dict[str, Any], assistant: dict[str, Any], retrieval: RetrievalStats) -> TurnTimings:
+    return TurnTimings(
+        end_of_turn_delay=user.get("end_of_turn_delay"),
+        transcription_delay=user.get("transcription_delay"),
+        retrieval=retrieval.last_ms / 1000 if retrieval.turns else None,
+        retrieval_in_time=retrieval.last_in_time if retrieval.turns else None,
+        llm_ttft=assistant.get("llm_node_ttft"),
+        tts_ttfb=assistant.get("tts_node_ttfb"),
+        e2e_latency=assistant.get("e2e_latency"),
+    )
 
 
 async def finish_companion(*, process: Process, services: Session) -> None:

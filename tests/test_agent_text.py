@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from livekit.plugins import openai
 
 from agent import Companion, start_companion
 from core.config import Settings
+from infrastructure.turn_metrics import TurnMetrics
 from services.container import Process, Session, open_process, open_session
 from tests.fakes.openai_server import FakeOpenAIServer, ToolCall, tool_results
 from tests.waiting import eventually
@@ -223,3 +225,23 @@ async def test_a_slow_embedder_past_the_deadline_does_not_hold_the_reply(tmp_pat
                 assert conversation.agent.retrieval.deadline_misses == 1
         finally:
             await process.aclose()
+
+
+async def test_each_turn_logs_one_line_of_timings_without_user_text(process, fake, caplog) -> None:
+    metrics = TurnMetrics()
+    services = await open_session(process, user_id=uuid.uuid4())
+    model = openai.LLM(model="fake", base_url=fake.base_url, api_key="x")
+    session = AgentSession(llm=model)
+    try:
+        with caplog.at_level(logging.INFO, logger="companion.turns"):
+            await start_companion(session, process=process, services=services, turn_metrics=metrics)
+            await session.run(user_input="my secret is pistachio")
+        lines = [r for r in caplog.records if r.name == "companion.turns"]
+        assert len(lines) == 1  # the greeting is not a turn
+        assert lines[0].llm_ttft is not None
+        assert lines[0].retrieval_in_time is True
+        assert "pistachio" not in caplog.text
+        assert metrics.registry.get_sample_value("companion_llm_ttft_seconds_count") == 1.0
+    finally:
+        await session.aclose()
+        await model.aclose()
