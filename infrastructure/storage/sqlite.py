@@ -37,9 +37,7 @@ from infrastructure.storage.records import (
 SCHEMA = Path(__file__).with_name("sqlite_schema.sql")
 # SQLite allows 32,766 bound parameters per statement; 9 per memory row keeps a chunk well inside that.
 _ROWS_PER_STATEMENT = 500
-_MEMORY_COLUMNS = (
-    "id, user_id, category, key, value, importance, source, created_at, updated_at, last_accessed_at, access_count"
-)
+_MEMORY_COLUMNS = ", ".join(wire.MEMORY_COLUMNS)
 
 
 class SqliteStorage(Storage):

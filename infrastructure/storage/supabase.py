@@ -36,7 +36,7 @@ from infrastructure.storage.records import (
 from infrastructure.storage.retryable import is_retryable
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
-_MEMORY_COLUMNS = "id,user_id,category,key,value,importance,source,created_at,updated_at,last_accessed_at,access_count"
+_MEMORY_COLUMNS = ",".join(wire.MEMORY_COLUMNS)
 
 
 class SupabaseStorage(Storage):

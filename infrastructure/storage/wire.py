@@ -34,6 +34,10 @@ from infrastructure.storage.records import (
 
 Row = Mapping[str, Any]
 
+# A memory's columns, bar the embedding (read only when asked for: it is most of the row's bytes).
+MEMORY_COLUMNS = ("id", "user_id", "category", "key", "value", "importance", "source", "created_at", "updated_at",
+                  "last_accessed_at", "access_count")  # fmt: skip
+
 
 def time_text(at: dt.datetime) -> str:
     return at.astimezone(dt.UTC).isoformat()
