@@ -126,3 +126,12 @@ def test_settings_are_immutable() -> None:
     settings = load_settings()
     with pytest.raises(pydantic.ValidationError):
         settings.llm_model = "other"  # type: ignore[misc]
+
+
+def test_env_example_lists_every_setting_with_a_comment() -> None:
+    lines = (Path(__file__).resolve().parents[1] / ".env.example").read_text().splitlines()
+    listed = {line.split("=", 1)[0] for line in lines if line and not line.startswith("#")}
+    assert listed == set(OURS)
+    for i, line in enumerate(lines):
+        if line and not line.startswith("#"):
+            assert lines[i - 1].startswith("# "), f"{line.split('=')[0]} has no comment above it"
