@@ -76,6 +76,8 @@ async def open_process(
         batcher = DatabaseBatcher(storage=storage, params=BatcherParams.from_settings(settings))
         batcher.start()
         embedder = await open_embedder(settings, openai_client=await pool.openai())
+        if settings.embedding_provider == "local":
+            await embedder.embed(["warm up"])  # the first run pays for BLAS threads; no user turn should
         llm = OpenAIChat(client=await pool.openai(), model=settings.llm_model)
     except BaseException:
         if batcher is not None:

@@ -62,6 +62,7 @@ def settings(tmp_path: Path, fake: FakeOpenAIServer) -> Settings:
         database_url=f"sqlite:///{tmp_path}/companion.db",
         openai_base_url=fake.base_url,
         batch_max_delay_ms=5_000,  # writes wait for the end of the test's turn: the hot path stays observable
+        retrieval_deadline_ms=2_000,  # a busy test machine must not turn "carries memories" into a deadline miss
     )
 
 
