@@ -83,7 +83,7 @@ class Companion(Agent):
         context = await self._context_for(chat_ctx)
         if context is not None and context.text:
             chat_ctx = chat_ctx.copy()
-            position = _newest_user_position(chat_ctx)
+            position = _newest_user_position(chat_ctx)  # the copy's items, same order
             memory = llm.ChatMessage(role="system", content=[context.text])
             chat_ctx.items.insert(position if position is not None else len(chat_ctx.items), memory)
         async for chunk in Agent.default.llm_node(self, chat_ctx, tools, model_settings):
@@ -213,10 +213,8 @@ async def _speakable(work: Any) -> Any:
 
 
 def _newest_user_message(chat_ctx: llm.ChatContext) -> llm.ChatMessage | None:
-    for item in reversed(chat_ctx.items):
-        if isinstance(item, llm.ChatMessage) and item.role == "user":
-            return item
-    return None
+    position = _newest_user_position(chat_ctx)
+    return None if position is None else chat_ctx.items[position]  # type: ignore[return-value]
 
 
 def _newest_user_position(chat_ctx: llm.ChatContext) -> int | None:

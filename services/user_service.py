@@ -12,7 +12,7 @@ from typing import Any
 from core.errors import InvalidInputError
 from core.validators import WriteGuard
 from infrastructure.redis_cache import RedisCache
-from infrastructure.storage import Profile, Storage
+from infrastructure.storage import Profile, Storage, wire
 
 PROFILE_CACHE_KEY = "profile"
 BASIC_FIELDS = ("name", "preferred_name", "timezone", "language")
@@ -45,7 +45,7 @@ class UserService:
         if self._cache is None:
             return await self._storage.get_profile(self.user_id)
         cached = await self._cache.get_or_load(PROFILE_CACHE_KEY, self._load_for_cache, user_id=self.user_id)
-        return None if cached is None else _from_cache(cached)
+        return None if cached is None else wire.profile_from_row(cached)
 
     async def update_profile(self, **fields: str | None) -> Profile:
         """Set basic fields (and ``summary``, the written profile); values are checked before anything is sent."""
@@ -98,16 +98,3 @@ def _to_cache(profile: Profile) -> dict[str, Any]:
         "created_at": profile.created_at.isoformat(),
         "updated_at": profile.updated_at.isoformat(),
     }
-
-
-def _from_cache(data: dict[str, Any]) -> Profile:
-    return Profile(
-        user_id=uuid.UUID(data["user_id"]),
-        name=data["name"],
-        preferred_name=data["preferred_name"],
-        timezone=data["timezone"],
-        language=data["language"],
-        summary=data["summary"],
-        created_at=dt.datetime.fromisoformat(data["created_at"]),
-        updated_at=dt.datetime.fromisoformat(data["updated_at"]),
-    )
