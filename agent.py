@@ -18,7 +18,9 @@ from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from livekit.agents import (
+    NOT_GIVEN,
     Agent,
     AgentServer,
     AgentSession,
@@ -28,20 +30,28 @@ from livekit.agents import (
     ModelSettings,
     RunContext,
     ToolError,
+    TurnHandlingOptions,
     cli,
     function_tool,
     llm,
 )
+from livekit.agents.stt import STT
+from livekit.agents.vad import VAD
 from livekit.plugins import openai, silero
+from openai import AsyncOpenAI
 
-from core.config import Settings, get_settings
+from core.config import PLACEHOLDER_OPENAI_KEY, Settings, get_settings
 from core.errors import CompanionError, ConfigError, WriteForbiddenError
 from core.preflight import EXIT_CONFIG, preflight
 from core.validators import is_user_id, parse_user_id
+from infrastructure.embeddings import preload_embedder
+from infrastructure.storage import Profile
 from infrastructure.turn_metrics import TurnMetrics, TurnTimings
 from services.container import Process, Session, open_process, open_session
+from services.context_budget import Compaction, HistoryItem
+from services.persona import Persona
 from services.rag_service import TurnContext
-from tts import TEXT_TRANSFORMS, build_tts
+from tts import TEXT_TRANSFORMS, SpeechOutput, build_tts
 
 logger = logging.getLogger("companion.agent")
 
@@ -59,16 +69,16 @@ class RetrievalStats:
 class Companion(Agent):
     """The companion persona, its per-turn memories and its tools."""
 
-    def __init__(self, *, services: Session, process: Process, retrieval_deadline: float = RETRIEVAL_DEADLINE):
-        name = process.settings.agent_name
-        super().__init__(
-            instructions=(
-                f"You are {name}, a warm, attentive companion in a voice conversation. Answer in one to three short "
-                "spoken sentences, without markdown, lists or emoji. Ask at most one question at a time. Use what "
-                "you remember about the user naturally; never recite it. Use the tools to remember, recall or forget "
-                "when the user asks, and the health tools when asked how you are running."
-            )
-        )
+    def __init__(
+        self,
+        *,
+        services: Session,
+        process: Process,
+        profile: Profile | None = None,
+        retrieval_deadline: float = RETRIEVAL_DEADLINE,
+    ) -> None:
+        self._persona = Persona.from_settings(process.settings)
+        super().__init__(instructions=self._persona.instructions(profile))
         self._services = services
         self._process = process
         self._deadline = retrieval_deadline
@@ -116,6 +126,34 @@ class Companion(Agent):
         self._turn = (newest.id, context)
         return context
 
+    # Long sessions: the oldest turns become a summary, in the background ------------------------------------
+
+    def keep_history_within_budget(self) -> None:
+        """After a reply: past the token budget, summarise the oldest turns in the background and swap them for
+        the summary when it is written. Items added meanwhile are kept: the swap removes exactly what was read."""
+        name = f"history-summary:{self._services.user_id}"
+        if self._process.tasks.running(name):
+            return
+        plan = self._services.budget.plan(_history_items(self.chat_ctx))
+        if plan is not None:
+            self._process.tasks.spawn(self._fold(plan), name=name)
+
+    async def _fold(self, plan: Compaction) -> None:
+        try:
+            summary = await self._services.budget.summarise(plan)
+        except CompanionError as exc:  # the history stays whole; the next reply tries again
+            logger.warning("history summary failed; keeping the turns", extra={"error": type(exc).__name__})
+            return
+        chat_ctx = self.chat_ctx.copy()
+        folded = plan.ids
+        position = next(i for i, item in enumerate(chat_ctx.items) if item.id in folded)
+        kept = [item for item in chat_ctx.items if item.id not in folded]
+        kept.insert(position, llm.ChatMessage(id=f"{SUMMARY_ID}{self._services.budget.compactions}", role="system",
+                                              content=[summary]))  # fmt: skip
+        chat_ctx.items = kept
+        await self.update_chat_ctx(chat_ctx)
+        logger.info("history summarised", extra={"folded_items": len(folded), "tokens_before": plan.history_tokens})
+
     # Tools ---------------------------------------------------------------------------------------------------
 
     @function_tool
@@ -159,7 +197,8 @@ class Companion(Agent):
         """
         if field not in ("name", "preferred_name", "timezone", "language"):
             raise ToolError("I can only change the name, preferred name, timezone or language.")
-        await _speakable(self._services.users.update_profile(**{field: value}))
+        profile = await _speakable(self._services.users.update_profile(**{field: value}))
+        await self.update_instructions(self._persona.instructions(profile))  # from the next reply on
         return f"Updated the {field.replace('_', ' ')}."
 
     @function_tool(name="getConnectionPoolStats")
@@ -212,6 +251,26 @@ async def _speakable(work: Any) -> Any:
         raise ToolError(exc.message if not exc.retryable else "That didn't work just now; try again soon.") from None
 
 
+SUMMARY_ID = "companion.history-summary."
+
+
+def _history_items(chat_ctx: llm.ChatContext) -> list[HistoryItem]:
+    """The conversation as the budget sees it: messages, tool calls and outputs, our summary; not the instructions
+    or LiveKit's own bookkeeping items, which always stay."""
+    items: list[HistoryItem] = []
+    for item in chat_ctx.items:
+        if isinstance(item, llm.ChatMessage):
+            if item.role in ("user", "assistant"):
+                items.append(HistoryItem(id=item.id, role=item.role, text=item.text_content or ""))  # type: ignore[arg-type]
+            elif item.id.startswith(SUMMARY_ID):
+                items.append(HistoryItem(id=item.id, role="summary", text=item.text_content or ""))
+        elif isinstance(item, llm.FunctionCall):
+            items.append(HistoryItem(id=item.id, role="tool", text=f"{item.name}({item.arguments})"))
+        elif isinstance(item, llm.FunctionCallOutput):
+            items.append(HistoryItem(id=item.id, role="tool", text=item.output))
+    return items
+
+
 def _newest_user_message(chat_ctx: llm.ChatContext) -> llm.ChatMessage | None:
     position = _newest_user_position(chat_ctx)
     return None if position is None else chat_ctx.items[position]  # type: ignore[return-value]
@@ -239,7 +298,11 @@ def _recent_turns(chat_ctx: llm.ChatContext, *, before: str, limit: int = 3) -> 
 
 
 def prewarm(proc: JobProcess) -> None:
+    """Runs in each job process before it takes a job, before the process has an event loop: the models load here.
+    The pools open at the start of the job (``open_process``), while it waits for the participant, because asyncio
+    clients belong to the loop they were opened on."""
     proc.userdata["vad"] = silero.VAD.load()
+    proc.userdata["embedder"] = preload_embedder(get_settings())
 
 
 server = AgentServer(setup_fnc=prewarm)
@@ -260,8 +323,12 @@ async def start_companion(
         await services.users.ensure_profile_exists()
     await services.conversations.start()
     turn_metrics = turn_metrics or TurnMetrics()
+    profile = await services.users.get_profile()
     agent = Companion(
-        services=services, process=process, retrieval_deadline=process.settings.retrieval_deadline_ms / 1000
+        services=services,
+        process=process,
+        profile=profile,
+        retrieval_deadline=process.settings.retrieval_deadline_ms / 1000,
     )
 
     last_user: dict[str, Any] = {}
@@ -279,13 +346,14 @@ async def start_companion(
         if last_user:  # an answer to the user (the greeting is not a turn)
             turn_metrics.record(_timings(last_user, dict(item.metrics), agent.retrieval))
             last_user.clear()
+        agent.keep_history_within_budget()
         if services.guard.can_write:  # the turn is answered: learn from it without competing with the reply
             recent = services.conversations.transcript[-4:]
             process.tasks.spawn(services.extractor.extract(recent), name=f"extract:{services.user_id}")
 
     session.on("conversation_item_added", on_item)
     await (session.start(agent=agent) if room is None else session.start(agent=agent, room=room))
-    opening = await services.conversations.opening(await services.users.get_profile())
+    opening = await services.conversations.opening(profile)
     await session.say(opening.text)
     return agent
 
@@ -302,8 +370,14 @@ def _timings(user: dict[str, Any], assistant: dict[str, Any], retrieval: Retriev
     )
 
 
-async def finish_companion(*, process: Process, services: Session) -> None:
-    """Session end: summary, profile refresh, then everything the batcher holds is stored."""
+async def finish_companion(
+    *, process: Process, services: Session, providers: Providers | None = None, session: AgentSession | None = None
+) -> None:
+    """Session end (the job's shutdown callback): the session closes first, so that LiveKit commits what the user
+    said before hanging up and it reaches the transcript; then the summary, the profile refresh, and everything the
+    batcher holds is stored."""
+    if session is not None:
+        await session.aclose()
     try:
         finished = await services.conversations.finish()
         if finished is not None and services.guard.can_write:
@@ -311,13 +385,72 @@ async def finish_companion(*, process: Process, services: Session) -> None:
     except CompanionError as exc:
         logger.warning("session end work failed", extra={"error": type(exc).__name__})
     finally:
+        if providers is not None:
+            await providers.aclose()
         await process.aclose()
+
+
+@dataclass
+class Providers:
+    """A session's speech and language models. LiveKit's AgentSession does not close them; :meth:`aclose` does."""
+
+    stt: STT
+    llm: llm.LLM
+    speech: SpeechOutput
+    language_models: list[llm.LLM]
+
+    async def aclose(self) -> None:
+        await self.stt.aclose()
+        for model in self.language_models:
+            await model.aclose()
+        await self.speech.aclose()
+
+
+# What LiveKit's OpenAI plugins give their own clients: LiveKit retries and falls back itself, so no SDK retries.
+PROVIDER_TIMEOUT = httpx.Timeout(connect=15.0, read=5.0, write=5.0, pool=5.0)
+
+
+def build_providers(settings: Settings, *, client: AsyncOpenAI) -> Providers:
+    """STT, LLM (with the optional fallback provider) and TTS on the process's pooled OpenAI client, so a session
+    opens no HTTP pool of its own and the process closes the one it has."""
+    client = client.with_options(max_retries=0, timeout=PROVIDER_TIMEOUT)
+    language_models: list[llm.LLM] = [openai.LLM(model=settings.llm_model, client=client)]
+    if settings.fallback_llm_configured:
+        key = settings.fallback_llm_api_key
+        language_models.append(
+            openai.LLM(
+                model=settings.fallback_llm_model or "",
+                base_url=settings.fallback_llm_base_url,
+                api_key=key.get_secret_value() if key is not None else PLACEHOLDER_OPENAI_KEY,
+            )
+        )
+    model = language_models[0] if len(language_models) == 1 else llm.FallbackAdapter(language_models)
+    return Providers(
+        stt=openai.STT(model=settings.openai_stt_model, language=settings.agent_language.split("-")[0], client=client),
+        llm=model,
+        speech=build_tts(settings, openai_client=client),
+        language_models=language_models,
+    )
+
+
+def build_session(providers: Providers, *, vad: VAD, turn_handling: TurnHandlingOptions | None = None) -> AgentSession:
+    """The AgentSession: Silero VAD, LiveKit's built-in turn detector (its default, offline), our providers, and
+    the text clean-up before speech. LiveKit's preemptive generation (on by default) starts llm_node, and so our
+    retrieval, on the final transcript, while end-of-turn detection is still deciding."""
+    return AgentSession(
+        vad=vad,
+        stt=providers.stt,
+        llm=providers.llm,
+        tts=providers.speech.tts,
+        tts_text_transforms=TEXT_TRANSFORMS,
+        turn_handling=turn_handling if turn_handling is not None else NOT_GIVEN,
+    )
 
 
 @server.rtc_session()
 async def entrypoint(ctx: JobContext) -> None:
     settings = get_settings()
-    process = await open_process(settings)
+    process = await open_process(settings, embedder=ctx.proc.userdata.get("embedder"))
     if ctx.is_fake_job():  # the console
         user_id: Any = settings.console_user_id
     else:
@@ -326,25 +459,12 @@ async def entrypoint(ctx: JobContext) -> None:
         if user_id is None:
             logger.info("guest session: the participant identity is not a user id, nothing will be stored")
     services = await open_session(process, user_id=user_id)
-    speech = build_tts(settings)
-    ctx.add_shutdown_callback(lambda: finish_companion(process=process, services=services))
-    ctx.add_shutdown_callback(speech.aclose)
-    session = AgentSession(
-        vad=ctx.proc.userdata["vad"],
-        stt=openai.STT(
-            model=settings.openai_stt_model, base_url=settings.openai_base_url, api_key=settings.openai_key_for_client
-        ),
-        llm=_llm(settings),
-        tts=speech.tts,
-        tts_text_transforms=TEXT_TRANSFORMS,
+    providers = build_providers(settings, client=await process.pool.openai())
+    session = build_session(providers, vad=ctx.proc.userdata["vad"])
+    ctx.add_shutdown_callback(
+        lambda: finish_companion(process=process, services=services, providers=providers, session=session)
     )
     await start_companion(session, process=process, services=services, room=ctx.room)
-
-
-def _llm(settings: Settings) -> openai.LLM:
-    return openai.LLM(
-        model=settings.llm_model, base_url=settings.openai_base_url, api_key=settings.openai_key_for_client
-    )
 
 
 def main(argv: list[str]) -> int:

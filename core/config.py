@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
     llm_model: str = "gpt-4o-mini"
+    # An optional second provider behind LiveKit's llm.FallbackAdapter: any OpenAI-compatible server.
+    fallback_llm_base_url: str | None = None
+    fallback_llm_model: str | None = None
+    fallback_llm_api_key: SecretStr | None = None
 
     # Storage: DATABASE_URL wins; Supabase is used when it is configured and DATABASE_URL is not.
     database_url: str | None = None
@@ -98,6 +102,8 @@ class Settings(BaseSettings):
 
     # Agent.
     agent_name: str = Field(default="Companion", min_length=1, max_length=40)
+    agent_personality: str = Field(default="warm, attentive and curious", min_length=1, max_length=300)
+    agent_language: str = Field(default="en", pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
     console_user_id: uuid.UUID = DEFAULT_CONSOLE_USER_ID
 
     # LiveKit worker (dev / start / connect); the console needs none of them.
@@ -114,6 +120,11 @@ class Settings(BaseSettings):
     openai_tts_voice: str = "alloy"
     openai_stt_model: str = "gpt-4o-mini-transcribe"
     retrieval_deadline_ms: float = Field(default=150.0, gt=0, le=5_000)
+    # The chat history sent to the LLM stays under this many tokens (estimated); older turns are summarised.
+    chat_context_max_tokens: int = Field(default=3_000, ge=500, le=200_000)
+
+    # Per-turn Prometheus histograms on http://0.0.0.0:METRICS_PORT/metrics. None: not served.
+    metrics_port: int | None = Field(default=None, ge=1, le=65_535)
 
     @field_validator("database_url")
     @classmethod
@@ -131,7 +142,7 @@ class Settings(BaseSettings):
             f"{seen}; unset it to use the default {DEFAULT_DATABASE_URL}"
         )
 
-    @field_validator("openai_base_url", "supabase_url")
+    @field_validator("openai_base_url", "fallback_llm_base_url", "supabase_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
@@ -155,6 +166,16 @@ class Settings(BaseSettings):
             problems.append(
                 "EMBEDDING_DIMENSIONS must be 384 with EMBEDDING_PROVIDER=local (all-MiniLM-L6-v2's size); "
                 "unset it, or use EMBEDDING_PROVIDER=openai"
+            )
+        if self.fallback_llm_base_url and not self.fallback_llm_model:
+            problems.append(
+                "FALLBACK_LLM_BASE_URL is set but FALLBACK_LLM_MODEL is missing: name the model to use on that "
+                "server, or unset FALLBACK_LLM_BASE_URL"
+            )
+        if self.fallback_llm_model and not (self.fallback_llm_base_url or self.fallback_llm_api_key):
+            problems.append(
+                "FALLBACK_LLM_MODEL is set but the fallback has no server: set FALLBACK_LLM_BASE_URL (any "
+                "OpenAI-compatible server) or FALLBACK_LLM_API_KEY (OpenAI), or unset FALLBACK_LLM_MODEL"
             )
         if self.redis_enabled and not self.redis_url:
             problems.append(
@@ -184,6 +205,10 @@ class Settings(BaseSettings):
     @property
     def llm_configured(self) -> bool:
         return self.openai_api_key is not None or self.openai_base_url is not None
+
+    @property
+    def fallback_llm_configured(self) -> bool:
+        return self.fallback_llm_model is not None
 
     @property
     def openai_key_for_client(self) -> str:

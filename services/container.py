@@ -18,11 +18,12 @@ from core.validators import WriteGuard
 from infrastructure.background import BackgroundTasks
 from infrastructure.connection_pool import ConnectionPool
 from infrastructure.database_batcher import BatcherParams, DatabaseBatcher
-from infrastructure.embeddings import CachedEmbedder, open_embedder
+from infrastructure.embeddings import CachedEmbedder, Embedder, open_embedder
 from infrastructure.llm import OpenAIChat
 from infrastructure.redis_cache import CacheParams, RedisCache
 from infrastructure.storage import DeletedCounts, Storage
 from rag_system import MemoryIndex
+from services.context_budget import ContextBudget
 from services.conversation_service import ConversationService
 from services.memory_extraction import MemoryExtractor
 from services.memory_service import MemoryService
@@ -64,9 +65,13 @@ class Process:
 
 
 async def open_process(
-    settings: Settings, *, clock: Callable[[], dt.datetime] = _utc_now, pool: ConnectionPool | None = None
+    settings: Settings,
+    *,
+    clock: Callable[[], dt.datetime] = _utc_now,
+    pool: ConnectionPool | None = None,
+    embedder: Embedder | None = None,
 ) -> Process:
-    """Open the pools, load the embedder and start the batcher (a LiveKit prewarm, or the start of a script)."""
+    """Open the pools, load the embedder (unless prewarm ``preload_embedder`` did) and start the batcher."""
     pool = pool or ConnectionPool(settings=settings)
     batcher: DatabaseBatcher | None = None
     try:
@@ -75,9 +80,9 @@ async def open_process(
         cache = RedisCache(redis=await pool.redis(), params=CacheParams.from_settings(settings))
         batcher = DatabaseBatcher(storage=storage, params=BatcherParams.from_settings(settings))
         batcher.start()
-        embedder = await open_embedder(settings, openai_client=await pool.openai())
-        if settings.embedding_provider == "local":
-            await embedder.embed(["warm up"])  # the first run pays for BLAS threads; no user turn should
+        cached = await open_embedder(settings, openai_client=await pool.openai(), preloaded=embedder)
+        if settings.embedding_provider == "local" and embedder is None:
+            await cached.embed(["warm up"])  # the first run pays for BLAS threads; no user turn should
         llm = OpenAIChat(client=await pool.openai(), model=settings.llm_model)
     except BaseException:
         if batcher is not None:
@@ -85,7 +90,7 @@ async def open_process(
         await pool.aclose()
         raise
     return Process(settings=settings, pool=pool, storage=storage, cache=cache, batcher=batcher,
-                   embedder=embedder, llm=llm, tasks=BackgroundTasks(), clock=clock)  # fmt: skip
+                   embedder=cached, llm=llm, tasks=BackgroundTasks(), clock=clock)  # fmt: skip
 
 
 @dataclass
@@ -101,6 +106,7 @@ class Session:
     onboarding: OnboardingService
     profiles: ProfileService
     extractor: MemoryExtractor
+    budget: ContextBudget
 
     async def forget_everything(self) -> DeletedCounts:
         """Everything of this user goes: rows, index, cache entries, and what this session holds (the transcript
@@ -147,6 +153,7 @@ async def open_session(process: Process, *, user_id: uuid.UUID | None, load: boo
         onboarding=OnboardingService(**common, users=users, memories=memories, clock=process.clock),
         profiles=ProfileService(**common, users=users, memories=memories, llm=process.llm, tasks=process.tasks),
         extractor=MemoryExtractor(memories=memories, llm=process.llm, embedder=process.embedder),
+        budget=ContextBudget(llm=process.llm, max_tokens=process.settings.chat_context_max_tokens),
     )
     if load:
         await memories.load_index()

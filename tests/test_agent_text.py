@@ -14,10 +14,11 @@ import pytest
 from livekit.agents import AgentSession
 from livekit.plugins import openai
 
-from agent import Companion, start_companion
+from agent import Companion, build_providers, start_companion
 from core.config import Settings
 from infrastructure.turn_metrics import TurnMetrics
 from services.container import Process, Session, open_process, open_session
+from services.context_budget import HISTORY_SUMMARY_PROMPT, SUMMARY_HEADER
 from tests.fakes.openai_server import FakeOpenAIServer, ToolCall, tool_results
 from tests.waiting import eventually
 
@@ -41,7 +42,10 @@ class Brain:
                 return "Done. " + " ".join(results)
             said = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
             return self.tools.get(said)
-        return '{"memories": []}' if "JSON" in body["messages"][0]["content"] else "A profile."
+        system = body["messages"][0]["content"]
+        if system == HISTORY_SUMMARY_PROMPT:
+            return "They talked about the garden and the tomatoes."
+        return '{"memories": []}' if "JSON" in system else "A profile."
 
 
 @pytest.fixture
@@ -186,6 +190,7 @@ async def test_the_tools_change_the_database_and_the_health_tools_say_real_numbe
 
     async with chat(process, user, fake, "Call me Ana", "Remember I love jazz", "What music do I like?") as c:
         assert (await process.storage.get_profile(user)).preferred_name == "Ana"
+        assert "They like to be called Ana." in replies_asked(fake)[-1]["messages"][0]["content"]  # instructions
         assert "Loves jazz" in said("What music do I like?")
         await c.say("How many memories?")
         assert "I remember 1 things about you (1 preference)" in said("How many memories?")
@@ -246,3 +251,59 @@ async def test_each_turn_logs_one_line_of_timings_without_user_text(process, fak
     finally:
         await session.aclose()
         await model.aclose()
+
+
+async def test_a_long_session_summarises_its_oldest_turns_in_the_background(tmp_path: Path, fake) -> None:
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, database_url=f"sqlite:///{tmp_path}/long.db", openai_base_url=fake.base_url,
+        chat_context_max_tokens=500, retrieval_deadline_ms=2_000,
+    )  # fmt: skip
+    chatter = "the tomatoes are growing and the basil needs water. " * 8
+    lines = [f"Day {n} in the garden: {chatter.strip()}" for n in (1, 2, 3)]
+    process = await open_process(settings)
+    user = uuid.uuid4()
+    try:
+        async with chat(process, user, fake, *lines) as conversation:
+            agent = conversation.agent
+
+            def summaries() -> list[str]:
+                return [i.text_content for i in agent.chat_ctx.items if i.id.startswith("companion.history-summary")]
+
+            await eventually(lambda: bool(summaries()))
+            assert summaries() == [f"{SUMMARY_HEADER} They talked about the garden and the tomatoes."]
+            await conversation.say("What should I plant next?")
+            sent = str(replies_asked(fake)[-1]["messages"])
+            assert SUMMARY_HEADER in sent
+            assert "Day 1 in the garden" not in sent  # folded into the summary
+            assert "Day 3 in the garden" in sent  # the latest turns stay word for word
+            summarised = [r for r in fake.chat_requests if r["messages"][0]["content"] == HISTORY_SUMMARY_PROMPT]
+            assert "Day 1 in the garden" in summarised[0]["messages"][1]["content"]
+        await process.batcher.flush()
+        stored = [m.content for m in await process.storage.recent_messages(user, limit=50)]
+        assert lines[0] in stored  # the transcript keeps every word; only the LLM's context is summarised
+    finally:
+        await process.aclose()
+
+
+async def test_the_fallback_llm_answers_when_the_first_provider_is_down(tmp_path: Path, fake) -> None:
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, database_url=f"sqlite:///{tmp_path}/fallback.db",
+        openai_base_url="http://127.0.0.1:9/v1",  # nothing listens there
+        fallback_llm_base_url=fake.base_url, fallback_llm_model="fallback-model",
+    )  # fmt: skip
+    process = await open_process(settings)
+    providers = build_providers(settings, client=await process.pool.openai())
+    services = await open_session(process, user_id=uuid.uuid4())
+    session = AgentSession(llm=providers.llm)
+    try:
+        await start_companion(session, process=process, services=services)
+        result = await session.run(user_input="Are you there?")
+        result.expect.next_event().is_message(role="assistant")
+        assert replies_asked(fake)[-1]["model"] == "fallback-model"
+        assert [i.text_content for i in session.history.items if getattr(i, "role", None) == "assistant"][-1] == (
+            "I heard you say: Are you there?"
+        )
+    finally:
+        await session.aclose()
+        await providers.aclose()
+        await process.aclose()

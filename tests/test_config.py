@@ -135,3 +135,16 @@ def test_env_example_lists_every_setting_with_a_comment() -> None:
     for i, line in enumerate(lines):
         if line and not line.startswith("#"):
             assert lines[i - 1].startswith("# "), f"{line.split('=')[0]} has no comment above it"
+
+
+def test_a_fallback_llm_needs_a_model_and_a_server() -> None:
+    assert "FALLBACK_LLM_MODEL is missing" in problems_of(FALLBACK_LLM_BASE_URL="https://api.groq.com/openai/v1")
+    assert "the fallback has no server" in problems_of(FALLBACK_LLM_MODEL="llama-3.1-8b-instant")
+    assert "FALLBACK_LLM_BASE_URL must start with http" in problems_of(
+        FALLBACK_LLM_BASE_URL="api.groq.com", FALLBACK_LLM_MODEL="m"
+    )
+
+
+def test_the_persona_language_and_metrics_port_are_checked() -> None:
+    assert "AGENT_LANGUAGE" in problems_of(AGENT_LANGUAGE="English please")
+    assert "METRICS_PORT" in problems_of(METRICS_PORT="70000")

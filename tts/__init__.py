@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from livekit.agents import tts
 from livekit.plugins import openai, upliftai
+from openai import AsyncOpenAI
 
 from core.config import Settings
 from tts.text import speak_urls_as_links, without_urls
@@ -35,7 +36,9 @@ class SpeechOutput:
             await provider.aclose()
 
 
-def build_tts(settings: Settings) -> SpeechOutput:
+def build_tts(settings: Settings, *, openai_client: AsyncOpenAI | None = None) -> SpeechOutput:
+    """The configured speech output. ``openai_client`` (the process's pooled client) carries OpenAI TTS; without it
+    the plugin opens a client of its own from the settings."""
     providers: list[tts.TTS] = []
     if settings.upliftai_api_key is not None:
         providers.append(
@@ -53,6 +56,7 @@ def build_tts(settings: Settings) -> SpeechOutput:
                 voice=settings.openai_tts_voice,
                 base_url=settings.openai_base_url,
                 api_key=settings.openai_key_for_client,
+                client=openai_client,
             )
         )
     engine = providers[0] if len(providers) == 1 else tts.FallbackAdapter(providers)

@@ -8,13 +8,30 @@ from core.config import Settings
 from infrastructure.embeddings.base import Embedder
 from infrastructure.embeddings.cached import CachedEmbedder, EmbeddingCacheStats
 
-__all__ = ["CachedEmbedder", "Embedder", "EmbeddingCacheStats", "open_embedder"]
+__all__ = ["CachedEmbedder", "Embedder", "EmbeddingCacheStats", "open_embedder", "preload_embedder"]
 
 
-async def open_embedder(settings: Settings, *, openai_client: openai.AsyncOpenAI | None = None) -> CachedEmbedder:
-    """The configured provider behind an LRU of recent texts. ``openai_client`` comes from the connection pool."""
+def preload_embedder(settings: Settings) -> Embedder | None:
+    """The local model, loaded and run once (the first run pays for BLAS threads), synchronously: a LiveKit prewarm
+    has no event loop yet. None when the provider is remote: there is nothing to load."""
+    if settings.embedding_provider != "local":
+        return None
+    from infrastructure.embeddings.minilm import MiniLMEmbedder
+
+    embedder = MiniLMEmbedder.load()
+    embedder.encode(["warm up"])
+    return embedder
+
+
+async def open_embedder(
+    settings: Settings, *, openai_client: openai.AsyncOpenAI | None = None, preloaded: Embedder | None = None
+) -> CachedEmbedder:
+    """The configured provider behind an LRU of recent texts. ``openai_client`` comes from the connection pool;
+    ``preloaded`` is what :func:`preload_embedder` returned in prewarm."""
     inner: Embedder
-    if settings.embedding_provider == "openai":
+    if preloaded is not None:
+        inner = preloaded
+    elif settings.embedding_provider == "openai":
         from infrastructure.embeddings.openai_embedder import OpenAIEmbedder
 
         if openai_client is None:  # a wiring mistake of ours, not the user's configuration
