@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,11 +42,12 @@ from livekit.agents.vad import VAD
 from livekit.plugins import openai, silero
 from openai import AsyncOpenAI
 
-from core.config import PLACEHOLDER_OPENAI_KEY, Settings, get_settings
+from core.config import PLACEHOLDER_OPENAI_KEY, Settings, get_settings, share_with_job_processes
 from core.errors import CompanionError, ConfigError, WriteForbiddenError
-from core.preflight import EXIT_CONFIG, preflight
+from core.preflight import EXIT_CONFIG, command_of, preflight
 from core.validators import is_user_id, parse_user_id
 from infrastructure.embeddings import preload_embedder
+from infrastructure.metrics_server import MetricsServer
 from infrastructure.storage import Profile
 from infrastructure.turn_metrics import TurnMetrics, TurnTimings
 from services.container import Process, Session, open_process, open_session
@@ -480,8 +483,27 @@ def main(argv: list[str]) -> int:
         return EXIT_CONFIG
     for chatty in ("aiosqlite", "asyncio", "httpcore", "openai._base_client"):  # their DEBUG drowns the console
         logging.getLogger(chatty).setLevel(logging.INFO)
-    cli.run_app(server)
+    command = command_of(argv[1:])
+    metrics = _serve_metrics(settings, command) if settings.metrics_port is not None and command else None
+    try:
+        cli.run_app(server)
+    finally:
+        if metrics is not None:
+            metrics.close()
     return 0
+
+
+def _serve_metrics(settings: Settings, command: str) -> MetricsServer:
+    """Our /metrics. The console's session runs in this process; a worker's run in job processes, which write
+    their histograms to a directory they find in PROMETHEUS_MULTIPROC_DIR (inherited: they start after this)."""
+    port = settings.metrics_port or 0
+    if command == "console":
+        return MetricsServer.start(port=port)
+    directory = settings.prometheus_multiproc_dir or Path(tempfile.mkdtemp(prefix="companion-metrics-"))
+    share_with_job_processes("PROMETHEUS_MULTIPROC_DIR", str(directory))
+    metrics = MetricsServer.start(port=port, multiprocess_dir=directory)
+    logger.info("per-turn metrics served", extra={"port": metrics.port})
+    return metrics
 
 
 if __name__ == "__main__":

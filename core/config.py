@@ -14,6 +14,7 @@ Conventions:
 from __future__ import annotations
 
 import functools
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,8 @@ class Settings(BaseSettings):
 
     # Per-turn Prometheus histograms on http://0.0.0.0:METRICS_PORT/metrics. None: not served.
     metrics_port: int | None = Field(default=None, ge=1, le=65_535)
+    # prometheus-client's own variable: where job processes keep their histograms. None: a fresh temporary folder.
+    prometheus_multiproc_dir: Path | None = None
 
     @field_validator("database_url")
     @classmethod
@@ -232,6 +235,13 @@ def load_settings(*, env_file: str | Path | None = ".env") -> Settings:
         return Settings(_env_file=env_file)  # type: ignore[call-arg]
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+
+
+def share_with_job_processes(variable: str, value: str) -> None:
+    """Put ``variable`` in the environment that LiveKit's job processes inherit (they start after this call). The
+    one write to the environment: a library in those processes reads it itself (prometheus-client's
+    PROMETHEUS_MULTIPROC_DIR)."""
+    os.environ[variable] = value
 
 
 @functools.cache

@@ -2,14 +2,19 @@
 
 The agent fills a :class:`TurnTimings` from LiveKit's ``ChatMessage.metrics`` (end of turn, transcription, LLM
 time to first token, TTS time to first byte, end-to-end latency) and our retrieval time.
+
+The histograms are process-wide, in prometheus-client's default registry, created on first use (not at import).
+In a LiveKit job process started with ``PROMETHEUS_MULTIPROC_DIR`` set, prometheus-client keeps them in files in
+that directory, where the worker's metrics server (``infrastructure/metrics_server.py``) sums every process's.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import asdict, dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 logger = logging.getLogger("companion.turns")
 
@@ -29,32 +34,51 @@ class TurnTimings:
     e2e_latency: float | None = None
 
 
-class TurnMetrics:
-    def __init__(self, *, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
-        self._histograms = {
-            name: Histogram(f"companion_{name}_seconds", help_text, registry=self.registry, buckets=_BUCKETS)
-            for name, help_text in (
-                ("end_of_turn_delay", "End of speech to the decision that the user's turn ended"),
-                ("transcription_delay", "End of speech to the final transcript"),
-                ("retrieval", "Our memory retrieval for the turn"),
-                ("llm_ttft", "LLM time to first token"),
-                ("tts_ttfb", "TTS time to first byte"),
-                ("e2e_latency", "End of the user's turn to the agent's first audio"),
-            )
-        }
-        self._misses = Counter(
-            "companion_retrieval_deadline_misses", "Turns answered without memories", registry=self.registry
+@dataclass(frozen=True, slots=True)
+class _Instruments:
+    histograms: dict[str, Histogram]
+    deadline_misses: Counter
+
+
+def _instruments(registry: CollectorRegistry) -> _Instruments:
+    histograms = {
+        name: Histogram(f"companion_{name}_seconds", help_text, registry=registry, buckets=_BUCKETS)
+        for name, help_text in (
+            ("end_of_turn_delay", "End of speech to the decision that the user's turn ended"),
+            ("transcription_delay", "End of speech to the final transcript"),
+            ("retrieval", "Our memory retrieval for the turn"),
+            ("llm_ttft", "LLM time to first token"),
+            ("tts_ttfb", "TTS time to first byte"),
+            ("e2e_latency", "End of the user's turn to the agent's first audio"),
         )
+    }
+    misses = Counter("companion_retrieval_deadline_misses", "Turns answered without memories", registry=registry)
+    return _Instruments(histograms=histograms, deadline_misses=misses)
+
+
+@functools.cache
+def _process_instruments() -> _Instruments:
+    return _instruments(REGISTRY)
+
+
+class TurnMetrics:
+    """Records each turn: one log line, and an observation in each histogram that has a value for it.
+
+    Without ``registry`` it records into the process-wide histograms (what the metrics server serves); a registry
+    of the caller's own gets histograms of its own (tests read them without seeing other sessions' turns)."""
+
+    def __init__(self, *, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or REGISTRY
+        self._instruments = _process_instruments() if registry is None else _instruments(registry)
         self.turns = 0
 
     def record(self, timings: TurnTimings) -> None:
         self.turns += 1
-        for name, histogram in self._histograms.items():
+        for name, histogram in self._instruments.histograms.items():
             value = getattr(timings, name)
             if value is not None:
                 histogram.observe(value)
         if timings.retrieval_in_time is False:
-            self._misses.inc()
+            self._instruments.deadline_misses.inc()
         fields = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(timings).items()}
         logger.info("turn", extra={"turn": self.turns, **fields})

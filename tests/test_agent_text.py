@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from livekit.agents import AgentSession
 from livekit.plugins import openai
+from prometheus_client import CollectorRegistry
 
 from agent import Companion, build_providers, start_companion
 from core.config import Settings
@@ -234,7 +235,7 @@ async def test_a_slow_embedder_past_the_deadline_does_not_hold_the_reply(tmp_pat
 
 
 async def test_each_turn_logs_one_line_of_timings_without_user_text(process, fake, caplog) -> None:
-    metrics = TurnMetrics()
+    metrics = TurnMetrics(registry=CollectorRegistry())
     services = await open_session(process, user_id=uuid.uuid4())
     model = openai.LLM(model="fake", base_url=fake.base_url, api_key="x")
     session = AgentSession(llm=model)

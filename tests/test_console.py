@@ -4,34 +4,70 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pexpect
 import pytest
 
 from core.config import DEFAULT_CONSOLE_USER_ID
 from infrastructure.storage.sqlite import SqliteStorage
 from tests.agent_process import AGENT, clean_env
-from tests.fakes.openai_server import FakeOpenAIServer
+from tests.fakes.openai_server import FakeOpenAIServer, ToolCall, tool_results
+from tests.net import free_port
 
 pytestmark = [pytest.mark.console, pytest.mark.slow]
 
+MAYA = "My sister Maya lives in Lisbon"
+TOOLS = {
+    "Remember that my sister Maya lives in Lisbon": ToolCall(
+        "remember", {"category": "RELATIONSHIP", "key": "sister city", "value": MAYA}
+    ),
+    "How is the cache doing?": ToolCall("getRedisCacheStats"),
+}
 
-def run_console(home: Path, fake: FakeOpenAIServer, *, expect_greeting: str, line: str, expect_reply: str) -> None:
+
+def companion(body: dict[str, Any]) -> str | ToolCall | None:
+    """The LLM: calls a tool for the lines in TOOLS and says what it returned; echoes anything else."""
+    if not body["messages"][0]["content"].startswith("You are Companion"):
+        return None
+    if results := tool_results(body):
+        return "Done. " + " ".join(results)
+    return TOOLS.get(next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user"))
+
+
+def run_console(
+    home: Path,
+    fake: FakeOpenAIServer,
+    *,
+    expect_greeting: str,
+    turns: list[tuple[str, str]],
+    metrics_port: int | None = None,
+    before_exit: Callable[[], None] = lambda: None,
+) -> None:
+    extra = {"METRICS_PORT": str(metrics_port)} if metrics_port else {}
     console = pexpect.spawn(
         sys.executable,
         [str(AGENT), "console", "--text"],
         cwd=home,
-        env=clean_env(home, OPENAI_BASE_URL=fake.base_url),
+        env=clean_env(home, OPENAI_BASE_URL=fake.base_url, **extra),
         encoding="utf-8",
-        dimensions=(40, 140),
+        codec_errors="replace",  # a redraw cut short by Ctrl-C may end mid-character
+        dimensions=(40, 160),
         timeout=90,
     )
     try:
         console.expect("Type to talk to your agent")
         console.expect(expect_greeting)
-        console.send(line + "\r")
-        console.expect(expect_reply)
+        for line, reply in turns:
+            console.send(line + "\r")
+            console.expect(reply)
+            console.expect("llm_ttft")  # printed under the reply
+            time.sleep(1)  # the console drops keys typed before it is back to listening
+        before_exit()
         console.sendcontrol("c")
         console.expect(pexpect.EOF, timeout=60)
     finally:
@@ -39,22 +75,51 @@ def run_console(home: Path, fake: FakeOpenAIServer, *, expect_greeting: str, lin
     assert console.exitstatus == 0
 
 
-def companion_turns(fake: FakeOpenAIServer) -> list[str]:
-    """What the user said in the agent's own LLM requests (not the background summary or extraction)."""
-    asked = [r for r in fake.chat_requests if r["messages"][0]["content"].startswith("You are Companion")]
-    return [next(m["content"] for m in reversed(r["messages"]) if m["role"] == "user") for r in asked]
+def companion_requests(fake: FakeOpenAIServer) -> list[dict[str, Any]]:
+    """The agent's own LLM requests (not the background summary or extraction)."""
+    return [r for r in fake.chat_requests if r["messages"][0]["content"].startswith("You are Companion")]
 
 
-def test_the_console_greets_answers_and_remembers_the_user_next_time(tmp_path: Path) -> None:
-    with FakeOpenAIServer(replies={"Hello there": "Hi! Nice to meet you."}) as fake:
-        run_console(tmp_path, fake, expect_greeting="lovely to meet you", line="Hello there", expect_reply="Nice to")
-        assert companion_turns(fake) == ["Hello there"]
-        run_console(tmp_path, fake, expect_greeting="Welcome back", line="Me again", expect_reply="Me again")
+def test_the_console_greets_answers_remembers_across_runs_and_says_how_the_cache_is(tmp_path: Path) -> None:
+    port = free_port()
+    scraped: list[str] = []
+
+    def scrape() -> None:
+        scraped.append(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+
+    with FakeOpenAIServer(responder=companion) as fake:
+        run_console(
+            tmp_path,
+            fake,
+            expect_greeting="lovely to meet you",
+            turns=[
+                ("Remember that my sister Maya lives in Lisbon", "Saved"),
+                ("Hello there", "I heard you say: Hello there"),
+            ],
+            metrics_port=port,
+            before_exit=scrape,
+        )
+        first_run = len(companion_requests(fake))
+        run_console(
+            tmp_path,
+            fake,
+            expect_greeting="Welcome back",
+            turns=[
+                ("Where does my sister live?", "I heard you say: Where"),
+                ("How is the cache doing?", r"hit rate of \d+%"),
+            ],
+        )
+        second_run = companion_requests(fake)[first_run:]
+        asked = next(r for r in second_run if "Where does my sister live?" in str(r["messages"][-1]))
+        assert MAYA in str([m for m in asked["messages"] if m["role"] == "system"])  # the fact from the first run
+        assert "hits" in tool_results(second_run[-1])[0]
+
+    assert any(line.startswith("companion_llm_ttft_seconds_count 2.0") for line in scraped[0].splitlines())
 
     async def first_transcript() -> list[str]:
         async with await SqliteStorage.open(tmp_path / "companion.db") as storage:
-            return [m.content for m in await storage.recent_messages(DEFAULT_CONSOLE_USER_ID, limit=20)]
+            return [m.content for m in await storage.recent_messages(DEFAULT_CONSOLE_USER_ID, limit=40)]
 
     said = asyncio.run(first_transcript())
-    assert "Hello there" in said
-    assert "Hi! Nice to meet you." in said
+    assert "Hello there" in said  # stored after Ctrl-C
+    assert "Where does my sister live?" in said
