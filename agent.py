@@ -11,6 +11,7 @@ them, and offers the tools.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import tempfile
@@ -484,26 +485,27 @@ def main(argv: list[str]) -> int:
     for chatty in ("aiosqlite", "asyncio", "httpcore", "openai._base_client"):  # their DEBUG drowns the console
         logging.getLogger(chatty).setLevel(logging.INFO)
     command = command_of(argv[1:])
-    metrics = _serve_metrics(settings, command) if settings.metrics_port is not None and command else None
-    try:
+    with contextlib.ExitStack() as cleanup:
+        if settings.metrics_port is not None and command:
+            _serve_metrics(settings, command, cleanup)
         cli.run_app(server)
-    finally:
-        if metrics is not None:
-            metrics.close()
     return 0
 
 
-def _serve_metrics(settings: Settings, command: str) -> MetricsServer:
-    """Our /metrics. The console's session runs in this process; a worker's run in job processes, which write
-    their histograms to a directory they find in PROMETHEUS_MULTIPROC_DIR (inherited: they start after this)."""
+def _serve_metrics(settings: Settings, command: str, cleanup: contextlib.ExitStack) -> None:
+    """Our /metrics until ``cleanup`` closes. The console's session runs in this process; a worker's run in job
+    processes, which write their histograms to the folder they find in PROMETHEUS_MULTIPROC_DIR (inherited: they
+    start after this). A folder we made for it goes when the worker stops."""
     port = settings.metrics_port or 0
-    if command == "console":
-        return MetricsServer.start(port=port)
-    directory = settings.prometheus_multiproc_dir or Path(tempfile.mkdtemp(prefix="companion-metrics-"))
-    share_with_job_processes("PROMETHEUS_MULTIPROC_DIR", str(directory))
+    directory = None
+    if command != "console":
+        directory = settings.prometheus_multiproc_dir or Path(
+            cleanup.enter_context(tempfile.TemporaryDirectory(prefix="companion-metrics-"))
+        )
+        share_with_job_processes("PROMETHEUS_MULTIPROC_DIR", str(directory))
     metrics = MetricsServer.start(port=port, multiprocess_dir=directory)
+    cleanup.callback(metrics.close)
     logger.info("per-turn metrics served", extra={"port": metrics.port})
-    return metrics
 
 
 if __name__ == "__main__":
