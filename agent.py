@@ -10,12 +10,10 @@ them, and offers the tools.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,41 +51,24 @@ from infrastructure.storage import Profile
 from infrastructure.turn_metrics import TurnMetrics, TurnTimings
 from services.container import Process, Session, open_process, open_session
 from services.context_budget import Compaction, HistoryItem
+from services.health_report import batch_report, cache_report, memory_report, pool_report
 from services.persona import Persona
 from services.rag_service import TurnContext
+from services.turn_retrieval import RetrievalStats
 from tts import TEXT_TRANSFORMS, SpeechOutput, build_tts
 
 logger = logging.getLogger("companion.agent")
-
-RETRIEVAL_DEADLINE = 0.15  # seconds (RETRIEVAL_DEADLINE_MS): past it the reply goes ahead without memories
-
-
-@dataclass
-class RetrievalStats:
-    turns: int = 0
-    deadline_misses: int = 0
-    last_ms: float = 0.0
-    last_in_time: bool = True
 
 
 class Companion(Agent):
     """The companion persona, its per-turn memories and its tools."""
 
-    def __init__(
-        self,
-        *,
-        services: Session,
-        process: Process,
-        profile: Profile | None = None,
-        retrieval_deadline: float = RETRIEVAL_DEADLINE,
-    ) -> None:
+    def __init__(self, *, services: Session, process: Process, profile: Profile | None = None) -> None:
         self._persona = Persona.from_settings(process.settings)
         super().__init__(instructions=self._persona.instructions(profile))
         self._services = services
         self._process = process
-        self._deadline = retrieval_deadline
         self._turn: tuple[str, TurnContext] | None = None  # (user message id, its context)
-        self.retrieval = RetrievalStats()
 
     # Memories, once per user message, on every path ----------------------------------------------------------
 
@@ -109,24 +90,8 @@ class Companion(Agent):
             return None
         if self._turn is not None and self._turn[0] == newest.id:
             return self._turn[1]  # a second llm_node call in the same turn (after a tool call)
-        started = time.perf_counter()
         recent = _recent_turns(chat_ctx, before=newest.id)
-        self.retrieval.turns += 1
-        self.retrieval.last_in_time = True
-        try:
-            context = await asyncio.wait_for(
-                self._services.rag.context_for_turn(newest.text_content or "", recent), timeout=self._deadline
-            )
-        except TimeoutError:
-            self.retrieval.deadline_misses += 1
-            self.retrieval.last_in_time = False
-            logger.warning("retrieval missed its deadline; replying without memories")
-            context = TurnContext(retrieved=(), text="")
-        except CompanionError as exc:
-            logger.warning("retrieval failed; replying without memories", extra={"error": type(exc).__name__})
-            context = TurnContext(retrieved=(), text="")
-        self.retrieval.last_ms = (time.perf_counter() - started) * 1000
-        self._services.memories.record_access([r.memory for r in context.retrieved])
+        context = await self._services.retrieval.context(newest.text_content or "", recent)
         self._turn = (newest.id, context)
         return context
 
@@ -208,41 +173,22 @@ class Companion(Agent):
     @function_tool(name="getConnectionPoolStats")
     async def get_connection_pool_stats(self, context: RunContext) -> str:
         """How the connection pool is doing: each resource, its reuse and its health."""
-        parts = []
-        for name, stats in self._process.pool.stats().items():
-            health = "" if stats.last_health is None else (" healthy" if stats.last_health.ok else " failing")
-            parts.append(f"{name}: created {stats.created}, reused {stats.reused}, errors {stats.errors}{health}")
-        return "; ".join(parts) + "."
+        return pool_report(self._process.pool.stats())
 
     @function_tool(name="getRedisCacheStats")
     async def get_redis_cache_stats(self, context: RunContext) -> str:
         """How the cache is doing: hit rate, mode and latency."""
-        stats = self._process.cache.stats()
-        return (
-            f"The cache is in {stats.mode} mode with a hit rate of {stats.hit_rate:.0%} "
-            f"({stats.hits} hits, {stats.misses} misses), {stats.errors} errors, {stats.fallbacks} fallbacks, "
-            f"p50 {stats.p50_ms:.2f} milliseconds, p95 {stats.p95_ms:.2f} milliseconds."
-        )
+        return cache_report(self._process.cache.stats())
 
     @function_tool(name="getDatabaseBatchStats")
     async def get_database_batch_stats(self, context: RunContext) -> str:
         """How the database write batching is doing."""
-        stats = self._process.batcher.stats()
-        return (
-            f"{stats.accepted} writes accepted in {stats.statements} statements, saving {stats.roundtrip_saving:.0%} "
-            f"of round trips; {stats.failures} failed, {stats.retries} retries, {stats.queue_depth} waiting."
-        )
+        return batch_report(self._process.batcher.stats())
 
     @function_tool(name="getMemoryStats")
     async def get_memory_stats(self, context: RunContext) -> str:
         """How many memories you hold about the user, and how retrieval is doing."""
-        stats = self._services.memories.stats()
-        kinds = ", ".join(f"{n} {c.lower()}" for c, n in sorted(stats.by_category.items())) or "none yet"
-        return (
-            f"I remember {stats.count} things about you ({kinds}). Retrieval ran {self.retrieval.turns} times, "
-            f"missed its deadline {self.retrieval.deadline_misses} times, last took {self.retrieval.last_ms:.1f} "
-            "milliseconds."
-        )
+        return memory_report(self._services.memories.stats(), self._services.retrieval.stats)
 
 
 async def _speakable(work: Any) -> Any:
@@ -328,12 +274,7 @@ async def start_companion(
     await services.conversations.start()
     turn_metrics = turn_metrics or TurnMetrics()
     profile = await services.users.get_profile()
-    agent = Companion(
-        services=services,
-        process=process,
-        profile=profile,
-        retrieval_deadline=process.settings.retrieval_deadline_ms / 1000,
-    )
+    agent = Companion(services=services, process=process, profile=profile)
 
     last_user: dict[str, Any] = {}
 
@@ -348,7 +289,7 @@ async def start_companion(
             services.profiles.on_user_turn()
             return
         if last_user:  # an answer to the user (the greeting is not a turn)
-            turn_metrics.record(_timings(last_user, dict(item.metrics), agent.retrieval))
+            turn_metrics.record(_timings(last_user, dict(item.metrics), services.retrieval.stats))
             last_user.clear()
         agent.keep_history_within_budget()
         if services.guard.can_write:  # the turn is answered: learn from it without competing with the reply

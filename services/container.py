@@ -30,6 +30,7 @@ from services.memory_service import MemoryService
 from services.onboarding_service import OnboardingService
 from services.profile_service import ProfileService
 from services.rag_service import RagService
+from services.turn_retrieval import TurnRetrieval
 from services.user_service import UserService
 
 
@@ -107,6 +108,7 @@ class Session:
     profiles: ProfileService
     extractor: MemoryExtractor
     budget: ContextBudget
+    retrieval: TurnRetrieval
 
     async def forget_everything(self) -> DeletedCounts:
         """Everything of this user goes: rows, index, cache entries, and what this session holds (the transcript
@@ -137,12 +139,14 @@ async def open_session(process: Process, *, user_id: uuid.UUID | None, load: boo
     index = MemoryIndex(dimension=process.embedder.dimension)
     memories = MemoryService(**common, batcher=process.batcher, embedder=process.embedder, index=index,
                              cache=process.cache, clock=process.clock)  # fmt: skip
+    rag = RagService(index=index, embedder=process.embedder, clock=process.clock)
+    deadline = process.settings.retrieval_deadline_ms / 1000
     session = Session(
         user_id=user_id,
         guard=guard,
         users=users,
         memories=memories,
-        rag=RagService(index=index, embedder=process.embedder, clock=process.clock),
+        rag=rag,
         conversations=ConversationService(
             **common,
             batcher=process.batcher,
@@ -154,6 +158,7 @@ async def open_session(process: Process, *, user_id: uuid.UUID | None, load: boo
         profiles=ProfileService(**common, users=users, memories=memories, llm=process.llm, tasks=process.tasks),
         extractor=MemoryExtractor(memories=memories, llm=process.llm, embedder=process.embedder),
         budget=ContextBudget(llm=process.llm, max_tokens=process.settings.chat_context_max_tokens),
+        retrieval=TurnRetrieval(rag=rag, memories=memories, deadline=deadline),
     )
     if load:
         await memories.load_index()

@@ -151,7 +151,7 @@ async def test_typed_turns_and_generate_reply_both_carry_the_memories(process, f
         assert MAYA in system_notes(replies_asked(fake)[-1])
         await conversation.session.generate_reply(user_input="Tell me about my sister again")
         assert MAYA in system_notes(replies_asked(fake)[-1])
-        assert conversation.agent.retrieval.turns == 2
+        assert conversation.services.retrieval.stats.turns == 2
         history = conversation.session.history.items
         assert [m for m in history if getattr(m, "role", None) == "system"] == []  # injected, not persisted
 
@@ -229,7 +229,7 @@ async def test_a_slow_embedder_past_the_deadline_does_not_hold_the_reply(tmp_pat
                 items = conversation.session.history.items
                 replies = [i for i in items if getattr(i, "role", None) == "assistant"]
                 assert replies[-1].text_content == "I heard you say: Where does my sister live?"
-                assert conversation.agent.retrieval.deadline_misses == 1
+                assert conversation.services.retrieval.stats.deadline_misses == 1
         finally:
             await process.aclose()
 

@@ -157,7 +157,7 @@ async def test_retrieval_runs_in_the_preemptive_generation_before_the_turn_is_ov
         await eventually(lambda: bool(committed), within=30)
         await eventually(lambda: rig.session.agent_state == "listening", within=30)
         assert len(rig.replies_asked()) == 1  # the preemptive reply was used, not asked for again
-        assert rig.agent.retrieval.turns == 1
+        assert rig.services.retrieval.stats.turns == 1
 
 
 async def test_hanging_up_before_the_turn_ends_still_stores_what_the_user_said(tmp_path: Path) -> None:
