@@ -137,6 +137,12 @@ def test_env_example_lists_every_setting_with_a_comment() -> None:
             assert lines[i - 1].startswith("# "), f"{line.split('=')[0]} has no comment above it"
 
 
+def test_the_readme_table_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {line.split("`")[1] for line in readme.splitlines() if line.startswith("| `")}
+    assert set(OURS) <= rows, sorted(set(OURS) - rows)
+
+
 def test_a_fallback_llm_needs_a_model_and_a_server() -> None:
     assert "FALLBACK_LLM_MODEL is missing" in problems_of(FALLBACK_LLM_BASE_URL="https://api.groq.com/openai/v1")
     assert "the fallback has no server" in problems_of(FALLBACK_LLM_MODEL="llama-3.1-8b-instant")
