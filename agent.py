@@ -10,6 +10,7 @@ them, and offers the tools.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sys
@@ -255,7 +256,11 @@ def prewarm(proc: JobProcess) -> None:
     proc.userdata["embedder"] = preload_embedder(get_settings())
 
 
-server = AgentServer(setup_fnc=prewarm)
+# Seconds. Session end: flush the transcript, then the LLM's summary and profile, then close the batcher (its
+# close_timeout is 10 s); LiveKit kills a job process that is still shutting down after shutdown_process_timeout.
+SESSION_END_FLUSH = 5.0
+SESSION_END_LLM_BUDGET = 30.0
+server = AgentServer(setup_fnc=prewarm, shutdown_process_timeout=60.0)
 
 
 async def start_companion(
@@ -316,17 +321,26 @@ def _timings(user: dict[str, Any], assistant: dict[str, Any], retrieval: Retriev
 
 
 async def finish_companion(
-    *, process: Process, services: Session, providers: Providers | None = None, session: AgentSession | None = None
+    *,
+    process: Process,
+    services: Session,
+    providers: Providers | None = None,
+    session: AgentSession | None = None,
+    llm_budget: float = SESSION_END_LLM_BUDGET,
 ) -> None:
-    """Session end (the job's shutdown callback): the session closes first, so that LiveKit commits what the user
-    said before hanging up and it reaches the transcript; then the summary, the profile refresh, and everything the
-    batcher holds is stored."""
-    if session is not None:
-        await session.aclose()
+    """Session end (the job's shutdown callback), within LiveKit's ``shutdown_process_timeout``: the session closes
+    first, so that LiveKit commits what the user said before hanging up; the transcript is stored before any LLM
+    work; the summary and the profile refresh get a bounded time; the batcher is flushed and closed last."""
     try:
-        finished = await services.conversations.finish()
-        if finished is not None and services.guard.can_write:
-            await services.profiles.generate()
+        if session is not None:
+            await session.aclose()
+        await process.batcher.flush(within=SESSION_END_FLUSH)
+        async with asyncio.timeout(llm_budget):
+            finished = await services.conversations.finish()
+            if finished is not None and services.guard.can_write:
+                await services.profiles.generate()
+    except TimeoutError:
+        logger.warning("session end summary took too long; the transcript is stored without it")
     except CompanionError as exc:
         logger.warning("session end work failed", extra={"error": type(exc).__name__})
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from livekit.agents import AgentSession
 from livekit.plugins import openai
 from prometheus_client import CollectorRegistry
 
-from agent import Companion, build_providers, start_companion
+from agent import Companion, build_providers, finish_companion, start_companion
 from core.config import Settings
 from infrastructure.turn_metrics import TurnMetrics
 from services.container import Process, Session, open_process, open_session
@@ -308,3 +309,26 @@ async def test_the_fallback_llm_answers_when_the_first_provider_is_down(tmp_path
         await session.aclose()
         await providers.aclose()
         await process.aclose()
+
+
+async def test_a_slow_llm_at_session_end_does_not_cost_the_transcript(process, fake) -> None:
+    user = uuid.uuid4()
+    services = await open_session(process, user_id=user)
+    model = openai.LLM(model="fake", base_url=fake.base_url, api_key="x")
+    session = AgentSession(llm=model)
+    await start_companion(session, process=process, services=services)
+    await session.run(user_input="I start the new job on Monday")
+    await eventually(lambda: process.tasks.stats().running == 0)  # the turn's extraction is done
+    fake.completion_delay = 5.0  # the summary would outlast the job process's shutdown
+    started = time.monotonic()
+    try:
+        await finish_companion(process=process, services=services, session=session, llm_budget=0.3)
+    finally:
+        await model.aclose()
+    assert time.monotonic() - started < 4.0  # it gave up on the summary instead of waiting for it
+    assert process.batcher.stats().queue_depth == 0
+    async with await open_process(process.settings) as later:
+        stored = [m.content for m in await later.storage.recent_messages(user, limit=10)]
+        assert "I start the new job on Monday" in stored
+        [conversation] = await later.storage.recent_conversations(user)
+        assert conversation.summary is None  # skipped, not half-written

@@ -32,6 +32,7 @@ class FakeOpenAIServer:
         self.replies = dict(replies or {})
         self.responder = responder  # sees the whole request body; None falls back to ``replies`` or the echo
         self.embedding_delay = embedding_delay
+        self.completion_delay = 0.0  # before a non-streamed answer (the services' own calls): a slow provider
         self._calls = 0
         self.chat_requests: list[dict[str, Any]] = []
         self.embedding_requests: list[dict[str, Any]] = []
@@ -98,6 +99,7 @@ class FakeOpenAIServer:
             return await self._tool_call(request, body, scripted)
         reply = scripted if scripted is not None else self.replies.get(said, f"I heard you say: {said}")
         if not body.get("stream"):
+            await asyncio.sleep(self.completion_delay)
             return web.json_response(_completion(body, reply))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
