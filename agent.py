@@ -70,6 +70,7 @@ class Companion(Agent):
         self._services = services
         self._process = process
         self._turn: tuple[str, TurnContext] | None = None  # (user message id, its context)
+        self._summary: tuple[Compaction, str] | None = None  # written, waiting for the end of a reply
 
     # Memories, once per user message, on every path ----------------------------------------------------------
 
@@ -99,29 +100,40 @@ class Companion(Agent):
     # Long sessions: the oldest turns become a summary, in the background ------------------------------------
 
     def keep_history_within_budget(self) -> None:
-        """After a reply: past the token budget, summarise the oldest turns in the background and swap them for
-        the summary when it is written. Items added meanwhile are kept: the swap removes exactly what was read."""
+        """At the end of each reply, when the agent is about to listen (no preemptive generation under way that a
+        changed context would throw away): swap in the summary written since the last reply, then, past the
+        token budget, start writing the next one in the background."""
+        if self._summary is not None:
+            (plan, text), self._summary = self._summary, None
+            self._swap_in_summary(plan, text)
+            return  # the next reply plans on the swapped history
         name = f"history-summary:{self._services.user_id}"
         if self._process.tasks.running(name):
             return
         plan = self._services.budget.plan(_history_items(self.chat_ctx))
         if plan is not None:
-            self._process.tasks.spawn(self._fold(plan), name=name)
+            self._process.tasks.spawn(self._summarise(plan), name=name)
 
-    async def _fold(self, plan: Compaction) -> None:
+    async def _summarise(self, plan: Compaction) -> None:
         try:
-            summary = await self._services.budget.summarise(plan)
+            self._summary = (plan, await self._services.budget.summarise(plan))
         except CompanionError as exc:  # the history stays whole; the next reply tries again
             logger.warning("history summary failed; keeping the turns", extra={"error": type(exc).__name__})
-            return
+
+    def _swap_in_summary(self, plan: Compaction, text: str) -> None:
+        """Replace exactly the items the summary read; whatever was added since stays. The summary is an assistant
+        message (the user's words in it must not gain a system prompt's authority) dated like the last item it
+        replaces, so the history stays in time order."""
         chat_ctx = self.chat_ctx.copy()
-        folded = plan.ids
-        position = next(i for i, item in enumerate(chat_ctx.items) if item.id in folded)
-        kept = [item for item in chat_ctx.items if item.id not in folded]
-        kept.insert(position, llm.ChatMessage(id=f"{SUMMARY_ID}{self._services.budget.compactions}", role="system",
-                                              content=[summary]))  # fmt: skip
-        chat_ctx.items = kept
-        await self.update_chat_ctx(chat_ctx)
+        folded = [item for item in chat_ctx.items if item.id in plan.ids]
+        if not folded:
+            return
+        chat_ctx.items = [item for item in chat_ctx.items if item.id not in plan.ids]
+        summary_id = f"{SUMMARY_ID}{self._services.budget.compactions}"
+        chat_ctx.insert(
+            llm.ChatMessage(id=summary_id, role="assistant", content=[text], created_at=folded[-1].created_at)
+        )
+        self._process.tasks.spawn(self.update_chat_ctx(chat_ctx), name=f"history-swap:{self._services.user_id}")
         logger.info("history summarised", extra={"folded_items": len(folded), "tokens_before": plan.history_tokens})
 
     # Tools ---------------------------------------------------------------------------------------------------
@@ -211,14 +223,15 @@ def _history_items(chat_ctx: llm.ChatContext) -> list[HistoryItem]:
     items: list[HistoryItem] = []
     for item in chat_ctx.items:
         if isinstance(item, llm.ChatMessage):
-            if item.role in ("user", "assistant"):
-                items.append(HistoryItem(id=item.id, role=item.role, text=item.text_content or ""))  # type: ignore[arg-type]
-            elif item.id.startswith(SUMMARY_ID):
+            if item.id.startswith(SUMMARY_ID):
                 items.append(HistoryItem(id=item.id, role="summary", text=item.text_content or ""))
+            elif item.role in ("user", "assistant"):
+                items.append(HistoryItem(id=item.id, role=item.role, text=item.text_content or ""))  # type: ignore[arg-type]
         elif isinstance(item, llm.FunctionCall):
-            items.append(HistoryItem(id=item.id, role="tool", text=f"{item.name}({item.arguments})"))
+            text = f"{item.name}({item.arguments})"
+            items.append(HistoryItem(id=item.id, role="tool", text=text, call_id=item.call_id))
         elif isinstance(item, llm.FunctionCallOutput):
-            items.append(HistoryItem(id=item.id, role="tool", text=item.output))
+            items.append(HistoryItem(id=item.id, role="tool", text=item.output, call_id=item.call_id))
     return items
 
 
@@ -240,7 +253,8 @@ def _recent_turns(chat_ctx: llm.ChatContext, *, before: str, limit: int = 3) -> 
     for item in chat_ctx.items:
         if item.id == before:
             break
-        if isinstance(item, llm.ChatMessage) and item.role in ("user", "assistant") and item.text_content:
+        is_turn = isinstance(item, llm.ChatMessage) and item.role in ("user", "assistant")
+        if is_turn and item.text_content and not item.id.startswith(SUMMARY_ID):
             turns.append(item.text_content)
     return turns[-limit:]
 
@@ -256,10 +270,10 @@ def prewarm(proc: JobProcess) -> None:
     proc.userdata["embedder"] = preload_embedder(get_settings())
 
 
-# Seconds. Session end: flush the transcript, then the LLM's summary and profile, then close the batcher (its
-# close_timeout is 10 s); LiveKit kills a job process that is still shutting down after shutdown_process_timeout.
+# Seconds. Session end: flush the transcript (5), the LLM's summary (15) and profile (15), background work's grace
+# (10) and the batcher's close (10): LiveKit kills a job process still shutting down after shutdown_process_timeout.
 SESSION_END_FLUSH = 5.0
-SESSION_END_LLM_BUDGET = 30.0
+SESSION_END_LLM_BUDGET = 15.0
 server = AgentServer(setup_fnc=prewarm, shutdown_process_timeout=60.0)
 
 
@@ -314,6 +328,7 @@ def _timings(user: dict[str, Any], assistant: dict[str, Any], retrieval: Retriev
         transcription_delay=user.get("transcription_delay"),
         retrieval=retrieval.last_ms / 1000 if retrieval.turns else None,
         retrieval_in_time=retrieval.last_in_time if retrieval.turns else None,
+        retrieval_failed=retrieval.last_failed if retrieval.turns else None,
         llm_ttft=assistant.get("llm_node_ttft"),
         tts_ttfb=assistant.get("tts_node_ttfb"),
         e2e_latency=assistant.get("e2e_latency"),
@@ -330,23 +345,26 @@ async def finish_companion(
 ) -> None:
     """Session end (the job's shutdown callback), within LiveKit's ``shutdown_process_timeout``: the session closes
     first, so that LiveKit commits what the user said before hanging up; the transcript is stored before any LLM
-    work; the summary and the profile refresh get a bounded time; the batcher is flushed and closed last."""
+    work; the summary and the profile refresh get ``llm_budget`` seconds each; the process closes last, whatever
+    failed before it (its batcher holds the writes)."""
     try:
         if session is not None:
             await session.aclose()
         await process.batcher.flush(within=SESSION_END_FLUSH)
-        async with asyncio.timeout(llm_budget):
-            finished = await services.conversations.finish()
-            if finished is not None and services.guard.can_write:
+        finished = await services.conversations.finish(summary_within=llm_budget)
+        if finished is not None and services.guard.can_write:
+            async with asyncio.timeout(llm_budget):
                 await services.profiles.generate()
     except TimeoutError:
-        logger.warning("session end summary took too long; the transcript is stored without it")
+        logger.warning("profile refresh took too long at session end; skipped")
     except CompanionError as exc:
         logger.warning("session end work failed", extra={"error": type(exc).__name__})
     finally:
-        if providers is not None:
-            await providers.aclose()
-        await process.aclose()
+        try:
+            if providers is not None:
+                await providers.aclose()
+        finally:
+            await process.aclose()
 
 
 @dataclass
@@ -366,12 +384,13 @@ class Providers:
 
 
 # What LiveKit's OpenAI plugins give their own clients: LiveKit retries and falls back itself, so no SDK retries.
+OPENAI_API_URL = "https://api.openai.com/v1"
 PROVIDER_TIMEOUT = httpx.Timeout(connect=15.0, read=5.0, write=5.0, pool=5.0)
 
 
-def build_providers(settings: Settings, *, client: AsyncOpenAI) -> Providers:
+def build_providers(settings: Settings, *, client: AsyncOpenAI, language: str | None = None) -> Providers:
     """STT, LLM (with the optional fallback provider) and TTS on the process's pooled OpenAI client, so a session
-    opens no HTTP pool of its own and the process closes the one it has."""
+    opens no HTTP pool of its own and the process closes the one it has. ``language``: the user's, when known."""
     client = client.with_options(max_retries=0, timeout=PROVIDER_TIMEOUT)
     language_models: list[llm.LLM] = [openai.LLM(model=settings.llm_model, client=client)]
     if settings.fallback_llm_configured:
@@ -379,13 +398,16 @@ def build_providers(settings: Settings, *, client: AsyncOpenAI) -> Providers:
         language_models.append(
             openai.LLM(
                 model=settings.fallback_llm_model or "",
-                base_url=settings.fallback_llm_base_url,
+                # Never None: the openai SDK would read OPENAI_BASE_URL, the primary's server.
+                base_url=settings.fallback_llm_base_url or OPENAI_API_URL,
                 api_key=key.get_secret_value() if key is not None else PLACEHOLDER_OPENAI_KEY,
             )
         )
     model = language_models[0] if len(language_models) == 1 else llm.FallbackAdapter(language_models)
     return Providers(
-        stt=openai.STT(model=settings.openai_stt_model, language=settings.agent_language.split("-")[0], client=client),
+        stt=openai.STT(
+            model=settings.openai_stt_model, language=(language or settings.agent_language).split("-")[0], client=client
+        ),
         llm=model,
         speech=build_tts(settings, openai_client=client),
         language_models=language_models,
@@ -418,7 +440,8 @@ async def entrypoint(ctx: JobContext) -> None:
         if user_id is None:
             logger.info("guest session: the participant identity is not a user id, nothing will be stored")
     services = await open_session(process, user_id=user_id)
-    providers = build_providers(settings, client=await process.pool.openai())
+    language = Persona.from_settings(settings).language_for(await services.users.get_profile())
+    providers = build_providers(settings, client=await process.pool.openai(), language=language)
     session = build_session(providers, vad=ctx.proc.userdata["vad"])
     ctx.add_shutdown_callback(
         lambda: finish_companion(process=process, services=services, providers=providers, session=session)

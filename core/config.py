@@ -122,7 +122,7 @@ class Settings(BaseSettings):
     openai_stt_model: str = "gpt-4o-mini-transcribe"
     retrieval_deadline_ms: float = Field(default=150.0, gt=0, le=5_000)
     # The chat history sent to the LLM stays under this many tokens (estimated); older turns are summarised.
-    chat_context_max_tokens: int = Field(default=3_000, ge=500, le=200_000)
+    chat_context_max_tokens: int = Field(default=3_000, ge=1_000, le=200_000)
 
     # Per-turn Prometheus histograms on http://0.0.0.0:METRICS_PORT/metrics. None: not served.
     metrics_port: int | None = Field(default=None, ge=1, le=65_535)

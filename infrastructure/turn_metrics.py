@@ -29,6 +29,7 @@ class TurnTimings:
     transcription_delay: float | None = None
     retrieval: float | None = None
     retrieval_in_time: bool | None = None
+    retrieval_failed: bool | None = None
     llm_ttft: float | None = None
     tts_ttfb: float | None = None
     e2e_latency: float | None = None
@@ -38,6 +39,7 @@ class TurnTimings:
 class _Instruments:
     histograms: dict[str, Histogram]
     deadline_misses: Counter
+    failures: Counter
 
 
 def _instruments(registry: CollectorRegistry) -> _Instruments:
@@ -52,8 +54,13 @@ def _instruments(registry: CollectorRegistry) -> _Instruments:
             ("e2e_latency", "End of the user's turn to the agent's first audio"),
         )
     }
-    misses = Counter("companion_retrieval_deadline_misses", "Turns answered without memories", registry=registry)
-    return _Instruments(histograms=histograms, deadline_misses=misses)
+    misses = Counter(
+        "companion_retrieval_deadline_misses", "Turns answered without memories: retrieval was late", registry=registry
+    )
+    failures = Counter(
+        "companion_retrieval_failures", "Turns answered without memories: retrieval failed", registry=registry
+    )
+    return _Instruments(histograms=histograms, deadline_misses=misses, failures=failures)
 
 
 @functools.cache
@@ -80,5 +87,7 @@ class TurnMetrics:
                 histogram.observe(value)
         if timings.retrieval_in_time is False:
             self._instruments.deadline_misses.inc()
+        if timings.retrieval_failed:
+            self._instruments.failures.inc()
         fields = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(timings).items()}
         logger.info("turn", extra={"turn": self.turns, **fields})

@@ -28,6 +28,7 @@ HISTORY_SUMMARY_PROMPT = (
 )
 SUMMARY_HEADER = "Earlier in this conversation (summarised):"
 MAX_SUMMARY_CHARS = 1_200
+SUMMARY_RESERVE = estimate_tokens(SUMMARY_HEADER + " " + "x" * MAX_SUMMARY_CHARS) + 4
 
 Role = Literal["user", "assistant", "tool", "summary"]
 
@@ -39,6 +40,7 @@ class HistoryItem:
     id: str
     role: Role
     text: str
+    call_id: str | None = None  # a tool call and its output share one; they are folded or kept together
 
     @property
     def tokens(self) -> int:
@@ -58,7 +60,15 @@ class Compaction:
 
 
 class ContextBudget:
-    def __init__(self, *, llm: TextModel, max_tokens: int, keep_ratio: float = 0.5, keep_user_turns: int = 2) -> None:
+    def __init__(
+        self,
+        *,
+        llm: TextModel,
+        max_tokens: int,
+        keep_ratio: float = 0.5,
+        keep_user_turns: int = 2,
+        summary_reserve: int = SUMMARY_RESERVE,
+    ) -> None:
         if max_tokens < 100:
             raise ValueError("max_tokens must be at least 100")
         if not 0.1 <= keep_ratio <= 0.9:
@@ -67,7 +77,8 @@ class ContextBudget:
             raise ValueError("keep_user_turns must be at least 1")
         self._llm = llm
         self.max_tokens = max_tokens
-        self._keep_tokens = int(max_tokens * keep_ratio)
+        # The summary will sit in front of what is kept: without room for it, every reply would fold again.
+        self._keep_tokens = max(0, int(max_tokens * keep_ratio) - summary_reserve)
         self._keep_user_turns = keep_user_turns
         self.compactions = 0
 
@@ -84,6 +95,8 @@ class ContextBudget:
         for position in user_positions[1:]:
             if position > latest_cut:
                 break
+            if _separates_a_call(history, position):  # an output that arrived after the user spoke again
+                continue
             cut = position
             remaining = sum(item.tokens for item in history[position:])
             if remaining <= self._keep_tokens:
@@ -102,3 +115,8 @@ class ContextBudget:
             text = text[:MAX_SUMMARY_CHARS].rsplit(" ", 1)[0]
         self.compactions += 1
         return f"{SUMMARY_HEADER} {text}"
+
+
+def _separates_a_call(history: Sequence[HistoryItem], position: int) -> bool:
+    before = {item.call_id for item in history[:position] if item.call_id}
+    return any(item.call_id in before for item in history[position:] if item.call_id)

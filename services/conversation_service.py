@@ -159,12 +159,16 @@ class ConversationService:
         self._last_message_at = at
         return at
 
-    async def finish(self) -> Conversation | None:
-        """At session end: summarise (one LLM call) and record the conversation's end. A failed or unusable
-        summary is logged and the end is recorded without one."""
+    async def finish(self, *, summary_within: float | None = None) -> Conversation | None:
+        """At session end: summarise (one LLM call, given up after ``summary_within`` seconds) and record the
+        conversation's end. A failed, late or unusable summary is logged and the end is recorded without one."""
         if not self._guard.can_write or not self._transcript:
             return None
-        summary, threads = await self._summarise()
+        try:
+            summary, threads = await asyncio.wait_for(self._summarise(), timeout=summary_within)
+        except TimeoutError:
+            logger.warning("conversation summary dropped", extra={"error": "TimeoutError"})
+            summary, threads = None, []
         try:
             await self._storage.finish_conversation(
                 self.user_id, self.conversation_id, at=self._clock(), summary=summary, open_threads=threads

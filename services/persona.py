@@ -1,7 +1,8 @@
 """The companion's instructions: its persona (name, personality, language) and what the profile says about the user.
 
 Pure text: the agent builds a :class:`Persona` from the settings, and gives ``persona.instructions(profile)`` to
-LiveKit's ``Agent`` at the start of a session and again whenever the profile changes.
+LiveKit's ``Agent`` at the start of a session and again whenever the profile changes. The user's own language (in
+their profile) wins over ``AGENT_LANGUAGE``; the session's speech-to-text uses the same.
 """
 
 from __future__ import annotations
@@ -29,15 +30,14 @@ class Persona:
     def from_settings(cls, settings: Settings) -> Persona:
         return cls(name=settings.agent_name, personality=settings.agent_personality, language=settings.agent_language)
 
-    @property
-    def language_name(self) -> str:
-        base = self.language.split("-")[0].lower()
-        return LANGUAGE_NAMES.get(base, f"the language with code {self.language}")
+    def language_for(self, profile: Profile | None) -> str:
+        """The user's own language when their profile has one, else the configured one."""
+        return (profile.language if profile is not None and profile.language else None) or self.language
 
     def instructions(self, profile: Profile | None = None) -> str:
         text = (
             f"You are {self.name}, a {self.personality} companion in a voice conversation. Speak "
-            f"{self.language_name}. Answer in one to three short spoken sentences, without markdown, lists or emoji. "
+            f"{language_name(self.language_for(profile))}. Answer in one to three short spoken sentences, without markdown, lists or emoji. "
             "Ask at most one question at a time. Use what you remember about the user naturally; never recite it. "
             "Use the tools to remember, recall or forget when the user asks, and the health tools when asked how "
             "you are running."
@@ -57,3 +57,7 @@ def _about(profile: Profile) -> str:
     if profile.summary:
         facts.append(f"Your notes on them: {profile.summary}")
     return "About the user: " + " ".join(facts) if facts else ""
+
+
+def language_name(code: str) -> str:
+    return LANGUAGE_NAMES.get(code.split("-")[0].lower(), f"the language with code {code}")

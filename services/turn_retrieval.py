@@ -28,7 +28,8 @@ class RetrievalStats:
     deadline_misses: int = 0
     failures: int = 0
     last_ms: float = 0.0
-    last_in_time: bool = True
+    last_in_time: bool = True  # False: the last turn's retrieval missed its deadline
+    last_failed: bool = False  # True: the last turn's retrieval failed (the embedder, say)
 
 
 class TurnRetrieval:
@@ -43,7 +44,7 @@ class TurnRetrieval:
     async def context(self, text: str, recent_turns: Sequence[str] = ()) -> TurnContext:
         started = time.perf_counter()
         self.stats.turns += 1
-        self.stats.last_in_time = True
+        self.stats.last_in_time, self.stats.last_failed = True, False
         try:
             context = await asyncio.wait_for(self._rag.context_for_turn(text, recent_turns), timeout=self.deadline)
         except TimeoutError:
@@ -53,6 +54,7 @@ class TurnRetrieval:
             context = NO_MEMORIES
         except CompanionError as exc:
             self.stats.failures += 1
+            self.stats.last_failed = True
             logger.warning("retrieval failed; replying without memories", extra={"error": type(exc).__name__})
             context = NO_MEMORIES
         self.stats.last_ms = (time.perf_counter() - started) * 1000

@@ -23,12 +23,16 @@ WORDS = "x" * 400  # 100 tokens; every item below costs 104 with its framing
 def turn(n: int, *, tool: bool = False) -> list[HistoryItem]:
     items = [HistoryItem(f"u{n}", "user", WORDS)]
     if tool:
-        items += [HistoryItem(f"c{n}", "tool", WORDS), HistoryItem(f"o{n}", "tool", WORDS)]
+        items += [
+            HistoryItem(f"c{n}", "tool", WORDS, call_id=f"call{n}"),
+            HistoryItem(f"o{n}", "tool", WORDS, call_id=f"call{n}"),
+        ]
     return [*items, HistoryItem(f"a{n}", "assistant", WORDS)]
 
 
 def budget(max_tokens: int, **params: object) -> ContextBudget:
-    return ContextBudget(llm=None, max_tokens=max_tokens, **params)  # type: ignore[arg-type]
+    """A budget without room kept for the summary, so that the arithmetic below is about turns alone."""
+    return ContextBudget(llm=None, max_tokens=max_tokens, **{"summary_reserve": 0, **params})  # type: ignore[arg-type]
 
 
 def test_a_history_within_the_budget_is_left_alone() -> None:
@@ -51,6 +55,25 @@ def test_the_cut_never_separates_a_tool_call_from_its_output() -> None:
     plan = budget(1000, keep_ratio=0.9).plan(history)  # keep at most 900: folding turn 1 alone leaves 624
     assert plan is not None
     assert [item.id for item in plan.fold] == ["u1", "c1", "o1", "a1"]
+
+
+def test_a_tool_output_that_came_after_the_next_user_message_stays_with_its_call() -> None:
+    # A slow tool: the user spoke again before its output arrived, so LiveKit ordered call, user, output.
+    late = [HistoryItem("u1", "user", WORDS), HistoryItem("c1", "tool", WORDS, call_id="call1"),
+            HistoryItem("u2", "user", WORDS), HistoryItem("o1", "tool", WORDS, call_id="call1"),
+            HistoryItem("a2", "assistant", WORDS)]  # fmt: skip
+    history = late + turn(3) + turn(4)  # 936 tokens
+    plan = budget(900, keep_ratio=0.9).plan(history)  # keep 810: cutting at u2 would leave 728
+    assert plan is not None
+    assert [item.id for item in plan.fold] == ["u1", "c1", "u2", "o1", "a2"]  # not cut at u2
+
+
+def test_room_is_kept_for_the_summary_so_the_next_reply_does_not_fold_again() -> None:
+    history = turn(1) + turn(2) + turn(3) + turn(4)  # 832 tokens against 800
+    plan = ContextBudget(llm=None, max_tokens=800, summary_reserve=200).plan(history)  # type: ignore[arg-type]
+    assert plan is not None
+    # Keep at most 400 - 200 = 200: as far as the kept turns allow, so the summary and turns 3-4 make 616.
+    assert plan.ids == {"u1", "a1", "u2", "a2"}
 
 
 def test_the_last_turns_are_never_folded_even_when_they_alone_are_over_the_budget() -> None:

@@ -7,7 +7,7 @@ import uuid
 
 from core.config import Settings
 from infrastructure.storage import Profile
-from services.persona import Persona
+from services.persona import Persona, language_name
 
 T0 = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 
@@ -26,8 +26,15 @@ def test_the_persona_comes_from_the_settings() -> None:
 
 
 def test_a_language_without_a_name_here_is_given_by_its_code() -> None:
-    assert Persona("C", "warm", "pt-BR").language_name == "Portuguese"
-    assert Persona("C", "warm", "sw").language_name == "the language with code sw"
+    assert language_name("pt-BR") == "Portuguese"
+    assert language_name("sw") == "the language with code sw"
+
+
+def test_the_users_own_language_wins_over_the_configured_one() -> None:
+    persona = Persona("C", "warm", "en")
+    assert persona.language_for(profile(language="es")) == "es"
+    assert "Speak Spanish." in persona.instructions(profile(language="es"))
+    assert persona.language_for(profile()) == "en"
 
 
 def test_the_profile_is_in_the_instructions() -> None:
