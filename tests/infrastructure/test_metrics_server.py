@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 from prometheus_client import REGISTRY
 
-from infrastructure.metrics_server import MetricsServer
+from infrastructure.metrics_server import MetricsServer, archive_exited_processes
 from infrastructure.turn_metrics import TurnMetrics, TurnTimings
 from tests.agent_process import REPO
 
@@ -33,21 +33,40 @@ def scrape(server: MetricsServer) -> str:
     return response.text
 
 
+def job_process(folder: Path) -> None:
+    """A LiveKit job process: records two turns into ``folder`` and exits."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder), "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", A_JOB_PROCESS], env=env, check=True, timeout=60)
+
+
 def test_the_histograms_of_every_job_process_are_summed(tmp_path: Path) -> None:
     folder = tmp_path / "metrics"
     folder.mkdir()
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder), "PYTHONPATH": str(REPO)}
     for _ in range(2):  # two job processes, each with two turns, then gone
-        subprocess.run([sys.executable, "-c", A_JOB_PROCESS], env=env, check=True, timeout=60)
+        job_process(folder)
     server = MetricsServer.start(port=0, host="127.0.0.1", multiprocess_dir=folder)
     try:
         text = scrape(server)
+        assert sample(text, "companion_llm_ttft_seconds_count") == 4.0
+        assert abs(sample(text, "companion_llm_ttft_seconds_sum") - 1.2) < 1e-9  # (0.2 + 0.4) x 2
+        assert sample(text, 'companion_retrieval_seconds_bucket{le="0.025"}') == 2.0
+        assert sample(text, "companion_retrieval_deadline_misses_total") == 2.0
+
+        # The exited processes' files were folded into one archive per type; the totals did not change.
+        assert sorted(p.name for p in folder.iterdir()) == ["counter_archive.db", "histogram_archive.db"]
+        assert sample(scrape(server), "companion_llm_ttft_seconds_count") == 4.0
+        job_process(folder)
+        text = scrape(server)
+        assert sample(text, "companion_llm_ttft_seconds_count") == 6.0
+        assert sample(text, 'companion_retrieval_seconds_bucket{le="0.5"}') == 6.0
     finally:
         server.close()
-    assert sample(text, "companion_llm_ttft_seconds_count") == 4.0
-    assert abs(sample(text, "companion_llm_ttft_seconds_sum") - 1.2) < 1e-9  # (0.2 + 0.4) x 2
-    assert sample(text, 'companion_retrieval_seconds_bucket{le="0.025"}') == 2.0
-    assert sample(text, "companion_retrieval_deadline_misses_total") == 2.0
+
+
+def test_a_running_process_keeps_its_files(tmp_path: Path) -> None:
+    job_process(tmp_path)
+    assert archive_exited_processes(tmp_path, is_alive=lambda pid: True) == 0
+    assert archive_exited_processes(tmp_path, is_alive=lambda pid: False) == 2  # its counter and histogram files
 
 
 def test_without_a_folder_the_process_serves_its_own_turns() -> None:
