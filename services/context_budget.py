@@ -2,13 +2,15 @@
 
 The agent hands over its history as plain :class:`HistoryItem` values after each reply. While the history fits,
 :meth:`ContextBudget.plan` returns None. Past the budget it picks the oldest items to fold: whole turns (a cut is
-only ever made before a user message, so a tool call never loses its output), as many as it takes to bring what
+only ever made before a user message, and never between a tool call and its output, even one that arrived after
+the user spoke again), as many as it takes to bring what
 stays down to ``keep_ratio`` of the budget, and never the last ``keep_user_turns`` turns. A summary written
 earlier is the oldest item, so it is folded into the next one: one rolling summary, never a pile of them.
 
-:meth:`ContextBudget.summarise` writes the summary with the LLM, off the turn's path (the agent runs it as a
-background task and swaps the summary in when it is done). If it fails, the history stays whole and the next
-reply tries again: old turns are summarised or kept, never silently dropped.
+:meth:`ContextBudget.summarise` writes the summary with the LLM, off the turn's path: the agent runs it as a
+background task and swaps the summary in at the end of the next reply, as an assistant message. If it fails, the
+history stays whole and the next reply tries again: old turns are summarised or kept, never silently dropped.
+Room for the summary (``summary_reserve``) is kept, so that the next reply does not have to fold again.
 """
 
 from __future__ import annotations
