@@ -58,7 +58,7 @@ class UserService:
 
     async def _load_for_cache(self) -> dict[str, Any] | None:
         profile = await self._storage.get_profile(self.user_id)
-        return None if profile is None else _to_cache(profile)
+        return None if profile is None else wire.profile_row(profile)
 
 
 def display_name(profile: Profile | None) -> str | None:
@@ -85,16 +85,3 @@ def _check_field(name: str, value: str | None) -> str | None:
     if name == "language" and not _LANGUAGE.match(value):
         raise InvalidInputError("language must be a language code such as en or pt-BR")
     return value
-
-
-def _to_cache(profile: Profile) -> dict[str, Any]:
-    return {
-        "user_id": str(profile.user_id),
-        "name": profile.name,
-        "preferred_name": profile.preferred_name,
-        "timezone": profile.timezone,
-        "language": profile.language,
-        "summary": profile.summary,
-        "created_at": profile.created_at.isoformat(),
-        "updated_at": profile.updated_at.isoformat(),
-    }

@@ -133,6 +133,20 @@ def profile_from_row(row: Row) -> Profile:
     )
 
 
+def profile_row(profile: Profile) -> dict[str, Any]:
+    """The inverse of :func:`profile_from_row` (JSON-safe: the cache keeps profiles in this shape)."""
+    return {
+        "user_id": str(profile.user_id),
+        "name": profile.name,
+        "preferred_name": profile.preferred_name,
+        "timezone": profile.timezone,
+        "language": profile.language,
+        "summary": profile.summary,
+        "created_at": time_text(profile.created_at),
+        "updated_at": time_text(profile.updated_at),
+    }
+
+
 def onboarding_from_row(row: Row) -> OnboardingAnswers:
     return OnboardingAnswers(
         user_id=_uuid(row["user_id"]),
