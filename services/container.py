@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,13 +22,14 @@ from infrastructure.database_batcher import BatcherParams, DatabaseBatcher
 from infrastructure.embeddings import CachedEmbedder, Embedder, open_embedder
 from infrastructure.llm import OpenAIChat
 from infrastructure.redis_cache import CacheParams, RedisCache
-from infrastructure.storage import DeletedCounts, Storage
-from rag_system import MemoryIndex
+from infrastructure.storage import DeletedCounts, Profile, Storage
+from rag_system import MemoryIndex, analyzer_for
 from services.context_budget import ContextBudget
 from services.conversation_service import ConversationService
 from services.memory_extraction import MemoryExtractor
 from services.memory_service import MemoryService
 from services.onboarding_service import OnboardingService
+from services.persona import Persona
 from services.profile_service import ProfileService
 from services.rag_service import RagService
 from services.turn_retrieval import TurnRetrieval
@@ -36,6 +38,15 @@ from services.user_service import UserService
 
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _zone(profile: Profile | None) -> dt.tzinfo | None:
+    if profile is None or not profile.timezone:
+        return None
+    try:
+        return zoneinfo.ZoneInfo(profile.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):  # validated when written; an old row may still be odd
+        return None
 
 
 @dataclass
@@ -136,10 +147,13 @@ async def open_session(process: Process, *, user_id: uuid.UUID | None, load: boo
         user_id, load = uuid.uuid4(), False  # never stored: the guard refuses every write for it
     common = {"user_id": user_id, "guard": guard, "storage": process.storage}
     users = UserService(**common, cache=process.cache, clock=process.clock)
-    index = MemoryIndex(dimension=process.embedder.dimension)
+    profile = await users.get_profile() if load else None
+    # Retrieval reads words in the user's language, and "yesterday" in the user's time zone.
+    language = Persona.from_settings(process.settings).language_for(profile)
+    index = MemoryIndex(dimension=process.embedder.dimension, analyzer=analyzer_for(language))
     memories = MemoryService(**common, batcher=process.batcher, embedder=process.embedder, index=index,
                              cache=process.cache, clock=process.clock)  # fmt: skip
-    rag = RagService(index=index, embedder=process.embedder, clock=process.clock)
+    rag = RagService(index=index, embedder=process.embedder, clock=process.clock, timezone=_zone(profile))
     deadline = process.settings.retrieval_deadline_ms / 1000
     session = Session(
         user_id=user_id,

@@ -21,8 +21,7 @@ from pydantic import BaseModel, Field, ValidationError
 from core.errors import CompanionError
 from infrastructure.embeddings import Embedder
 from infrastructure.llm import TextModel
-from rag_system import CATEGORIES
-from services.memory_service import MAX_VALUE_LENGTH, MemoryService, index_text, normalize_key
+from services.memory_service import CATEGORIES, MAX_VALUE_LENGTH, MemoryService, index_text, normalize_key
 
 logger = logging.getLogger("companion.extraction")
 

@@ -23,12 +23,13 @@ from infrastructure.database_batcher import DatabaseBatcher
 from infrastructure.embeddings import Embedder
 from infrastructure.redis_cache import RedisCache
 from infrastructure.storage import DeletedCounts, Memory, MemoryAccess, MemoryChange, MemoryWrite, Storage
-from rag_system import CATEGORIES, IndexedMemory, MemoryIndex, analyze_query
+from rag_system import GateParams, IndexedMemory, MemoryIndex, RankingParams, analyze
 
 logger = logging.getLogger("companion.memory")
 
 MAX_VALUE_LENGTH = 1_000  # characters: a memory is a fact, not a document
 MAX_KEY_LENGTH = 64
+CATEGORIES = ("FACT", "PREFERENCE", "GOAL", "RELATIONSHIP", "EVENT", "HEALTH", "ROUTINE", "OTHER")
 SOURCES = frozenset({"tool", "extraction", "onboarding", "import"})
 # When the caller gives no importance: health and people matter more than passing events.
 DEFAULT_IMPORTANCE = {
@@ -61,7 +62,7 @@ class MemoryStats:
 
 
 def normalize_category(category: str) -> str:
-    """One of :data:`rag_system.CATEGORIES`, any case; anything else is an InvalidInputError listing them."""
+    """One of :data:`CATEGORIES`, any case; anything else is an InvalidInputError listing them."""
     name = str(category).strip().upper()
     if name not in CATEGORIES:
         raise InvalidInputError(f"category must be one of {', '.join(CATEGORIES)}")
@@ -97,6 +98,8 @@ class MemoryService:
         cache: RedisCache | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         write_timeout: float = 5.0,
+        ranking: RankingParams | None = None,
+        gate: GateParams | None = None,
     ) -> None:
         self.user_id = user_id
         self._guard = guard
@@ -107,6 +110,8 @@ class MemoryService:
         self._cache = cache
         self._clock = clock
         self._write_timeout = write_timeout
+        self._ranking = ranking or RankingParams()  # forget() finds what to forget as retrieval would
+        self._gate = gate or GateParams()
         self.epoch = 0  # bumped by forget_everything(): background work that began before it must not write
 
     @property
@@ -222,10 +227,11 @@ class MemoryService:
         self._guard.check(self.user_id)
         if not description.strip():
             raise InvalidInputError("say what to forget")
-        vector = (await self._embedder.embed([description]))[0]
         now = self._clock()
-        found = self.index.search(analyze_query(description, [], now=now), vector, now=now, k=limit)
-        return await self.forget_matching([r.memory for r in found])
+        query = analyze(description, now=now, analyzer=self.index.analyzer)
+        vector = (await self._embedder.embed([query.topic]))[0]
+        found = self.index.search(query, vector, now=now, k=limit, params=self._ranking, gate=self._gate)
+        return await self.forget_matching([r.memory for r in found.memories])
 
     async def forget_matching(self, memories: Sequence[IndexedMemory]) -> list[IndexedMemory]:
         """Delete the given memories (as retrieval found them for "forget that ...")."""

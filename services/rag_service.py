@@ -1,8 +1,9 @@
 """RagService: the one call the agent makes per turn, and the explicit recall a tool uses.
 
-``context_for_turn`` embeds the turn (and, for conversation-aware retrieval, the last few turns), searches the
-user's in-process index and returns the memories to inject, already formatted within a token budget. The only
-possible remote call is the query embedding, when embeddings are remote.
+``context_for_turn`` reads the turn (its time phrase, whether it points back to the last few turns), embeds its
+topic (and, when it points back, the earlier turns, which the embedding cache usually holds already), searches the
+user's in-process index and returns the memories the relevance gate lets through, formatted within a token
+budget. The only possible remote call is the query embedding, when embeddings are remote.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from infrastructure.embeddings import Embedder
-from rag_system import MemoryIndex, Retrieved, ScoringParams, analyze_query
+from rag_system import GateParams, MemoryIndex, RankingParams, Retrieved, SearchResult, analyze
 
 HEADER = "What you remember about the user (use it when it helps; never recite it):"
 
@@ -51,44 +52,42 @@ class RagService:
         *,
         index: MemoryIndex,
         embedder: Embedder,
-        params: ScoringParams | None = None,
+        params: RankingParams | None = None,
+        gate: GateParams | None = None,
         token_budget: int = 300,
         history_turns: int = 3,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        timezone: dt.tzinfo | None = None,
     ) -> None:
         self._index = index
         self._embedder = embedder
-        self._params = params or ScoringParams()
+        self._params = params or RankingParams()
+        self._gate = gate or GateParams()
         self._token_budget = token_budget
         self._history_turns = history_turns
         self._clock = clock
+        self._timezone = timezone  # the user's: "yesterday" starts at their midnight
 
-    async def search(self, text: str, recent_turns: Sequence[str] = (), *, k: int = 5) -> list[Retrieved]:
-        now = self._clock()
-        window = list(recent_turns)[-self._history_turns :] if self._history_turns > 0 else []
-        history = [t for t in window if t.strip()]
-        texts = [text, " ".join(history)] if history else [text]
-        vectors = await self._embedder.embed(texts)
-        analysis = analyze_query(text, history, now=now)
-        return self._index.search(
-            analysis,
-            vectors[0],
-            now=now,
-            k=k,
-            history_vector=vectors[1] if history else None,
-            params=self._params,
-        )
+    async def search(self, text: str, recent_turns: Sequence[str] = (), *, k: int = 5) -> SearchResult:
+        """The ranked memories for a turn and the gate's decision; ``.memories`` is what may be injected."""
+        now = self._clock() if self._timezone is None else self._clock().astimezone(self._timezone)
+        recent = list(recent_turns)[-self._history_turns :] if self._history_turns > 0 else []
+        query = analyze(text, recent, now=now, analyzer=self._index.analyzer,
+                        history_term_weight=self._params.history_term_weight)  # fmt: skip
+        vectors = await self._embedder.embed([query.topic, *query.history])
+        return self._index.search(query, vectors[0], now=now, k=k, history_vectors=list(vectors[1:]),
+                                  params=self._params, gate=self._gate)  # fmt: skip
 
     async def context_for_turn(self, text: str, recent_turns: Sequence[str] = (), *, k: int = 5) -> TurnContext:
-        retrieved = await self.search(text, recent_turns, k=k)
+        found = await self.search(text, recent_turns, k=k)
         return TurnContext(
-            retrieved=tuple(retrieved),
-            text=format_memories(retrieved, token_budget=self._token_budget, now=self._clock()),
+            retrieved=found.memories,
+            text=format_memories(found.memories, token_budget=self._token_budget, now=self._clock()),
         )
 
     async def recall(self, query: str, *, k: int = 5) -> list[Retrieved]:
-        """Explicit recall (the ``recall`` tool): the same ranking, without conversation history."""
-        return await self.search(query, (), k=k)
+        """Explicit recall (the ``recall`` tool): the same ranking and gate, without conversation history."""
+        return list((await self.search(query, (), k=k)).memories)
 
 
 def _age(delta: dt.timedelta) -> str:

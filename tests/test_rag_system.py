@@ -6,19 +6,13 @@ import datetime as dt
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
-from rag_system import (
-    IndexedMemory,
-    MemoryIndex,
-    ScoringParams,
-    analyze_query,
-    combine,
-    recency,
-    time_window,
-    tokenize,
-)
+from rag_system import GateParams, IndexedMemory, MemoryIndex, RankingParams, analyze, analyzer_for, scoring
+from rag_system.query import query_vector
 
-NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
+NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)  # a Saturday
+EN = analyzer_for("en")
 
 
 def days_ago(n: float) -> dt.datetime:
@@ -31,112 +25,155 @@ def unit(*values: float, dimension: int = 8) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
-def memory(key: str, value: str, *, category: str = "FACT", importance: float = 0.5, age: float = 0) -> IndexedMemory:
+def memory(key: str, value: str, *, category: str = "FACT", importance: float = 0.5, age: float = 30) -> IndexedMemory:
     return IndexedMemory(category, key, value, importance, days_ago(age), days_ago(age))
 
 
+def index_of(*items: tuple[IndexedMemory, np.ndarray], language: str = "en") -> MemoryIndex:
+    index = MemoryIndex(dimension=8, analyzer=analyzer_for(language))
+    for item, vector in items:
+        index.upsert(item, vector)
+    return index
+
+
+def search(index: MemoryIndex, text: str, vector: np.ndarray, recent=(), **kwargs):
+    return index.search(analyze(text, recent, now=NOW, analyzer=index.analyzer), vector, now=NOW, **kwargs)
+
+
+# Arithmetic ----------------------------------------------------------------------------------------------------
+
+
+def test_bm25_of_one_term_follows_okapi() -> None:
+    # n=10, df=2: idf = ln(1 + 8.5/2.5) = ln 4.4 = 1.4816; tf 1 at average length: idf * 2.2 / (1 + 1.2) = idf
+    assert scoring.idf(2, 10) == pytest.approx(1.4816, abs=1e-4)
+    at_average = scoring.bm25(np.array([1.0]), np.array([5.0]), average_length=5.0, df=2, n=10)
+    assert at_average[0] == pytest.approx(1.4816, abs=1e-4)
+    # twice as long as average: norm = 1.2 * (0.25 + 0.75 * 2) = 2.1; 1.4816 * 2.2 / 3.1 = 1.0515
+    long = scoring.bm25(np.array([1.0]), np.array([10.0]), average_length=5.0, df=2, n=10)
+    assert long[0] == pytest.approx(1.0515, abs=1e-4)
+
+
+def test_standardise_gives_z_scores_and_zeros_when_nothing_varies() -> None:
+    # mean 0.3, standard deviation 0.1: (0.2, 0.3, 0.4) -> (-1.22, 0, 1.22)
+    np.testing.assert_allclose(scoring.standardise(np.array([0.2, 0.3, 0.4])), [-1.2247, 0.0, 1.2247], atol=1e-4)
+    np.testing.assert_array_equal(scoring.standardise(np.array([0.5, 0.5])), [0.0, 0.0])
+
+
+def test_the_total_adds_relevance_window_and_the_two_priors() -> None:
+    params = RankingParams(lexical_weight=6, window_boost=8, recency_weight=0.1, importance_weight=0.1)
+    relevance = scoring.relevance(np.array([1.5]), np.array([0.5]), lexical_weight=6)  # 1.5 + 6 * 0.5 = 4.5
+    total = scoring.total(relevance, in_window=np.array([1.0]), recency_part=np.array([0.5]),
+                          importance=np.array([0.8]), params=params)  # fmt: skip
+    assert total[0] == pytest.approx(4.5 + 8 + 0.05 + 0.08)  # = 12.63
+
+
 def test_recency_halves_every_half_life() -> None:
-    ages = np.array([0.0, 30.0, 60.0, 120.0, -5.0])
-    # 0.5 ** (age / 60): 1, 0.7071, 0.5, 0.25; a future time counts as now
-    np.testing.assert_allclose(recency(ages, half_life_days=60), [1.0, 0.70710678, 0.5, 0.25, 1.0], rtol=1e-6)
+    ages = np.array([0.0, 45.0, 90.0, 180.0, -5.0])
+    np.testing.assert_allclose(scoring.recency(ages, half_life_days=90), [1, 0.70710678, 0.5, 0.25, 1], rtol=1e-6)
 
 
-def test_the_total_is_the_weighted_sum_of_the_parts() -> None:
-    one = np.array([1.0])
-    # 0.55*0.8 + 0.2*0.5 + 0.08*1 + 0.1*0.7 + 0.07*1 = 0.44 + 0.10 + 0.08 + 0.07 + 0.07 = 0.76
-    total = combine(0.8 * one, 0.5 * one, one, 0.7 * one, one, (0.55, 0.20, 0.08, 0.10, 0.07))
-    assert total[0] == pytest.approx(0.76)
+def test_priors_may_not_outweigh_a_quarter_of_a_standard_deviation() -> None:
+    with pytest.raises(ValidationError, match="priors never outvote relevance"):
+        RankingParams(recency_weight=0.2, importance_weight=0.1)
+    with pytest.raises(ValidationError):
+        RankingParams(lexical_weight=-1)
 
 
-def test_an_old_unimportant_memory_loses_to_a_recent_one_of_equal_similarity() -> None:
-    index = MemoryIndex(dimension=8)
-    same = unit(1, 0.2)
-    index.upsert(memory("gym_old", "goes to the gym", importance=0.3, age=400), same)
-    index.upsert(memory("gym_new", "goes to the gym", importance=0.6, age=2), same)
-
-    first, second = index.search(analyze_query("the gym", [], now=NOW), unit(1, 0.25), now=NOW, k=2,
-                                 params=ScoringParams(mmr_lambda=1.0))  # fmt: skip
-
-    assert (first.memory.key, second.memory.key) == ("gym_new", "gym_old")
-    assert first.score.semantic == pytest.approx(second.score.semantic)
-    assert first.score.recency > 0.9 > 0.05 > second.score.recency  # 0.5 ** (2/60) vs 0.5 ** (400/60)
-    assert "recency" in first.score.explain()
-    assert first.score.explain().endswith(f"= {first.score.total:.3f}")
+def test_the_history_moves_the_query_vector_toward_earlier_turns() -> None:
+    # unit((1,0) + 0.6 * (0,1)) = (0.857, 0.514)
+    moved = query_vector(unit(1), [unit(0, 1)], history_weight=0.6)
+    np.testing.assert_allclose(moved[:2], [0.8575, 0.5145], atol=1e-4)
+    np.testing.assert_allclose(query_vector(unit(1), [], history_weight=0.6), unit(1))
 
 
-def test_nothing_is_returned_when_nothing_is_close_enough() -> None:
-    index = MemoryIndex(dimension=8)
-    index.upsert(memory("tea", "prefers green tea"), unit(1))
-    assert index.search(analyze_query("what is my blood type", [], now=NOW), unit(0, 1), now=NOW) == []
+# Ranking -------------------------------------------------------------------------------------------------------
 
 
-def test_near_duplicates_do_not_crowd_out_another_fact() -> None:
-    index = MemoryIndex(dimension=8)
-    index.upsert(memory("run_a", "runs by the river"), unit(1, 0.10))
-    index.upsert(memory("run_b", "runs along the river"), unit(1, 0.11))
-    index.upsert(memory("yoga", "does yoga on saturdays"), unit(1, 1))
-    keys = [r.memory.key for r in index.search(analyze_query("", [], now=NOW), unit(1, 0.3), now=NOW, k=2)]
-    assert "yoga" in keys
-    assert len({"run_a", "run_b"} & set(keys)) == 1
+def test_every_result_explains_its_score() -> None:
+    index = index_of(
+        (memory("sister_city", "Maya lives in Lisbon"), unit(1)), (memory("car", "a blue car"), unit(0, 1))
+    )
+    first = search(index, "where does Maya live?", unit(1, 0.2)).ranked[0]
+    assert first.memory.key == "sister_city"
+    parts = first.score
+    expected = parts.relevance + parts.params.recency_weight * parts.recency
+    assert parts.total == pytest.approx(expected + parts.params.importance_weight * parts.importance)
+    assert parts.relevance == pytest.approx(parts.semantic_z + parts.params.lexical_weight * parts.coverage)
+    assert parts.explain().endswith(f"= {parts.total:.3f}")
+    assert "meaning" in parts.explain()
+    assert "words" in parts.explain()
 
 
 def test_words_find_a_memory_when_meaning_alone_is_not_enough() -> None:
-    index = MemoryIndex(dimension=8)
-    index.upsert(memory("sister_city", "Maya lives in Lisbon", category="RELATIONSHIP"), unit(1))
-    index.upsert(memory("car", "drives a blue car"), unit(0, 1))
-    far = unit(0.3, 0.3, 1)  # semantic 0.28 for both: under min_semantic
-    [found] = index.search(analyze_query("where does my sister live?", [], now=NOW), far, now=NOW)
-    assert found.memory.key == "sister_city"
-    assert found.score.lexical > 0.5
-    assert found.score.category == 1.0  # "sister" points at RELATIONSHIP
+    same = unit(1, 1)  # every memory means the same to the embedder: only words can tell them apart
+    index = index_of(
+        (memory("sister_city", "Maya lives in Lisbon", category="RELATIONSHIP"), same),
+        (memory("car", "drives a blue car"), same),
+        (memory("tea", "prefers green tea"), same),
+    )
+    [first, *_] = search(index, "where does Maya live?", same).ranked
+    assert first.memory.key == "sister_city"
+    # "maya" and "live" both held: full coverage of the question's information
+    assert first.score.coverage == pytest.approx(1.0, abs=0.15)
 
 
-def test_expansions_match_related_words_at_half_weight() -> None:
-    analysis = analyze_query("where does my sibling live?", [], now=NOW)
-    assert ("sister", 0.5) in analysis.groups[0]
-    index = MemoryIndex(dimension=8)
-    index.upsert(memory("sister_city", "Maya lives in Lisbon"), unit(1))
-    index.upsert(memory("brother_car", "Tom drives a blue car"), unit(1))
-    loose = ScoringParams(min_semantic=0, min_lexical=0, min_score=0, margin=1)
-    ranked = index.search(analysis, unit(1), now=NOW, params=loose)
-    # "sibling" reaches both through "sister"/"brother"; only one also holds "live"
-    assert [r.memory.key for r in ranked] == ["sister_city", "brother_car"]
-    assert ranked[1].score.lexical > 0
+def test_meaning_finds_a_memory_that_shares_no_word() -> None:
+    index = index_of(
+        (memory("partner", "Her boyfriend Callum is a sound engineer"), unit(1)),
+        (memory("car", "drives a blue car"), unit(0, 1)),
+        (memory("tea", "prefers green tea"), unit(0, 0, 1)),
+    )
+    found = search(index, "who is my other half?", unit(1, 0.1))
+    assert found.ranked[0].memory.key == "partner"
+    assert found.ranked[0].score.coverage == 0.0
 
 
-def test_a_temporal_phrase_restricts_to_its_window() -> None:
-    index = MemoryIndex(dimension=8)
-    index.upsert(memory("dentist", "went to the dentist", category="EVENT", age=0.8), unit(1))
-    index.upsert(memory("concert", "went to a concert", category="EVENT", age=8), unit(1, 0.1))
-    yesterday = [r.memory.key for r in index.search(analyze_query("what did I do yesterday?", [], now=NOW),
-                                                    unit(1), now=NOW)]  # fmt: skip
-    last_week = [r.memory.key for r in index.search(analyze_query("what happened last week?", [], now=NOW),
-                                                    unit(1), now=NOW)]  # fmt: skip
-    assert (yesterday, last_week) == (["dentist"], ["concert"])
+def test_an_old_unimportant_memory_loses_a_tie_to_a_recent_important_one() -> None:
+    same = unit(1, 0.2)
+    index = index_of(
+        (memory("gym_old", "goes to the gym", importance=0.3, age=400), same),
+        (memory("gym_new", "goes to the gym", importance=0.6, age=2), same),
+    )
+    first, second = search(index, "the gym", same).ranked
+    assert (first.memory.key, second.memory.key) == ("gym_new", "gym_old")
+    assert first.score.relevance == pytest.approx(second.score.relevance)
 
 
-@pytest.mark.parametrize(
-    ("phrase", "start_days", "end_days"),
-    [("today", None, 0), ("yesterday", None, None), ("this week", 7, 0), ("last week", 14, 1)],
-)
-def test_time_windows(phrase: str, start_days: float | None, end_days: float | None) -> None:
-    start, end = time_window(phrase, now=NOW)  # type: ignore[misc]
-    midnight = NOW.replace(hour=0)
-    if phrase == "today":
-        assert (start, end) == (midnight, NOW)
-    elif phrase == "yesterday":
-        assert (start, end) == (midnight - dt.timedelta(days=1), midnight)
-    else:
-        assert (start, end) == (days_ago(start_days), days_ago(end_days))  # type: ignore[arg-type]
-    assert time_window("where does my sister live", now=NOW) is None
+def test_a_time_phrase_brings_the_memories_of_that_time_first() -> None:
+    index = index_of(
+        (memory("dentist", "went to the dentist", category="EVENT", age=0.8), unit(0, 1)),
+        (memory("concert", "went to a concert with Priya", category="EVENT", age=8), unit(0, 0, 1)),
+        (memory("priya", "Priya is her best friend", category="RELATIONSHIP", age=200), unit(1)),
+    )
+    yesterday = search(index, "what did I do yesterday?", unit(1))
+    last_week = search(index, "what did Priya and I do last week?", unit(1))  # Priya, but not last week
+    assert yesterday.ranked[0].memory.key == "dentist"
+    assert yesterday.ranked[0].score.in_window
+    assert last_week.ranked[0].memory.key == "concert"
+    assert yesterday.gate.inject
+    assert yesterday.gate.reason == "memories from the time the question names"
 
 
-def test_tokens_drop_stopwords_and_plural_endings() -> None:
-    assert tokenize("What are my sister's favourite books and cities?") == ["sister", "favourite", "book", "city"]
+def test_earlier_turns_count_when_the_turn_points_back_and_not_otherwise() -> None:
+    index = index_of(
+        (memory("sister_city", "Maya lives in Lisbon", category="RELATIONSHIP"), unit(1)),
+        (memory("car", "drives a blue car"), unit(0, 1)),
+        (memory("tea", "prefers green tea"), unit(0, 0, 1)),
+    )
+    history = ["I talked to my sister Maya today", "How is she doing?"]
+    nowhere = unit(0, 0, 0, 1)  # the turn's own meaning is near no memory
+    follow_up = analyze("where does she live again?", history, now=NOW, analyzer=EN)
+    topic_switch = analyze("what's the weather in Paris?", history, now=NOW, analyzer=EN)
+    assert follow_up.points_back
+    assert follow_up.terms["maya"] == 0.5
+    assert not topic_switch.points_back
+    assert "maya" not in topic_switch.terms
+    found = index.search(follow_up, nowhere, now=NOW, history_vectors=[unit(1), unit(1, 0.1)])
+    assert found.ranked[0].memory.key == "sister_city"
 
 
 def test_updates_and_removals_keep_the_index_consistent() -> None:
-    index = MemoryIndex(dimension=8, capacity=1)
+    index = MemoryIndex(dimension=8, analyzer=EN, capacity=1)
     index.upsert(memory("a", "alpha words"), unit(1))
     index.upsert(memory("b", "bravo words"), unit(0, 1))
     index.upsert(memory("c", "charlie words"), unit(0, 0, 1))
@@ -144,23 +181,43 @@ def test_updates_and_removals_keep_the_index_consistent() -> None:
     assert len(index) == 3
     assert index.remove("FACT", "a")  # "c" moves into row 0
     assert not index.remove("FACT", "a")
-    [found] = index.search(analyze_query("charlie", [], now=NOW), unit(0, 0, 1), now=NOW)
-    assert found.memory.key == "c"
-    assert found.score.lexical > 0
-    assert index.get("FACT", "b") is not None
+    assert search(index, "charlie", unit(0, 0, 1)).ranked[0].memory.key == "c"
+    assert [m.key for m, _ in index.bm25(EN.terms("alpha"), k=5)] == []  # gone from the postings too
     assert [m.key for m, _ in index.nearest(unit(0, 1), k=1)] == ["b"]
+    with pytest.raises(ValueError, match="dimensions"):
+        index.upsert(memory("d", "delta"), np.ones(3))
 
 
-def test_earlier_turns_help_a_follow_up_but_cannot_drag_in_an_unrelated_memory() -> None:
-    index = MemoryIndex(dimension=8)
-    index.upsert(memory("sister_city", "Maya lives in Lisbon", category="RELATIONSHIP"), unit(1))
-    far = unit(0, 0, 1)  # the turn's own meaning is nowhere near
-    history = ["I talked to my sister Maya about Lisbon"]
-    weather = index.search(analyze_query("what's the weather in Paris?", history, now=NOW), far, now=NOW)
-    follow_up = index.search(analyze_query("where does she live now?", history, now=NOW), far, now=NOW)
-    assert weather == []
-    assert [r.memory.key for r in follow_up] == ["sister_city"]
+def test_the_plain_rankers_on_their_own() -> None:
+    index = index_of((memory("a", "Maya lives in Lisbon"), unit(1)), (memory("b", "Maya drives a car"), unit(0, 1)))
+    assert [m.key for m, _ in index.bm25(EN.terms("Lisbon Maya"), k=5)] == ["a", "b"]
+    assert [m.key for m, _ in index.bm25(EN.terms("Paris"), k=5)] == []  # nothing shares a word
+    assert [m.key for m, _ in index.nearest(unit(0.1, 1), k=2)] == ["b", "a"]
 
 
-def test_a_time_word_about_the_future_is_not_a_window() -> None:
-    assert time_window("what should we cook tonight?", now=NOW) is None
+# The gate ------------------------------------------------------------------------------------------------------
+
+
+def test_the_gate_lets_nothing_through_when_no_memory_is_close_in_meaning_or_words() -> None:
+    index = index_of(
+        (memory("tea", "prefers green tea"), unit(1)),
+        (memory("car", "drives a blue car"), unit(0, 1)),
+        (memory("maya", "Maya lives in Lisbon"), unit(0, 0, 1)),
+    )
+    unrelated = search(index, "what is the capital of Australia?", unit(0, 0.2, 0, 1))  # cos 0.2 at best
+    related = search(index, "do I like green tea?", unit(1, 0.3))
+    by_words = search(index, "is Maya still in Lisbon?", unit(0, 0, 0, 1))  # far in meaning, all its words held
+    assert unrelated.ranked
+    assert not unrelated.gate.inject
+    assert unrelated.memories == ()
+    assert unrelated.gate.similarity == pytest.approx(0.196, abs=1e-3)  # 0.2 / |(0, 0.2, 0, 1)|
+    assert related.gate.inject
+    assert related.memories[0].memory.key == "tea"
+    assert by_words.gate.inject
+    assert by_words.gate.reason == "a memory holds the question's words"
+
+
+def test_the_gate_thresholds_are_bounded() -> None:
+    with pytest.raises(ValidationError):
+        GateParams(min_coverage=1.5)
+    assert search(index_of(), "anything", unit(1)).memories == ()

@@ -21,7 +21,7 @@ from infrastructure.redis_cache import CacheParams, RedisCache
 from infrastructure.storage import Storage
 from infrastructure.storage.postgres import PostgresStorage
 from infrastructure.storage.sqlite import SqliteStorage
-from rag_system import MemoryIndex
+from rag_system import MemoryIndex, analyzer_for
 from services.memory_service import LIST_CACHE_KEY, MemoryService, normalize_key
 from services.rag_service import RagService
 from tests.redis_servers import shared_redis_url
@@ -46,7 +46,7 @@ class World:
     embedder: CachedEmbedder
 
     def session(self, user: uuid.UUID, *, cache: RedisCache | None = None, guard: WriteGuard | None = None):
-        index = MemoryIndex(dimension=self.embedder.dimension)
+        index = MemoryIndex(dimension=self.embedder.dimension, analyzer=analyzer_for("en"))
         memories = MemoryService(user_id=user, guard=guard or WriteGuard(user_id=user), storage=self.storage,
                                  batcher=self.batcher, embedder=self.embedder, index=index, cache=cache,
                                  clock=lambda: NOW)  # fmt: skip
