@@ -44,7 +44,7 @@ from openai import AsyncOpenAI
 
 from core.config import PLACEHOLDER_OPENAI_KEY, Settings, get_settings, share_with_job_processes
 from core.errors import CompanionError, ConfigError, WriteForbiddenError
-from core.preflight import EXIT_CONFIG, command_of, preflight
+from core.preflight import EXIT_CONFIG, command_of, preflight, preflight_warnings
 from core.validators import is_user_id, parse_user_id
 from infrastructure.embeddings import preload_embedder
 from infrastructure.metrics_server import MetricsServer
@@ -456,6 +456,8 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(exc.message, file=sys.stderr)
         return EXIT_CONFIG
+    for warning in preflight_warnings(settings) if command_of(argv[1:]) else ():
+        print(f"warning: {warning}", file=sys.stderr)
     problem = preflight(settings, argv[1:])
     if problem is not None:
         print(problem, file=sys.stderr)

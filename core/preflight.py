@@ -2,7 +2,8 @@
 
 LiveKit's own CLI exits 0 when ``start`` cannot reach a server (no ``LIVEKIT_URL``), so a supervisor would never
 see the failure. The agent runs :func:`preflight` first and exits with :data:`EXIT_CONFIG` (sysexits' EX_CONFIG)
-and a message that names the fix.
+and a message that names the fix. :func:`preflight_warnings` are printed and the command goes on: the configuration works,
+but not as well as it could.
 """
 
 from __future__ import annotations
@@ -52,6 +53,22 @@ def preflight(settings: Settings, argv: Sequence[str]) -> str | None:
     if command in LLM_COMMANDS and not settings.llm_configured:
         paragraphs.append(LLM_MISSING)
     return "\n\n".join(paragraphs) or None
+
+
+LOCAL_EMBEDDER_IS_ENGLISH = (
+    "AGENT_LANGUAGE is {language}, but the local embedder (all-MiniLM-L6-v2) knows only English: memories will be "
+    "found by their words alone, not by what they mean. Set EMBEDDING_PROVIDER=openai (a multilingual model) for "
+    "retrieval by meaning in {language}."
+)
+
+
+def preflight_warnings(settings: Settings) -> list[str]:
+    """What works but works poorly with this configuration, each with the fix."""
+    found = []
+    language = settings.agent_language.split("-")[0].lower()
+    if settings.embedding_provider == "local" and language != "en":
+        found.append(LOCAL_EMBEDDER_IS_ENGLISH.format(language=settings.agent_language))
+    return found
 
 
 def _given_as_flag(variable: str, argv: Sequence[str]) -> bool:

@@ -73,3 +73,14 @@ def test_help_needs_no_configuration(tmp_path: Path) -> None:
 
     assert result.returncode == 0
     assert "console" in result.stdout
+
+
+def test_a_language_the_local_embedder_does_not_know_is_warned_about(tmp_path: Path) -> None:
+    env = clean_env(tmp_path, AGENT_LANGUAGE="ur")
+    result = run_agent(["console", "--text"], cwd=tmp_path, env=env)
+
+    assert result.returncode == EXIT_CONFIG  # no LLM: the console cannot start, but the warning came first
+    assert "AGENT_LANGUAGE is ur" in result.stderr
+    assert "EMBEDDING_PROVIDER=openai" in result.stderr
+    english = run_agent(["console", "--text"], cwd=tmp_path, env=clean_env(tmp_path))
+    assert "EMBEDDING_PROVIDER" not in english.stderr
