@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import json
 import statistics
 import sys
@@ -41,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from bench.locomo import DEV as LOCOMO_DEV  # noqa: E402
 from bench.locomo import convert as convert_locomo  # noqa: E402
@@ -238,7 +240,9 @@ def _summarise(results: dict[str, list[float]]) -> dict[str, Any]:
 
 
 async def latency(sources: list[LoadedSet], model: MiniLMEmbedder, sizes: tuple[int, ...], *, queries: int = 300):
-    """Search time at each size, on an index of real sentences repeated (with their real vectors) up to it."""
+    """Search time at each size, on an index of real sentences repeated (with their real vectors) up to it, with one
+    BLAS thread as in a job process (agent.py's prewarm)."""
+    threadpool_limits(limits=1, user_api="blas")
     texts = [(loaded, i) for loaded in sources for i in range(len(loaded.texts))]
     asked = [(loaded, q) for loaded in sources for q in loaded.data["queries"]]
     rng = np.random.default_rng(7)
@@ -253,6 +257,8 @@ async def latency(sources: list[LoadedSet], model: MiniLMEmbedder, sizes: tuple[
             at = now - dt.timedelta(days=float(rng.uniform(0, 700)))
             index.upsert(IndexedMemory(memory.category, f"m{row}", memory.value, memory.importance, at, at),
                          loaded.vectors[i])  # fmt: skip
+        gc.collect()
+        gc.freeze()  # as a job process does once the session's index is loaded (agent.py)
         search_ms, total_ms = [], []
         for j in range(queries):
             loaded, query = asked[j % len(asked)]
