@@ -46,7 +46,7 @@ from threadpoolctl import threadpool_limits
 from core.config import PLACEHOLDER_OPENAI_KEY, Settings, get_settings, share_with_job_processes
 from core.errors import CompanionError, ConfigError, WriteForbiddenError
 from core.preflight import EXIT_CONFIG, command_of, preflight, preflight_warnings
-from core.validators import is_user_id, parse_user_id
+from core.validators import clean_text, is_user_id, parse_user_id
 from infrastructure.embeddings import preload_embedder
 from infrastructure.metrics_server import MetricsServer
 from infrastructure.storage import Profile
@@ -78,6 +78,7 @@ class Companion(Agent):
     async def llm_node(
         self, chat_ctx: llm.ChatContext, tools: list[llm.Tool], model_settings: ModelSettings
     ) -> AsyncIterable[llm.ChatChunk | str]:
+        chat_ctx = _clean_text_of(chat_ctx)
         context = await self._context_for(chat_ctx)
         if context is not None and context.text:
             chat_ctx = chat_ctx.copy()
@@ -239,6 +240,26 @@ def _history_items(chat_ctx: llm.ChatContext) -> list[HistoryItem]:
 def _newest_user_message(chat_ctx: llm.ChatContext) -> llm.ChatMessage | None:
     position = _newest_user_position(chat_ctx)
     return None if position is None else chat_ctx.items[position]  # type: ignore[return-value]
+
+
+def _clean_text_of(chat_ctx: llm.ChatContext) -> llm.ChatContext:
+    """The context with every message's text as any encoder takes it (:func:`clean_text`): one lone surrogate in a
+    typed or transcribed line would otherwise fail this LLM request and every later one, since it stays in the
+    history. A copy, and only when something needs cleaning."""
+    dirty = [
+        i
+        for i, item in enumerate(chat_ctx.items)
+        if isinstance(item, llm.ChatMessage) and any(isinstance(c, str) and clean_text(c) != c for c in item.content)
+    ]
+    if not dirty:
+        return chat_ctx
+    cleaned = chat_ctx.copy()
+    for i in dirty:
+        item = cleaned.items[i]
+        cleaned.items[i] = item.model_copy(
+            update={"content": [clean_text(c) if isinstance(c, str) else c for c in item.content]}
+        )
+    return cleaned
 
 
 def _newest_user_position(chat_ctx: llm.ChatContext) -> int | None:

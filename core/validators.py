@@ -1,4 +1,4 @@
-"""Input validation shared by every layer: user ids and the write guard.
+"""Input validation shared by every layer: user ids, the write guard, and text as it enters.
 
 The write guard is the design's rule that a session writes only for the user it serves. It is checked before any
 query is built, so a refused write never reaches the database.
@@ -6,10 +6,22 @@ query is built, so a refused write never reaches the database.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable
 
 from core.errors import InvalidUserIdError, WriteForbiddenError
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def clean_text(text: str) -> str:
+    """Text as every later step can take it: a lone surrogate (which no UTF-8 encoder accepts, so the tokenizer,
+    the database and the LLM client would all raise) becomes U+FFFD, and control characters other than tab and
+    newline become spaces."""
+    return _CONTROL.sub(" ", _LONE_SURROGATE.sub("\ufffd", text))
+
 
 _NOT_A_UUID = "user id must be a UUID such as 123e4567-e89b-12d3-a456-426614174000"
 

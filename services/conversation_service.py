@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from core.errors import CompanionError, InvalidInputError
-from core.validators import WriteGuard
+from core.validators import WriteGuard, clean_text
 from infrastructure.database_batcher import DatabaseBatcher
 from infrastructure.llm import TextModel
 from infrastructure.storage import Conversation, MessageWrite, Profile, Storage
@@ -129,8 +129,8 @@ class ConversationService:
 
     def log_message(self, role: Literal["user", "assistant"], content: str) -> asyncio.Future[None] | None:
         """Keep the message for the summary and store it through the batcher; the turn does not wait, and no
-        error of the log (a full queue, text no database takes) reaches it."""
-        content = content.strip()
+        error of the log (a full queue, say) reaches it. A character no database takes is replaced, not refused."""
+        content = clean_text(content).strip()
         if not content:
             return None
         self._transcript.append((role, content))

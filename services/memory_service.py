@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from core.errors import CompanionError, InvalidInputError, StorageUnavailableError
-from core.validators import WriteGuard
+from core.validators import WriteGuard, clean_text
 from infrastructure.database_batcher import DatabaseBatcher
 from infrastructure.embeddings import Embedder
 from infrastructure.redis_cache import RedisCache
@@ -225,6 +225,7 @@ class MemoryService:
         """Forget what the user describes ("forget what I said about my ex"): the best matches above the
         retrieval engine's relevance gate, at most ``limit`` of them; nothing when nothing matches."""
         self._guard.check(self.user_id)
+        description = clean_text(description)
         if not description.strip():
             raise InvalidInputError("say what to forget")
         now = self._clock()
@@ -290,7 +291,7 @@ def _importance(category: str, importance: float | None) -> float:
 
 
 def _clean_value(value: str) -> str:
-    value = " ".join(str(value).split())
+    value = " ".join(clean_text(str(value)).split())
     if not value:
         raise InvalidInputError("memory value is empty")
     if len(value) > MAX_VALUE_LENGTH:

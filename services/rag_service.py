@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from core.validators import clean_text
 from infrastructure.embeddings import Embedder
 from rag_system import GateParams, MemoryIndex, RankingParams, Retrieved, SearchResult, analyze
 
@@ -71,7 +72,8 @@ class RagService:
     async def search(self, text: str, recent_turns: Sequence[str] = (), *, k: int = 5) -> SearchResult:
         """The ranked memories for a turn and the gate's decision; ``.memories`` is what may be injected."""
         now = self._clock() if self._timezone is None else self._clock().astimezone(self._timezone)
-        recent = list(recent_turns)[-self._history_turns :] if self._history_turns > 0 else []
+        text = clean_text(text)
+        recent = [clean_text(t) for t in recent_turns][-self._history_turns :] if self._history_turns > 0 else []
         query = analyze(text, recent, now=now, analyzer=self._index.analyzer,
                         history_term_weight=self._params.history_term_weight)  # fmt: skip
         vectors = await self._embedder.embed([query.topic, *query.history])

@@ -157,6 +157,17 @@ async def test_typed_turns_and_generate_reply_both_carry_the_memories(process, f
         assert [m for m in history if getattr(m, "role", None) == "system"] == []  # injected, not persisted
 
 
+async def test_a_lone_surrogate_in_a_turn_costs_neither_that_turn_nor_a_later_one(process, fake) -> None:
+    user = uuid.uuid4()
+    await (await open_session(process, user_id=user)).memories.save_memory("RELATIONSHIP", "sister city", MAYA)
+    broken = "Where does my sister live \ud800?"  # no UTF-8 encoder takes it: the tokenizer, SQLite, asyncpg...
+    async with chat(process, user, fake, broken, "And my sister, again?") as conversation:
+        assert conversation.services.retrieval.stats.failures == 0
+        first, later = replies_asked(fake)[-2:]
+        assert MAYA in system_notes(first)
+        assert MAYA in system_notes(later)
+
+
 async def test_a_warm_turn_makes_no_storage_query_and_no_llm_call_before_the_reply(process, fake, brain) -> None:
     user = uuid.uuid4()
     await (await open_session(process, user_id=user)).memories.save_memory("PREFERENCE", "drink", "Prefers green tea")

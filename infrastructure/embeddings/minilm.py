@@ -160,10 +160,13 @@ class MiniLMEmbedder(Embedder):
         return await asyncio.to_thread(cls.load, model_dir)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        return self._encoder.encode(texts)
+        try:
+            return self._encoder.encode(texts)
+        except (TypeError, ValueError, UnicodeError) as exc:  # the tokenizer refuses text it cannot encode
+            raise EmbeddingError("the local embedder could not read this text", retryable=False) from exc
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return await asyncio.to_thread(self._encoder.encode, list(texts))
+        return await asyncio.to_thread(self.encode, list(texts))
 
 
 def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import InvalidInputError, WriteForbiddenError
+from core.errors import EmbeddingError, InvalidInputError, WriteForbiddenError
 from core.validators import WriteGuard
 from infrastructure.connection_pool import redis_client
 from infrastructure.database_batcher import BatcherParams, DatabaseBatcher
@@ -181,3 +181,23 @@ async def test_the_turn_context_fits_its_token_budget(world: World) -> None:
     assert context.retrieved
     assert len(context.text) // 4 <= 40
     assert len(context.text.splitlines()) < 1 + len(context.retrieved)  # some lines did not fit
+
+
+async def test_a_bad_character_in_a_turn_costs_nothing_and_never_reaches_a_later_turn(world: World) -> None:
+    user = uuid.uuid4()
+    memories, rag = world.session(user)
+    await memories.save_memory("RELATIONSHIP", "sister city", "My sister Maya lives in Lisbon \ud800\x07")
+    [stored] = await world.storage.list_memories(user)
+    assert stored.value == "My sister Maya lives in Lisbon \ufffd"  # cleaned where it entered
+
+    broken = "where does my sister live \udc00?"  # a lone surrogate: no UTF-8 encoder takes it
+    first = await rag.context_for_turn(broken)
+    later = await rag.context_for_turn("and what does she do?", [broken, "Lisbon, I think!"])
+    assert first.retrieved[0].memory.key == "sister_city"
+    assert later.retrieved[0].memory.key == "sister_city"
+
+
+def test_the_local_embedder_translates_what_its_tokenizer_refuses() -> None:
+    with pytest.raises(EmbeddingError) as caught:
+        encoder().encode(["fine", "not \ud800 fine"])
+    assert not caught.value.retryable

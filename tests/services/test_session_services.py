@@ -322,12 +322,13 @@ async def test_extraction_skips_an_unusable_item_and_keeps_the_rest(process: Pro
     assert result.saved == ["tea"]
 
 
-async def test_a_message_no_database_takes_is_not_logged_and_does_not_raise_into_the_turn(process: Process) -> None:
+async def test_a_character_no_database_takes_is_replaced_and_the_message_kept(process: Process) -> None:
     user = uuid.uuid4()
     session = await open_session(process, user_id=user)
     await session.conversations.start()
-    assert session.conversations.log_message("user", "bad \x00 byte") is None
-    stored = session.conversations.log_message("user", "fine")
-    assert stored is not None
-    await stored
-    assert [m.content for m in await process.storage.recent_messages(user)] == ["fine"]
+    for text in ("bad \x00 byte", "lone \ud800 surrogate", "fine"):
+        stored = session.conversations.log_message("user", text)
+        assert stored is not None
+        await stored
+    contents = [m.content for m in await process.storage.recent_messages(user)]
+    assert sorted(contents) == sorted(["bad   byte", "lone \ufffd surrogate", "fine"])
