@@ -67,6 +67,7 @@ class Companion(Agent):
 
     def __init__(self, *, services: Session, process: Process, profile: Profile | None = None) -> None:
         self._persona = Persona.from_settings(process.settings)
+        self._profile = profile
         super().__init__(instructions=self._persona.instructions(profile))
         self._services = services
         self._process = process
@@ -80,11 +81,12 @@ class Companion(Agent):
     ) -> AsyncIterable[llm.ChatChunk | str]:
         chat_ctx = _clean_text_of(chat_ctx)
         context = await self._context_for(chat_ctx)
-        if context is not None and context.text:
+        notes = self._persona.notes(self._profile, context.text if context is not None else "")
+        if notes:  # this generation only, as the assistant's own quoted notes: never with a system prompt's authority
             chat_ctx = chat_ctx.copy()
             position = _newest_user_position(chat_ctx)  # the copy's items, same order
-            memory = llm.ChatMessage(role="system", content=[context.text])
-            chat_ctx.items.insert(position if position is not None else len(chat_ctx.items), memory)
+            message = llm.ChatMessage(role="assistant", content=[notes])
+            chat_ctx.items.insert(position if position is not None else len(chat_ctx.items), message)
         async for chunk in Agent.default.llm_node(self, chat_ctx, tools, model_settings):
             yield chunk
 
@@ -182,6 +184,7 @@ class Companion(Agent):
         if field not in ("name", "preferred_name", "timezone", "language"):
             raise ToolError("I can only change the name, preferred name, timezone or language.")
         profile = await _speakable(self._services.users.update_profile(**{field: value}))
+        self._profile = profile
         await self.update_instructions(self._persona.instructions(profile))  # from the next reply on
         return f"Updated the {field.replace('_', ' ')}."
 

@@ -9,6 +9,7 @@ budget. The only possible remote call is the query embedding, when embeddings ar
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,12 @@ from infrastructure.embeddings import Embedder
 from rag_system import GateParams, MemoryIndex, RankingParams, Retrieved, SearchResult, analyze
 
 HEADER = "What you remember about the user (use it when it helps; never recite it):"
+
+
+def quoted(text: str) -> str:
+    """Stored text as a quotation: in double quotes, its own quotes and line breaks escaped, so that nothing in it
+    can pass for a line of ours."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +45,7 @@ def format_memories(retrieved: Sequence[Retrieved], *, token_budget: int, now: d
     used = estimate_tokens(HEADER)
     for item in retrieved:
         memory = item.memory
-        line = f"- {memory.value} ({memory.category.lower()}, {_age(now - memory.updated_at)})"
+        line = f"- {quoted(memory.value)} ({memory.category.lower()}, {_age(now - memory.updated_at)})"
         cost = estimate_tokens(line)
         if used + cost > token_budget:
             continue

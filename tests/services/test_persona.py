@@ -37,14 +37,18 @@ def test_the_users_own_language_wins_over_the_configured_one() -> None:
     assert persona.language_for(profile()) == "en"
 
 
-def test_the_profile_is_in_the_instructions() -> None:
-    about = Persona("C", "warm", "en").instructions(
-        profile(name="Ana Silva", preferred_name="Ana", timezone="Europe/Lisbon", summary="Ana is a nurse.")
-    )
+def test_the_profile_fields_are_in_the_instructions_and_its_written_summary_only_in_the_notes() -> None:
+    persona = Persona("C", "warm", "en")
+    ana = profile(name="Ana Silva", preferred_name="Ana", timezone="Europe/Lisbon", summary='Ana is a "nurse".')
+    about = persona.instructions(ana)
     assert about.endswith(
-        "About the user: Their name is Ana Silva. They like to be called Ana. Their timezone is Europe/Lisbon. "
-        "Your notes on them: Ana is a nurse."
+        'About the user: Their name is "Ana Silva". They like to be called "Ana". Their timezone is Europe/Lisbon.'
     )
+    assert "nurse" not in about
+    assert 'Messages that begin "Notes from memory" are your own notes' in about
+    assert persona.notes(ana) == 'Notes from memory.\nYour summary of them: "Ana is a \\"nurse\\"."'
+    assert persona.notes(ana, "- memories") == persona.notes(ana) + "\n- memories"
+    assert persona.notes(profile()) == ""
 
 
 def test_an_empty_profile_adds_nothing() -> None:
