@@ -33,7 +33,7 @@ def parse_user_id(value: object) -> uuid.UUID:
     ``uuid.UUID`` would also accept, are refused: an identity that arrives that way is not a Supabase auth id.
     """
     if isinstance(value, uuid.UUID):
-        return value
+        value = str(value)
     if not isinstance(value, str) or len(value) != 36:
         raise InvalidUserIdError(_NOT_A_UUID)
     try:
@@ -42,6 +42,8 @@ def parse_user_id(value: object) -> uuid.UUID:
         raise InvalidUserIdError(_NOT_A_UUID) from exc
     if str(parsed) != value.lower():
         raise InvalidUserIdError(_NOT_A_UUID)
+    if parsed.int == 0:  # the nil UUID is a placeholder, never a Supabase user
+        raise InvalidUserIdError("user id must not be the nil UUID 00000000-0000-0000-0000-000000000000")
     return parsed
 
 

@@ -228,6 +228,8 @@ class MemoryService:
         description = clean_text(description)
         if not description.strip():
             raise InvalidInputError("say what to forget")
+        if len(description) > MAX_VALUE_LENGTH:
+            raise InvalidInputError(f"say what to forget in fewer than {MAX_VALUE_LENGTH} characters")
         now = self._clock()
         query = analyze(description, now=now, analyzer=self.index.analyzer)
         vector = (await self._embedder.embed([query.topic]))[0]

@@ -13,10 +13,13 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from core.errors import InvalidInputError
 from core.validators import clean_text
 from infrastructure.embeddings import Embedder
 from rag_system import GateParams, MemoryIndex, RankingParams, Retrieved, SearchResult, analyze
 
+MAX_QUERY_CHARS = 2_000  # a turn longer than this is searched by its beginning: the embedder reads 256 tokens anyway
+MAX_RECALL_CHARS = 500  # what the recall tool may ask for: a topic, not a document
 HEADER = "What you remember about the user (use it when it helps; never recite it):"
 
 
@@ -79,8 +82,12 @@ class RagService:
     async def search(self, text: str, recent_turns: Sequence[str] = (), *, k: int = 5) -> SearchResult:
         """The ranked memories for a turn and the gate's decision; ``.memories`` is what may be injected."""
         now = self._clock() if self._timezone is None else self._clock().astimezone(self._timezone)
-        text = clean_text(text)
-        recent = [clean_text(t) for t in recent_turns][-self._history_turns :] if self._history_turns > 0 else []
+        text = clean_text(text[:MAX_QUERY_CHARS])
+        recent = (
+            [clean_text(t[:MAX_QUERY_CHARS]) for t in recent_turns][-self._history_turns :]
+            if self._history_turns > 0
+            else []
+        )
         query = analyze(text, recent, now=now, analyzer=self._index.analyzer,
                         history_term_weight=self._params.history_term_weight)  # fmt: skip
         vectors = await self._embedder.embed([query.topic, *query.history])
@@ -96,6 +103,8 @@ class RagService:
 
     async def recall(self, query: str, *, k: int = 5) -> list[Retrieved]:
         """Explicit recall (the ``recall`` tool): the same ranking and gate, without conversation history."""
+        if len(query) > MAX_RECALL_CHARS:
+            raise InvalidInputError(f"say what to recall in fewer than {MAX_RECALL_CHARS} characters")
         return list((await self.search(query, (), k=k)).memories)
 
 

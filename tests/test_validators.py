@@ -1,4 +1,4 @@
-"""User ids and the write guard."""
+"""User ids, the write guard, and text cleaned where it enters."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from core.errors import InvalidUserIdError, WriteForbiddenError
-from core.validators import WriteGuard, is_user_id, parse_user_id
+from core.validators import WriteGuard, clean_text, is_user_id, parse_user_id
 
 USER = uuid.UUID("123e4567-e89b-12d3-a456-426614174000")
 
@@ -28,6 +28,8 @@ def test_canonical_uuids_are_accepted(value: object) -> None:
         "123e4567-e89b-12d3-a456-42661417400g",
         None,
         42,
+        "00000000-0000-0000-0000-000000000000",  # the nil UUID: a placeholder, never a user
+        uuid.UUID(int=0),
     ],
 )
 def test_anything_else_is_refused(value: object) -> None:
@@ -52,3 +54,8 @@ def test_a_guest_session_writes_nothing() -> None:
     assert not guard.can_write
     with pytest.raises(WriteForbiddenError, match="guest"):
         guard.check(USER)
+
+
+def test_text_is_cleaned_of_what_no_encoder_takes() -> None:
+    assert clean_text("a\ud800b\x00c\x1bd\te\nf") == "a\ufffdb c d\te\nf"
+    assert clean_text("Olá, مایا") == "Olá, مایا"

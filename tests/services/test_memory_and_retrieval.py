@@ -201,3 +201,18 @@ def test_the_local_embedder_translates_what_its_tokenizer_refuses() -> None:
     with pytest.raises(EmbeddingError) as caught:
         encoder().encode(["fine", "not \ud800 fine"])
     assert not caught.value.retryable
+
+
+async def test_a_recall_or_forget_of_a_document_is_refused_and_a_long_turn_is_searched_by_its_beginning(
+    world: World,
+) -> None:
+    user = uuid.uuid4()
+    memories, rag = world.session(user)
+    await memories.save_memory("RELATIONSHIP", "sister city", "My sister Maya lives in Lisbon")
+    with pytest.raises(InvalidInputError, match="fewer than 500"):
+        await rag.recall("x" * 501)
+    with pytest.raises(InvalidInputError, match="fewer than 1000"):
+        await memories.forget("my sister " * 200)
+    pasted = "where does my sister live? " + "lorem ipsum dolor " * 50_000  # about 900,000 characters
+    assert (await rag.context_for_turn(pasted)).retrieved[0].memory.key == "sister_city"
+    assert len(memories.index) == 1
