@@ -61,7 +61,7 @@ class Persona:
         none."""
         parts = []
         if profile is not None and profile.summary:
-            parts.append(f"Your summary of them: {json.dumps(profile.summary, ensure_ascii=False)}")
+            parts.append(f"Your summary of them: {quoted(profile.summary)}")
         if memories:
             parts.append(memories)
         return f"{NOTES_HEADER}.\n" + "\n".join(parts) if parts else ""
@@ -71,12 +71,18 @@ def _about(profile: Profile) -> str:
     """The profile's plain fields, each checked when written (a name's length, an IANA zone), quoted all the same."""
     facts = []
     if profile.name:
-        facts.append(f"Their name is {json.dumps(profile.name, ensure_ascii=False)}.")
+        facts.append(f"Their name is {quoted(profile.name)}.")
     if profile.preferred_name and profile.preferred_name != profile.name:
-        facts.append(f"They like to be called {json.dumps(profile.preferred_name, ensure_ascii=False)}.")
+        facts.append(f"They like to be called {quoted(profile.preferred_name)}.")
     if profile.timezone:
         facts.append(f"Their timezone is {profile.timezone}.")
     return "About the user: " + " ".join(facts) if facts else ""
+
+
+def quoted(text: str) -> str:
+    """Stored text as a quotation: in double quotes, its own quotes and line breaks escaped, so that nothing in it
+    can pass for a line of ours."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 def language_name(code: str) -> str:

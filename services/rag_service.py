@@ -9,7 +9,6 @@ budget. The only possible remote call is the query embedding, when embeddings ar
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,16 +16,11 @@ from core.errors import InvalidInputError
 from core.validators import clean_text
 from infrastructure.embeddings import Embedder
 from rag_system import GateParams, MemoryIndex, RankingParams, Retrieved, SearchResult, analyze
+from services.persona import quoted
 
 MAX_QUERY_CHARS = 2_000  # a turn longer than this is searched by its beginning: the embedder reads 256 tokens anyway
 MAX_RECALL_CHARS = 500  # what the recall tool may ask for: a topic, not a document
 HEADER = "What you remember about the user (use it when it helps; never recite it):"
-
-
-def quoted(text: str) -> str:
-    """Stored text as a quotation: in double quotes, its own quotes and line breaks escaped, so that nothing in it
-    can pass for a line of ours."""
-    return json.dumps(text, ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)
