@@ -9,8 +9,9 @@ Stale writes. ``get_or_load`` remembers, on a miss, the user's version and the k
 ``delete``) and stores what it loaded only if both are unchanged, so a load that raced with another worker's
 invalidation or delete cannot put old data back.
 
-Failure. A connection error or timeout switches the cache to ``memory`` mode (no exception reaches the caller),
-starts a background probe, and serves from a bounded LRU. Invalidations and deletes made meanwhile are remembered
+Failure. A connection error, a timeout or a refused write (a read-only replica after a failover) switches the cache
+to ``memory`` mode (no exception reaches the caller), starts a background probe that writes, and serves from a
+bounded LRU. Invalidations and deletes made meanwhile are remembered
 and replayed on Redis before the cache switches back, so no worker reads what they removed. Other Redis errors
 are counted and the operation is treated as a miss. Only misuse (a value that is not JSON, a TTL that is not
 positive) raises :class:`CacheError`.
@@ -31,7 +32,7 @@ from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.config import Settings
@@ -313,7 +314,7 @@ class RedisCache:
     def _fall_back(self, exc: RedisError) -> bool:
         """Count the error; switch to memory when Redis is unreachable. True when the caller should use memory."""
         self._errors += 1
-        if not isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+        if not isinstance(exc, (RedisConnectionError, RedisTimeoutError, ReadOnlyError)):
             logger.warning("redis cache operation failed", extra={"error": type(exc).__name__})
             return False
         if self._mode == "memory":
@@ -330,7 +331,8 @@ class RedisCache:
         while self._mode == "memory":
             await asyncio.sleep(self._params.probe_interval)
             try:
-                await self._redis.ping()
+                # A write, not a ping: a read-only replica answers pings but cannot take an invalidation.
+                await self._redis.set(f"{self._params.prefix}:probe", "1", px=60_000)
                 await self._replay()
             except RedisError:
                 self._errors += 1

@@ -1,4 +1,9 @@
-"""UserService: the user's basic profile (name, preferred name, timezone, language), created once, cached."""
+"""UserService: the user's basic profile (name, preferred name, timezone, language), created once, cached.
+
+The database is the truth; the cache only remembers it. A cached profile is keyed by the user's version, which the
+database bumps with every change (``Storage.user_version``), so an entry from before a change is never found again:
+not after a forget, and not from a Redis restored from an old snapshot or a replica that missed the change.
+"""
 
 from __future__ import annotations
 
@@ -44,17 +49,18 @@ class UserService:
     async def get_profile(self) -> Profile | None:
         if self._cache is None:
             return await self._storage.get_profile(self.user_id)
-        cached = await self._cache.get_or_load(PROFILE_CACHE_KEY, self._load_for_cache, user_id=self.user_id)
+        # The version is read first, so what is loaded is never older than the key it is stored under.
+        version = await self._storage.user_version(self.user_id)
+        cached = await self._cache.get_or_load(
+            f"{PROFILE_CACHE_KEY}@{version}", self._load_for_cache, user_id=self.user_id
+        )
         return None if cached is None else wire.profile_from_row(cached)
 
     async def update_profile(self, **fields: str | None) -> Profile:
         """Set basic fields (and ``summary``, the written profile); values are checked before anything is sent."""
         self._guard.check(self.user_id)
         changes = {name: _check_field(name, value) for name, value in fields.items()}
-        profile = await self._storage.update_profile(self.user_id, changes, at=self._clock())
-        if self._cache is not None:
-            await self._cache.delete(PROFILE_CACHE_KEY, user_id=self.user_id)
-        return profile
+        return await self._storage.update_profile(self.user_id, changes, at=self._clock())  # a new version
 
     async def _load_for_cache(self) -> dict[str, Any] | None:
         profile = await self._storage.get_profile(self.user_id)

@@ -14,6 +14,8 @@ Semantics every backend honours (the contract suite in ``tests/storage`` checks 
 - ``append_messages`` and ``start_conversation`` are idempotent on the caller's ids, so retries never duplicate.
 - ``claim_onboarding`` returns True for exactly one caller, however many sessions race for it.
 - ``delete_user_data`` removes every row of that user and nothing of anyone else's.
+- ``user_version`` grows with every change to the user's profile or memories, deletions included, and never goes
+  back (the database bumps it, in the same transaction as the change).
 """
 
 from __future__ import annotations
@@ -207,6 +209,33 @@ class Storage(abc.ABC):
         """Remove every row that belongs to the user, in every table."""
         return await self._delete_user_data(parse_user_id(user_id))
 
+    async def user_version(self, user_id: uuid.UUID | str) -> int:
+        """The version of the user's profile and memories: 0 before the first change. Caches key by it."""
+        return await self._user_version(parse_user_id(user_id))
+
+    async def rewrite_texts(
+        self,
+        user_id: uuid.UUID | str,
+        *,
+        conversations: Mapping[uuid.UUID, tuple[str | None, Sequence[str]]] | None = None,
+        messages: Mapping[uuid.UUID, str] | None = None,
+    ) -> int:
+        """Replace the summary and open threads of some of the user's conversations and the text of some of their
+        messages (forgetting redacts them). Rows of other users are never touched. Returns the rows changed."""
+        uid = parse_user_id(user_id)
+        conversations, messages = conversations or {}, messages or {}
+        for summary, threads in conversations.values():
+            for text in (summary, *threads):
+                if text is not None:
+                    check_text(text, what="conversation notes")
+        for content in messages.values():
+            check_text(content, what="message")
+        if not conversations and not messages:
+            return 0
+        notes = {require_uuid(cid): (summary, tuple(threads)) for cid, (summary, threads) in conversations.items()}
+        texts = {require_uuid(mid): content for mid, content in messages.items()}
+        return await self._rewrite_texts(uid, notes, texts)
+
     # Backend implementations ------------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -277,3 +306,14 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def _delete_user_data(self, user_id: uuid.UUID) -> DeletedCounts: ...
+
+    @abc.abstractmethod
+    async def _user_version(self, user_id: uuid.UUID) -> int: ...
+
+    @abc.abstractmethod
+    async def _rewrite_texts(
+        self,
+        user_id: uuid.UUID,
+        conversations: dict[uuid.UUID, tuple[str | None, tuple[str, ...]]],
+        messages: dict[uuid.UUID, str],
+    ) -> int: ...

@@ -352,6 +352,48 @@ class PostgresStorage(Storage):
         counts = await self._fetchval("select public.companion_delete_user_data($1)", user_id)
         return DeletedCounts(**counts)
 
+    async def _user_version(self, user_id: uuid.UUID) -> int:
+        version = await self._fetchval("select version from public.user_versions where user_id = $1", user_id)
+        return 0 if version is None else int(version)
+
+    async def _rewrite_texts(
+        self,
+        user_id: uuid.UUID,
+        conversations: dict[uuid.UUID, tuple[str | None, tuple[str, ...]]],
+        messages: dict[uuid.UUID, str],
+    ) -> int:
+        self.stats.queries += 1
+        with self._translate():
+            async with self._pool.acquire() as conn, conn.transaction():
+                notes = await conn.fetchval(
+                    """
+                    with changed as (
+                        update public.conversations c set summary = n.summary, open_threads = n.open_threads::jsonb
+                          from unnest($2::uuid[], $3::text[], $4::text[]) as n(id, summary, open_threads)
+                         where c.id = n.id and c.user_id = $1
+                        returning 1)
+                    select count(*) from changed
+                    """,
+                    user_id,
+                    list(conversations),
+                    [summary for summary, _ in conversations.values()],
+                    [json.dumps(list(threads)) for _, threads in conversations.values()],
+                )
+                texts = await conn.fetchval(
+                    """
+                    with changed as (
+                        update public.messages m set content = n.content
+                          from unnest($2::uuid[], $3::text[]) as n(id, content)
+                         where m.id = n.id and m.user_id = $1
+                        returning 1)
+                    select count(*) from changed
+                    """,
+                    user_id,
+                    list(messages),
+                    list(messages.values()),
+                )
+        return int(notes) + int(texts)
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")

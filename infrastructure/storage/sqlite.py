@@ -345,6 +345,30 @@ class SqliteStorage(Storage):
                 counts[name] = len(rows)
         return DeletedCounts(**counts)
 
+    async def _user_version(self, user_id: uuid.UUID) -> int:
+        row = await self._fetchone("select version from user_versions where user_id = ?", (str(user_id),))
+        return 0 if row is None else int(row["version"])
+
+    async def _rewrite_texts(
+        self,
+        user_id: uuid.UUID,
+        conversations: dict[uuid.UUID, tuple[str | None, tuple[str, ...]]],
+        messages: dict[uuid.UUID, str],
+    ) -> int:
+        changed = 0
+        async with self._transaction():
+            for cid, (summary, threads) in conversations.items():
+                changed += len(await self._fetchall(
+                    "update conversations set summary = ?, open_threads = ? where id = ? and user_id = ? returning 1",
+                    (summary, json.dumps(list(threads)), str(cid), str(user_id)),
+                ))  # fmt: skip
+            for mid, content in messages.items():
+                changed += len(await self._fetchall(
+                    "update messages set content = ? where id = ? and user_id = ? returning 1",
+                    (content, str(mid), str(user_id)),
+                ))  # fmt: skip
+        return changed
+
 
 def _time(at: dt.datetime) -> str:
     # Fixed width (always microseconds, always +00:00) so that text order is time order.

@@ -77,3 +77,47 @@ begin
     insert into memory_history (memory_id, user_id, category, key, old_value, new_value, changed_at)
     values (old.id, old.user_id, old.category, old.key, old.value, new.value, new.updated_at);
 end;
+
+-- A version per user, bumped by the database on every change to the user's profile or memories (see
+-- supabase/migrations/0003_user_versions.sql). Never deleted: a version never goes back to an old number.
+create table if not exists user_versions (
+    user_id text primary key,
+    version integer not null default 0
+);
+
+create trigger if not exists profiles_insert_bump_version after insert on profiles
+begin
+    insert into user_versions (user_id, version) values (new.user_id, 1)
+        on conflict (user_id) do update set version = version + 1;
+end;
+
+create trigger if not exists profiles_update_bump_version after update on profiles
+begin
+    insert into user_versions (user_id, version) values (new.user_id, 1)
+        on conflict (user_id) do update set version = version + 1;
+end;
+
+create trigger if not exists profiles_delete_bump_version after delete on profiles
+begin
+    insert into user_versions (user_id, version) values (old.user_id, 1)
+        on conflict (user_id) do update set version = version + 1;
+end;
+
+create trigger if not exists memories_insert_bump_version after insert on memories
+begin
+    insert into user_versions (user_id, version) values (new.user_id, 1)
+        on conflict (user_id) do update set version = version + 1;
+end;
+
+create trigger if not exists memories_update_bump_version after update of value on memories
+when new.value is not old.value
+begin
+    insert into user_versions (user_id, version) values (new.user_id, 1)
+        on conflict (user_id) do update set version = version + 1;
+end;
+
+create trigger if not exists memories_delete_bump_version after delete on memories
+begin
+    insert into user_versions (user_id, version) values (old.user_id, 1)
+        on conflict (user_id) do update set version = version + 1;
+end;

@@ -309,3 +309,27 @@ class SupabaseStorage(Storage):
     async def _delete_user_data(self, user_id: uuid.UUID) -> DeletedCounts:
         response = await self._run(self._client.rpc("companion_delete_user_data", {"p_user_id": str(user_id)}))
         return DeletedCounts(**response.data)
+
+    async def _user_version(self, user_id: uuid.UUID) -> int:
+        rows = await self._rows(self._table("user_versions").select("version").eq("user_id", str(user_id)))
+        return int(rows[0]["version"]) if rows else 0
+
+    async def _rewrite_texts(
+        self,
+        user_id: uuid.UUID,
+        conversations: dict[uuid.UUID, tuple[str | None, tuple[str, ...]]],
+        messages: dict[uuid.UUID, str],
+    ) -> int:
+        # PostgREST updates one filter at a time: one PATCH a row. Each is whole on its own, and rewriting again
+        # is harmless, so a failure halfway is mended by running the same rewrite again.
+        changed = 0
+        for cid, (summary, threads) in conversations.items():
+            changed += len(await self._rows(
+                self._table("conversations").update({"summary": summary, "open_threads": list(threads)})
+                .eq("id", str(cid)).eq("user_id", str(user_id))
+            ))  # fmt: skip
+        for mid, content in messages.items():
+            changed += len(await self._rows(
+                self._table("messages").update({"content": content}).eq("id", str(mid)).eq("user_id", str(user_id))
+            ))  # fmt: skip
+        return changed

@@ -1,6 +1,6 @@
 """A PostgREST stand-in for tests: the HTTP edge of Supabase, answering as PostgREST would.
 
-It knows Companion's schema (columns, types, defaults, keys, the two triggers and two functions of
+It knows Companion's schema (columns, types, defaults, keys, the triggers and functions of
 ``supabase/migrations``), keeps rows in memory, and refuses what PostgREST would refuse: missing credentials,
 unknown tables or columns, an ``on_conflict`` that names no unique key, a duplicate key without a resolution,
 a NULL in a NOT NULL column, a value that does not parse as its column's type. Every request is recorded so
@@ -130,6 +130,10 @@ def _schema() -> dict[str, Table]:
                 "created_at": Column("timestamptz", nullable=False),
             },  # fmt: skip
             primary_key=("id",),
+        ),
+        "user_versions": Table(
+            columns={"user_id": uid, "version": Column("bigint", nullable=False, default=lambda: 0)},
+            primary_key=("user_id",),
         ),
     }
 
@@ -283,6 +287,7 @@ class PostgrestStub:
         missing_default = "missing=default" in req.prefer
         staged = [dict(row) for row in table.rows]
         returned: list[dict[str, Any]] = []
+        bumps: list[Any] = []
         for incoming in body:
             row = {}
             for name, column in table.columns.items():
@@ -298,7 +303,7 @@ class PostgrestStub:
                     old = dict(existing)
                     for name in columns:
                         existing[name] = row[name]
-                    self._after_update(table, old, existing, staged)
+                    bumps.extend(self._after_update(table, old, existing, staged))
                     returned.append(existing)
                 elif resolution is None:
                     raise PgError(409, "23505", "duplicate key value violates unique constraint")
@@ -308,7 +313,11 @@ class PostgrestStub:
                 raise PgError(409, "23505", "duplicate key value violates unique constraint")
             staged.append(row)
             returned.append(row)
+            if self._versioned(table):
+                bumps.append(row["user_id"])
         table.rows[:] = staged  # a statement applies whole or not at all
+        for user_id in bumps:
+            self._bump_version(user_id)
         return self._respond(table, req, returned, status=201)
 
     def _update(self, table: Table, req: RecordedRequest) -> web.Response:
@@ -318,7 +327,8 @@ class PostgrestStub:
             old = dict(row)
             row.update(changes)
             self._check_not_null(table, row)
-            self._after_update(table, old, row, table.rows)
+            for user_id in self._after_update(table, old, row, table.rows):
+                self._bump_version(user_id)
             updated.append(row)
         return self._respond(table, req, updated, status=200)
 
@@ -373,8 +383,12 @@ class PostgrestStub:
             if not column.nullable and row.get(name) is None:
                 raise PgError(400, "23502", f'null value in column "{name}" violates not-null constraint')
 
-    def _after_update(self, table: Table, old: dict[str, Any], new: dict[str, Any], rows: list[dict]) -> None:
-        """The triggers of 0001_schema.sql: profiles and memories keep created_at; memories record a changed value."""
+    def _after_update(self, table: Table, old: dict[str, Any], new: dict[str, Any], rows: list[dict]) -> list[Any]:
+        """The triggers of 0001_schema.sql: profiles and memories keep created_at; memories record a changed value.
+        Returns the users whose version 0003_user_versions.sql would bump."""
+        bumps = []
+        if table is self.tables["profiles"] or (table is self.tables["memories"] and new["value"] != old["value"]):
+            bumps.append(new["user_id"])
         if table in (self.tables["profiles"], self.tables["memories"]):
             new["created_at"] = old["created_at"]
         if table is self.tables["memories"] and new["value"] != old["value"]:
@@ -391,10 +405,25 @@ class PostgrestStub:
                     "changed_at": new["updated_at"],
                 }  # fmt: skip
             )
+        return bumps
+
+    def _versioned(self, table: Table) -> bool:
+        return table is self.tables["profiles"] or table is self.tables["memories"]
+
+    def _bump_version(self, user_id: Any) -> None:
+        versions = self.tables["user_versions"].rows
+        row = next((r for r in versions if r["user_id"] == user_id), None)
+        if row is None:
+            versions.append({"user_id": user_id, "version": 1})
+        else:
+            row["version"] += 1
 
     def _remove(self, table: Table, doomed: list[dict[str, Any]]) -> None:
         ids = {id(r) for r in doomed}
         table.rows[:] = [r for r in table.rows if id(r) not in ids]
+        if self._versioned(table):
+            for row in doomed:
+                self._bump_version(row["user_id"])
         if table is self.tables["memories"]:  # on delete cascade
             gone = {r["id"] for r in doomed}
             history = self.tables["memory_history"]

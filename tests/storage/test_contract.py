@@ -330,3 +330,47 @@ async def test_conversations_record_their_summary_and_open_threads(backend: Back
     assert await store.recent_conversations(user, limit=1) == [latest]
     with pytest.raises(InvalidInputError):
         await store.start_conversation(uuid.uuid4(), older, at=T0)  # someone else's conversation id
+
+
+async def test_the_user_version_grows_with_every_change_and_never_goes_back(backend: Backend) -> None:
+    store, user, other = backend.storage, uuid.uuid4(), uuid.uuid4()
+    assert await store.user_version(user) == 0
+    await store.ensure_profile(user, at=T0)
+    seen = [await store.user_version(user)]
+    await store.update_profile(user, {"summary": "Dave's PIN is 4821"}, at=T0 + minutes(1))
+    seen.append(await store.user_version(user))
+    await store.upsert_memories([memory(user, "pin", "Their PIN is 4821")])
+    seen.append(await store.user_version(user))
+    await store.record_memory_access([MemoryAccess(user, (("FACT", "pin"),), T0 + minutes(2))])
+    assert await store.user_version(user) == seen[-1]  # an access count is nothing a cache holds
+    await store.delete_user_data(user)
+    seen.append(await store.user_version(user))
+    await store.ensure_profile(user, at=T0 + minutes(3))  # a new start never reuses an old number
+    seen.append(await store.user_version(user))
+    assert seen == sorted(set(seen))
+    assert seen[0] > 0
+    assert await store.user_version(other) == 0
+
+
+async def test_rewriting_texts_changes_only_the_named_rows_of_that_user(backend: Backend) -> None:
+    store, user, other = backend.storage, uuid.uuid4(), uuid.uuid4()
+    conversation, foreign = uuid.uuid4(), uuid.uuid4()
+    await store.finish_conversation(user, conversation, at=T0, summary="Dave's PIN is 4821.", open_threads=["PIN"])
+    await store.finish_conversation(other, foreign, at=T0, summary="Kept.", open_threads=[])
+    said, kept = uuid.uuid4(), uuid.uuid4()
+    await store.append_messages([
+        MessageWrite(said, conversation, user, "user", "My PIN is 4821. I like tea.", T0),
+        MessageWrite(kept, foreign, other, "user", "My PIN is 1111.", T0),
+    ])  # fmt: skip
+    changed = await store.rewrite_texts(
+        user,
+        conversations={conversation: ("[forgotten]", []), foreign: ("stolen", [])},
+        messages={said: "[forgotten] I like tea.", kept: "stolen"},
+    )
+    assert changed == 2
+    [mine] = await store.recent_conversations(user)
+    assert (mine.summary, list(mine.open_threads)) == ("[forgotten]", [])
+    assert [m.content for m in await store.recent_messages(user)] == ["[forgotten] I like tea."]
+    [theirs] = await store.recent_conversations(other)
+    assert theirs.summary == "Kept."
+    assert [m.content for m in await store.recent_messages(other)] == ["My PIN is 1111."]
