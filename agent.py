@@ -15,7 +15,7 @@ import contextlib
 import logging
 import sys
 import tempfile
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,15 +73,20 @@ class Companion(Agent):
         self._process = process
         self._turn: tuple[str, TurnContext] | None = None  # (user message id, its context)
         self._summary: tuple[Compaction, str] | None = None  # written, waiting for the end of a reply
+        self._erase_asked_in: str | None = None  # the user message in which forget_everything asked to confirm
+        self._erased: frozenset[str] = frozenset()  # chat items said before everything was erased
 
     # Memories, once per user message, on every path ----------------------------------------------------------
 
     async def llm_node(
         self, chat_ctx: llm.ChatContext, tools: list[llm.Tool], model_settings: ModelSettings
     ) -> AsyncIterable[llm.ChatChunk | str]:
-        chat_ctx = _clean_text_of(chat_ctx)
+        if self._erased:  # the request of the same turn was built before the erase
+            chat_ctx = chat_ctx.copy()
+            chat_ctx.items = [item for item in chat_ctx.items if item.id not in self._erased]
+        chat_ctx = _rewrite_text_of(chat_ctx, self._prompt_text, self._services.forgetting.scrub_arguments)
         context = await self._context_for(chat_ctx)
-        notes = self._persona.notes(self._profile, context.text if context is not None else "")
+        notes = self._prompt_text(self._persona.notes(self._profile, context.text if context is not None else ""))
         if notes:  # this generation only, as the assistant's own quoted notes: never with a system prompt's authority
             chat_ctx = chat_ctx.copy()
             position = _newest_user_position(chat_ctx)  # the copy's items, same order
@@ -89,6 +94,10 @@ class Companion(Agent):
             chat_ctx.items.insert(position if position is not None else len(chat_ctx.items), message)
         async for chunk in Agent.default.llm_node(self, chat_ctx, tools, model_settings):
             yield chunk
+
+    def _prompt_text(self, text: str) -> str:
+        """Any text of the chat as it may reach the LLM: encodable, and without what this session forgot."""
+        return self._services.forgetting.scrub(clean_text(text))
 
     async def _context_for(self, chat_ctx: llm.ChatContext) -> TurnContext | None:
         newest = _newest_user_message(chat_ctx)
@@ -167,11 +176,55 @@ class Companion(Agent):
 
     @function_tool
     async def forget(self, context: RunContext, query: str) -> str:
-        """Forget what the user asks you to forget, described in their words."""
-        forgotten = await _speakable(self._services.memories.forget(query))
+        """Forget one thing the user asks you to forget, described in their words (such as "my bank PIN").
+        To forget everything, use forget_everything instead."""
+        if self._services.forgetting.asks_for_everything(query):
+            return await self.forget_everything(context, confirmed=False)
+        forgotten = await _speakable(self._services.forgetting.forget(query))
         if not forgotten:
             return "There was nothing like that to forget."
-        return "Forgotten: " + " ".join(f"{m.value}." for m in forgotten)
+        self._profile = await _speakable(self._services.users.get_profile())  # its text, rewritten without it
+        self._turn = None  # this turn's memories were found before: find them again for the answer
+        await self.update_chat_ctx(
+            _rewrite_text_of(self.chat_ctx.copy(), self._prompt_text, self._services.forgetting.scrub_arguments)
+        )
+        # Says what was done, never what it was: this answer stays in the chat, which must not hold it again.
+        things = "one thing" if len(forgotten) == 1 else f"{len(forgotten)} things"
+        return (
+            f"Forgotten {things}: gone from your memories, your notes, past conversations and this one. "
+            "Tell the user it is forgotten, without repeating it."
+        )
+
+    @function_tool
+    async def forget_everything(self, context: RunContext, confirmed: bool = False) -> str:
+        """Erase everything you know about the user: memories, profile and past conversations. Use it when they ask
+        to forget everything or delete all their data. Call it first with confirmed false; then ask them to confirm
+        out loud, and call it again with confirmed true only after they said yes.
+
+        Args:
+            confirmed: true only after the user confirmed, in their latest message, that everything should go.
+        """
+        asked_in = _newest_user_message(self.chat_ctx)
+        turn = asked_in.id if asked_in is not None else ""
+        if not confirmed or self._erase_asked_in is None or self._erase_asked_in == turn:
+            # The yes must come in a later message than the request: a model cannot confirm on its own.
+            self._erase_asked_in = turn
+            return (
+                "Nothing is erased yet. Ask the user to confirm: everything you remember about them, their profile "
+                "and your past conversations will be erased for good. Erase only if they say yes."
+            )
+        self._erase_asked_in = None
+        await _speakable(self._services.forget_everything())
+        self._profile = None
+        await self.update_instructions(self._persona.instructions(None))
+        chat_ctx = self.chat_ctx.copy()
+        self._erased = frozenset(item.id for item in chat_ctx.items if not _is_instructions(item))
+        chat_ctx.items = [item for item in chat_ctx.items if item.id not in self._erased]
+        await self.update_chat_ctx(chat_ctx)
+        return (
+            "Everything is erased: memories, profile and past conversations. Nothing more from this conversation "
+            "will be kept either. Tell the user so, briefly."
+        )
 
     @function_tool
     async def update_profile(self, context: RunContext, field: str, value: str) -> str:
@@ -240,29 +293,44 @@ def _history_items(chat_ctx: llm.ChatContext) -> list[HistoryItem]:
     return items
 
 
+def _is_instructions(item: llm.ChatItem) -> bool:
+    return isinstance(item, llm.ChatMessage) and item.role in ("system", "developer")
+
+
 def _newest_user_message(chat_ctx: llm.ChatContext) -> llm.ChatMessage | None:
     position = _newest_user_position(chat_ctx)
     return None if position is None else chat_ctx.items[position]  # type: ignore[return-value]
 
 
-def _clean_text_of(chat_ctx: llm.ChatContext) -> llm.ChatContext:
-    """The context with every message's text as any encoder takes it (:func:`clean_text`): one lone surrogate in a
-    typed or transcribed line would otherwise fail this LLM request and every later one, since it stays in the
-    history. A copy, and only when something needs cleaning."""
-    dirty = [
-        i
-        for i, item in enumerate(chat_ctx.items)
-        if isinstance(item, llm.ChatMessage) and any(isinstance(c, str) and clean_text(c) != c for c in item.content)
-    ]
-    if not dirty:
+def _rewrite_text_of(
+    chat_ctx: llm.ChatContext, rewrite: Callable[[str], str], rewrite_arguments: Callable[[str], str]
+) -> llm.ChatContext:
+    """The context with ``rewrite`` applied to every message's text and tool output, and ``rewrite_arguments`` to
+    every tool call's JSON arguments. A copy, and only when something changed.
+
+    Used on every LLM request: text as any encoder takes it (:func:`clean_text`: one lone surrogate in a typed line
+    would otherwise fail this request and every later one, since it stays in the history), and without what the
+    session forgot."""
+    changes: dict[int, llm.ChatItem] = {}
+    for i, item in enumerate(chat_ctx.items):
+        if isinstance(item, llm.ChatMessage):
+            content = [rewrite(c) if isinstance(c, str) else c for c in item.content]
+            if content != item.content:
+                changes[i] = item.model_copy(update={"content": content})
+        elif isinstance(item, llm.FunctionCallOutput):
+            output = rewrite(item.output)
+            if output != item.output:
+                changes[i] = item.model_copy(update={"output": output})
+        elif isinstance(item, llm.FunctionCall):
+            arguments = rewrite_arguments(item.arguments)
+            if arguments != item.arguments:
+                changes[i] = item.model_copy(update={"arguments": arguments})
+    if not changes:
         return chat_ctx
-    cleaned = chat_ctx.copy()
-    for i in dirty:
-        item = cleaned.items[i]
-        cleaned.items[i] = item.model_copy(
-            update={"content": [clean_text(c) if isinstance(c, str) else c for c in item.content]}
-        )
-    return cleaned
+    rewritten = chat_ctx.copy()
+    for i, item in changes.items():
+        rewritten.items[i] = item
+    return rewritten
 
 
 def _newest_user_position(chat_ctx: llm.ChatContext) -> int | None:

@@ -80,6 +80,10 @@ class WriteGuard:
     def can_write(self) -> bool:
         return self._user_id is not None
 
+    def revoke(self) -> None:
+        """From now on this session writes nothing (after the user asked to forget everything)."""
+        self._user_id = None
+
     def check(self, user_id: uuid.UUID | str) -> uuid.UUID:
         """Return the parsed id if this session may write for it; raise otherwise, before any query."""
         target = parse_user_id(user_id)

@@ -26,6 +26,7 @@ from infrastructure.storage import DeletedCounts, Profile, Storage
 from rag_system import MemoryIndex, analyzer_for
 from services.context_budget import ContextBudget
 from services.conversation_service import ConversationService
+from services.forgetting import ForgettingService
 from services.memory_extraction import MemoryExtractor
 from services.memory_service import MemoryService
 from services.onboarding_service import OnboardingService
@@ -120,13 +121,12 @@ class Session:
     extractor: MemoryExtractor
     budget: ContextBudget
     retrieval: TurnRetrieval
+    forgetting: ForgettingService
 
     async def forget_everything(self) -> DeletedCounts:
         """Everything of this user goes: rows, index, cache entries, and what this session holds (the transcript
-        that would be summarised, background work under way)."""
-        counts = await self.memories.forget_everything()
-        self.conversations.forget()
-        return counts
+        that would be summarised, background work under way); the session stores nothing more."""
+        return await self.forgetting.forget_everything()
 
     async def aclose(self) -> None:
         """Nothing of the session outlives it but its writes, which the process's batcher owns."""
@@ -155,24 +155,21 @@ async def open_session(process: Process, *, user_id: uuid.UUID | None, load: boo
                              cache=process.cache, clock=process.clock)  # fmt: skip
     rag = RagService(index=index, embedder=process.embedder, clock=process.clock, timezone=_zone(profile))
     deadline = process.settings.retrieval_deadline_ms / 1000
+    conversations = ConversationService(**common, batcher=process.batcher, llm=process.llm,
+                                        agent_name=process.settings.agent_name, clock=process.clock)  # fmt: skip
     session = Session(
         user_id=user_id,
         guard=guard,
         users=users,
         memories=memories,
         rag=rag,
-        conversations=ConversationService(
-            **common,
-            batcher=process.batcher,
-            llm=process.llm,
-            agent_name=process.settings.agent_name,
-            clock=process.clock,
-        ),  # fmt: skip
+        conversations=conversations,
         onboarding=OnboardingService(**common, users=users, memories=memories, clock=process.clock),
         profiles=ProfileService(**common, users=users, memories=memories, llm=process.llm, tasks=process.tasks),
         extractor=MemoryExtractor(memories=memories, llm=process.llm, embedder=process.embedder),
         budget=ContextBudget(llm=process.llm, max_tokens=process.settings.chat_context_max_tokens),
         retrieval=TurnRetrieval(rag=rag, memories=memories, deadline=deadline),
+        forgetting=ForgettingService(**common, memories=memories, users=users, conversations=conversations),
     )
     if load:
         await memories.load_index()

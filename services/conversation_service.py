@@ -150,6 +150,11 @@ class ConversationService:
         self._transcript.clear()
         self.conversation_id = uuid.uuid4()
 
+    def redact(self, rewrite: Callable[[str], str]) -> None:
+        """Rewrite what this session keeps of its transcript (after a forget): the end-of-session summary, the
+        extraction and the profile refresh read it."""
+        self._transcript = [(role, rewrite(text)) for role, text in self._transcript]
+
     def _message_time(self) -> dt.datetime:
         """Strictly increasing within the session, so the stored order is the order said even when two messages
         share a clock tick."""

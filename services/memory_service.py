@@ -112,7 +112,7 @@ class MemoryService:
         self._write_timeout = write_timeout
         self._ranking = ranking or RankingParams()  # forget() finds what to forget as retrieval would
         self._gate = gate or GateParams()
-        self.epoch = 0  # bumped by forget_everything(): background work that began before it must not write
+        self.epoch = 0  # bumped by every forget: background work that began before it must not write
 
     @property
     def can_write(self) -> bool:
@@ -230,6 +230,7 @@ class MemoryService:
             raise InvalidInputError("say what to forget")
         if len(description) > MAX_VALUE_LENGTH:
             raise InvalidInputError(f"say what to forget in fewer than {MAX_VALUE_LENGTH} characters")
+        self.epoch += 1  # an extraction under way must not save again what is being forgotten
         now = self._clock()
         query = analyze(description, now=now, analyzer=self.index.analyzer)
         vector = (await self._embedder.embed([query.topic]))[0]

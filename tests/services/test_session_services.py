@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from core.config import Settings
-from core.errors import InvalidInputError
+from core.errors import InvalidInputError, WriteForbiddenError
 from infrastructure.background import BackgroundStats
 from services.container import Process, open_process, open_session
 from services.conversation_service import SUMMARY_PROMPT, elapsed_in_words
@@ -287,13 +287,14 @@ async def test_after_forget_everything_nothing_of_the_session_is_written_back(pr
 
     await session.forget_everything()
     assert await session.conversations.finish() is None  # nothing said before it is summarised
-    assert await session.profiles.generate() == "Ana is a nurse in Porto who loves jazz."  # a new profile is fine
-
-    epoch_before = session.memories.epoch
-    await session.forget_everything()
-    assert session.memories.epoch == epoch_before + 1
+    with pytest.raises(WriteForbiddenError):  # the session's memory ended with it: nothing more is stored
+        await session.profiles.generate()
+    session.conversations.log_message("user", "I'm Ana, by the way")
+    await process.batcher.flush()
     assert await process.storage.recent_conversations(user) == []
+    assert await process.storage.recent_messages(user) == []
     assert await process.storage.list_memories(user) == []
+    assert await process.storage.get_profile(user) is None
 
 
 async def test_the_opening_skips_a_session_where_nothing_was_said(process: Process, script: Script, clock: Clock):

@@ -1,0 +1,115 @@
+"""ForgettingService: forgetting, end to end.
+
+``forget("my PIN")`` deletes the matching memories and then takes them out of everything that could bring them
+back into a prompt: the written profile (its sentences that mention them are dropped), the summaries and open
+threads of past conversations, the stored messages (each mentioning sentence becomes ``[forgotten]``: the record
+keeps that something was said, not what), this session's transcript (the end-of-session summary and the
+extraction read it), and, through :meth:`scrub`, every later LLM request of the live session. Which sentence
+"mentions" a memory is decided by :mod:`services.redaction`.
+
+``forget_everything()`` erases every row of the user and ends the session's memory: nothing said afterwards in this
+session is stored.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from core.errors import InvalidInputError
+from core.validators import WriteGuard
+from infrastructure.storage import DeletedCounts, Storage
+from rag_system import IndexedMemory, TextAnalyzer
+from services.conversation_service import ConversationService
+from services.memory_service import MemoryService
+from services.redaction import FORGOTTEN, ForgottenFact, redact, redact_json_strings
+from services.user_service import UserService
+
+# How far back stored text is redacted. A user past these has older rows left as they are; forget_everything
+# removes them all.
+MAX_CONVERSATIONS_SCANNED = 10_000
+MAX_MESSAGES_SCANNED = 100_000
+# Words that, with nothing more specific beside them, ask to forget everything ("all my memories", "everything").
+# English; in other languages the model calls forget_everything itself, as its description says.
+_EVERYTHING_WORDS = frozenset({"everything", "all", "anything", "whatever"})
+_VAGUE_WORDS = "everything all anything whatever memories memory data stuff things thing know knows remember said told"
+
+
+class ForgettingService:
+    def __init__(
+        self,
+        *,
+        user_id: uuid.UUID,
+        guard: WriteGuard,
+        storage: Storage,
+        memories: MemoryService,
+        users: UserService,
+        conversations: ConversationService,
+    ) -> None:
+        self.user_id = user_id
+        self._guard = guard
+        self._storage = storage
+        self._memories = memories
+        self._users = users
+        self._conversations = conversations
+        self._facts: list[ForgottenFact] = []  # forgotten in this session: kept out of its LLM requests
+
+    @property
+    def _analyzer(self) -> TextAnalyzer:
+        return self._memories.index.analyzer
+
+    def asks_for_everything(self, description: str) -> bool:
+        """True for "everything", "all my memories", "anything you know": nothing more specific than all of it."""
+        words = set(self._analyzer.words(description))
+        specific = set(self._analyzer.terms(description)) - set(self._analyzer.terms(_VAGUE_WORDS))
+        return bool(words & _EVERYTHING_WORDS) and not specific
+
+    async def forget(self, description: str) -> list[IndexedMemory]:
+        """Forget what the user describes, everywhere; the memories forgotten (none when nothing matched)."""
+        if self.asks_for_everything(description):
+            raise InvalidInputError("to forget everything, use forget_everything")
+        forgotten = await self._memories.forget(description)
+        if forgotten:
+            await self._forget_everywhere(forgotten)
+        return forgotten
+
+    async def forget_everything(self) -> DeletedCounts:
+        """Every row of the user, the index, the cache; then this session stores nothing more."""
+        counts = await self._memories.forget_everything()
+        self._conversations.forget()
+        self._guard.revoke()
+        return counts
+
+    def scrub(self, text: str) -> str:
+        """``text`` without what this session forgot (the live chat still holds what was said before)."""
+        return redact(text, self._facts, analyzer=self._analyzer, replacement=FORGOTTEN)
+
+    def scrub_arguments(self, arguments: str) -> str:
+        return redact_json_strings(arguments, self._facts, analyzer=self._analyzer)
+
+    @property
+    def forgot_anything(self) -> bool:
+        return bool(self._facts)
+
+    async def _forget_everywhere(self, memories: list[IndexedMemory]) -> None:
+        facts = [ForgottenFact.of(m.key, m.value, analyzer=self._analyzer) for m in memories]
+        self._facts.extend(facts)
+        self._conversations.redact(lambda text: redact(text, facts, analyzer=self._analyzer, replacement=FORGOTTEN))
+
+        profile = await self._users.get_profile()
+        if profile is not None and profile.summary:
+            summary = redact(profile.summary, facts, analyzer=self._analyzer)
+            if summary != profile.summary:
+                await self._users.update_profile(summary=summary or None)
+
+        notes: dict[uuid.UUID, tuple[str | None, list[str]]] = {}
+        for conversation in await self._storage.recent_conversations(self.user_id, limit=MAX_CONVERSATIONS_SCANNED):
+            summary = redact(conversation.summary or "", facts, analyzer=self._analyzer) or None
+            threads = [t for t in conversation.open_threads if redact(t, facts, analyzer=self._analyzer) == t]
+            if summary != conversation.summary or len(threads) != len(conversation.open_threads):
+                notes[conversation.id] = (summary, threads)
+        texts = {}
+        for message in await self._storage.recent_messages(self.user_id, limit=MAX_MESSAGES_SCANNED):
+            content = redact(message.content, facts, analyzer=self._analyzer, replacement=FORGOTTEN)
+            if content != message.content:
+                texts[message.id] = content
+        await self._storage.rewrite_texts(self.user_id, conversations=notes, messages=texts)
