@@ -26,6 +26,7 @@ from livekit.agents import (
     Agent,
     AgentServer,
     AgentSession,
+    APIConnectOptions,
     ConversationItemAddedEvent,
     JobContext,
     JobProcess,
@@ -39,11 +40,12 @@ from livekit.agents import (
 )
 from livekit.agents.stt import STT
 from livekit.agents.vad import VAD
+from livekit.agents.voice.agent_session import SessionConnectOptions  # not re-exported by livekit.agents in 1.8.9
 from livekit.plugins import openai, silero
 from openai import AsyncOpenAI
 from threadpoolctl import threadpool_limits
 
-from core.config import PLACEHOLDER_OPENAI_KEY, Settings, get_settings, share_with_job_processes
+from core.config import OPENAI_API_URL, PLACEHOLDER_OPENAI_KEY, Settings, get_settings, share_with_job_processes
 from core.errors import CompanionError, ConfigError, WriteForbiddenError
 from core.preflight import EXIT_CONFIG, command_of, preflight, preflight_warnings
 from core.validators import clean_text, is_user_id, parse_user_id
@@ -92,8 +94,19 @@ class Companion(Agent):
             position = _newest_user_position(chat_ctx)  # the copy's items, same order
             message = llm.ChatMessage(role="assistant", content=[notes])
             chat_ctx.items.insert(position if position is not None else len(chat_ctx.items), message)
-        async for chunk in Agent.default.llm_node(self, chat_ctx, tools, model_settings):
-            yield chunk
+        answered = False
+        try:
+            async for chunk in Agent.default.llm_node(self, chat_ctx, tools, model_settings):
+                answered = answered or _says_something(chunk)
+                yield chunk
+        except Exception as exc:  # every provider failed (LiveKit retried and fell back already)
+            logger.warning("language model failed; the user hears an apology", extra={"error": type(exc).__name__})
+            if not answered:  # a reply cut short is left as it is: a sentence of apology after it would confuse
+                yield APOLOGY
+            return
+        if not answered:  # a body that was no completion at all (a proxy's error page): silence is worse
+            logger.warning("language model answered nothing; the user hears an apology")
+            yield APOLOGY
 
     def _prompt_text(self, text: str) -> str:
         """Any text of the chat as it may reach the LLM: encodable, and without what this session forgot."""
@@ -273,6 +286,8 @@ async def _speakable(work: Any) -> Any:
 
 
 SUMMARY_ID = "companion.history-summary."
+# Spoken when no language model answers: the session goes on, and the user knows to try again.
+APOLOGY = "Sorry, I lost my train of thought for a moment. Could you say that again?"
 
 
 def _history_items(chat_ctx: llm.ChatContext) -> list[HistoryItem]:
@@ -291,6 +306,13 @@ def _history_items(chat_ctx: llm.ChatContext) -> list[HistoryItem]:
         elif isinstance(item, llm.FunctionCallOutput):
             items.append(HistoryItem(id=item.id, role="tool", text=item.output, call_id=item.call_id))
     return items
+
+
+def _says_something(chunk: llm.ChatChunk | str) -> bool:
+    if isinstance(chunk, str):
+        return bool(chunk.strip())
+    delta = chunk.delta
+    return delta is not None and bool((delta.content or "").strip() or delta.tool_calls)
 
 
 def _is_instructions(item: llm.ChatItem) -> bool:
@@ -482,7 +504,6 @@ class Providers:
 
 
 # What LiveKit's OpenAI plugins give their own clients: LiveKit retries and falls back itself, so no SDK retries.
-OPENAI_API_URL = "https://api.openai.com/v1"
 PROVIDER_TIMEOUT = httpx.Timeout(connect=15.0, read=5.0, write=5.0, pool=5.0)
 
 
@@ -512,6 +533,13 @@ def build_providers(settings: Settings, *, client: AsyncOpenAI, language: str | 
     )
 
 
+# A failed LLM request goes to the fallback provider, if one is configured, then the user hears APOLOGY and may say
+# it again. LiveKit's default (four attempts, two seconds apart) is 4 to 6 s of silence before anything is said, and
+# twenty for a stalled server; one retry would still double a stall's five seconds.
+LLM_CONNECT_OPTIONS = APIConnectOptions(max_retry=0, timeout=PROVIDER_TIMEOUT.read or 5.0)
+SESSION_CONNECT_OPTIONS = SessionConnectOptions(llm_conn_options=LLM_CONNECT_OPTIONS)
+
+
 def build_session(providers: Providers, *, vad: VAD, turn_handling: TurnHandlingOptions | None = None) -> AgentSession:
     """The AgentSession: Silero VAD, LiveKit's built-in turn detector (its default, offline), our providers, and
     the text clean-up before speech. LiveKit's preemptive generation (on by default) starts llm_node, and so our
@@ -523,6 +551,7 @@ def build_session(providers: Providers, *, vad: VAD, turn_handling: TurnHandling
         tts=providers.speech.tts,
         tts_text_transforms=TEXT_TRANSFORMS,
         turn_handling=turn_handling if turn_handling is not None else NOT_GIVEN,
+        conn_options=SESSION_CONNECT_OPTIONS,
     )
 
 

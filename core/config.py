@@ -30,6 +30,8 @@ DEFAULT_DATABASE_URL = "sqlite:///./data/companion.db"
 DEFAULT_CONSOLE_USER_ID = uuid.UUID("00000000-0000-4000-8000-00000000c0de")
 # Local OpenAI-compatible servers (Ollama, vLLM) ignore the key, but the openai client refuses to start without one.
 PLACEHOLDER_OPENAI_KEY = "not-needed-for-local-servers"
+# Where a fallback provider without its own base URL goes (never OPENAI_BASE_URL: that is the primary's server).
+OPENAI_API_URL = "https://api.openai.com/v1"
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,13 +14,15 @@ import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from core.config import Settings
+import openai
+
+from core.config import OPENAI_API_URL, PLACEHOLDER_OPENAI_KEY, Settings
 from core.validators import WriteGuard
 from infrastructure.background import BackgroundTasks
 from infrastructure.connection_pool import ConnectionPool
 from infrastructure.database_batcher import BatcherParams, DatabaseBatcher
 from infrastructure.embeddings import CachedEmbedder, Embedder, open_embedder
-from infrastructure.llm import OpenAIChat
+from infrastructure.llm import FallbackChat, OpenAIChat, TextModel
 from infrastructure.redis_cache import CacheParams, RedisCache
 from infrastructure.storage import DeletedCounts, Profile, Storage
 from rag_system import MemoryIndex, analyzer_for
@@ -60,7 +62,7 @@ class Process:
     cache: RedisCache
     batcher: DatabaseBatcher
     embedder: CachedEmbedder
-    llm: OpenAIChat
+    llm: TextModel
     tasks: BackgroundTasks
     clock: Callable[[], dt.datetime] = _utc_now
 
@@ -96,7 +98,7 @@ async def open_process(
         cached = await open_embedder(settings, openai_client=await pool.openai(), preloaded=embedder)
         if settings.embedding_provider == "local" and embedder is None:
             await cached.embed(["warm up"])  # the first run pays for BLAS threads; no user turn should
-        llm = OpenAIChat(client=await pool.openai(), model=settings.llm_model)
+        llm = await _background_llm(settings, pool)
     except BaseException:
         if batcher is not None:
             await batcher.aclose()
@@ -104,6 +106,22 @@ async def open_process(
         raise
     return Process(settings=settings, pool=pool, storage=storage, cache=cache, batcher=batcher,
                    embedder=cached, llm=llm, tasks=BackgroundTasks(), clock=clock)  # fmt: skip
+
+
+async def _background_llm(settings: Settings, pool: ConnectionPool) -> TextModel:
+    """The services' own model: the primary, then the fallback provider when one is configured (as the voice
+    pipeline's LLM does), both on the pool's HTTP client."""
+    primary = OpenAIChat(client=await pool.openai(), model=settings.llm_model)
+    if not settings.fallback_llm_configured:
+        return primary
+    key = settings.fallback_llm_api_key
+    client = openai.AsyncOpenAI(
+        base_url=settings.fallback_llm_base_url or OPENAI_API_URL,
+        api_key=key.get_secret_value() if key is not None else PLACEHOLDER_OPENAI_KEY,
+        http_client=await pool.http(),
+        max_retries=0,
+    )
+    return FallbackChat([primary, OpenAIChat(client=client, model=settings.fallback_llm_model or "")])
 
 
 @dataclass

@@ -33,6 +33,9 @@ class FakeOpenAIServer:
         self.responder = responder  # sees the whole request body; None falls back to ``replies`` or the echo
         self.embedding_delay = embedding_delay
         self.completion_delay = 0.0  # before a non-streamed answer (the services' own calls): a slow provider
+        # How chat requests fail, as real providers do: "500", "429", "malformed" (a 200 whose body is not the
+        # API's JSON) or "stall" (headers, then nothing); None answers.
+        self.chat_failure: str | None = None
         self._calls = 0
         self.chat_requests: list[dict[str, Any]] = []
         self.embedding_requests: list[dict[str, Any]] = []
@@ -60,6 +63,7 @@ class FakeOpenAIServer:
         return [_last_user_text(body) for body in self.chat_requests]
 
     async def _start(self) -> None:
+        self._stopping = asyncio.Event()
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
@@ -73,6 +77,7 @@ class FakeOpenAIServer:
         self.base_url = f"http://127.0.0.1:{port}/v1"
 
     async def _stop(self) -> None:
+        self._stopping.set()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -93,6 +98,8 @@ class FakeOpenAIServer:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.chat_requests.append(body)
+        if self.chat_failure is not None:
+            return await self._fail(request, self.chat_failure)
         said = _last_user_text(body)
         scripted = self.responder(body) if self.responder is not None else None
         if isinstance(scripted, ToolCall):
@@ -114,6 +121,19 @@ class FakeOpenAIServer:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    async def _fail(self, request: web.Request, failure: str) -> web.StreamResponse:
+        if failure in ("500", "429"):
+            error = {"error": {"message": "scripted failure", "type": "server_error", "code": None}}
+            return web.json_response(error, status=int(failure))
+        if failure == "malformed":
+            return web.Response(text="<html>502 Bad Gateway</html>{", content_type="application/json")
+        if failure == "stall":
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await self._stopping.wait()  # until the server stops
+            return response
+        raise ValueError(f"unknown chat failure {failure!r}")
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
         """Raw 24 kHz mono PCM: a 440 Hz tone of about 60 ms per word asked for."""
