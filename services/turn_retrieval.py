@@ -1,7 +1,7 @@
 """TurnRetrieval: the memories for one turn, under a deadline, or none.
 
-The reply is never late because of memory: if retrieval is not done within the deadline, or fails, the turn goes
-ahead with an empty :class:`TurnContext` and :class:`RetrievalStats` counts it. The memories that were used have
+The reply is never late because of memory: if retrieval is not done within the deadline, or fails in any way (the
+embedder, a bug), the turn goes ahead with an empty :class:`TurnContext` and :class:`RetrievalStats` counts it. The memories that were used have
 their access recorded (through the batcher, off the turn's path).
 """
 
@@ -13,7 +13,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core.errors import CompanionError
 from services.memory_service import MemoryService
 from services.rag_service import RagService, TurnContext
 
@@ -52,7 +51,7 @@ class TurnRetrieval:
             self.stats.last_in_time = False
             logger.warning("retrieval missed its deadline; replying without memories")
             context = NO_MEMORIES
-        except CompanionError as exc:
+        except Exception as exc:
             self.stats.failures += 1
             self.stats.last_failed = True
             logger.warning("retrieval failed; replying without memories", extra={"error": type(exc).__name__})

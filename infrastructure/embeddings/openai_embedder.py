@@ -30,8 +30,17 @@ class OpenAIEmbedder(Embedder):
             raise EmbeddingError("embedding provider unavailable", retryable=True) from exc
         except openai.OpenAIError as exc:
             raise EmbeddingError("embedding request refused") from exc
-        rows = sorted(response.data, key=lambda item: item.index)
-        matrix = np.array([row.embedding for row in rows], dtype=np.float32)
+        except (ValueError, TypeError):  # a body that is not the API's JSON
+            raise EmbeddingError(
+                "embedding provider answered something that is not embeddings", retryable=True
+            ) from None
+        try:
+            rows = sorted(response.data, key=lambda item: item.index)
+            matrix = np.array([row.embedding for row in rows], dtype=np.float32)
+        except (AttributeError, TypeError, ValueError):
+            raise EmbeddingError(
+                "embedding provider answered something that is not embeddings", retryable=True
+            ) from None
         if matrix.shape != (len(texts), self.dimension):
             raise EmbeddingError(f"embedding provider returned shape {matrix.shape}, expected {self.dimension} wide")
         # OpenAI's vectors are unit length already; other compatible servers' may not be.

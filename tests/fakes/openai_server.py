@@ -36,6 +36,7 @@ class FakeOpenAIServer:
         # How chat requests fail, as real providers do: "500", "429", "malformed" (a 200 whose body is not the
         # API's JSON) or "stall" (headers, then nothing); None answers.
         self.chat_failure: str | None = None
+        self.embedding_failure: str | None = None  # the same, for /v1/embeddings
         self._calls = 0
         self.chat_requests: list[dict[str, Any]] = []
         self.embedding_requests: list[dict[str, Any]] = []
@@ -81,9 +82,11 @@ class FakeOpenAIServer:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    async def _embeddings(self, request: web.Request) -> web.Response:
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.embedding_requests.append(body)
+        if self.embedding_failure is not None:
+            return await self._fail(request, self.embedding_failure)
         if self.embedding_delay:
             await asyncio.sleep(self.embedding_delay)
         texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
