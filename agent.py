@@ -430,6 +430,8 @@ async def start_companion(
         if last_user:  # an answer to the user (the greeting is not a turn)
             turn_metrics.record(_timings(last_user, dict(item.metrics), services.retrieval.stats))
             last_user.clear()
+        # The next turn may point back to this reply: its vector is ready by then, computed while the user talks.
+        process.tasks.spawn(services.rag.prepare(item.text_content), name=f"embed-reply:{services.user_id}")
         agent.keep_history_within_budget()
         if services.guard.can_write:  # the turn is answered: learn from it without competing with the reply
             recent = services.conversations.transcript[-4:]
@@ -449,6 +451,7 @@ def _timings(user: dict[str, Any], assistant: dict[str, Any], retrieval: Retriev
         retrieval=retrieval.last_ms / 1000 if retrieval.turns else None,
         retrieval_in_time=retrieval.last_in_time if retrieval.turns else None,
         retrieval_failed=retrieval.last_failed if retrieval.turns else None,
+        memory_source=retrieval.last_source if retrieval.turns else None,
         llm_ttft=assistant.get("llm_node_ttft"),
         tts_ttfb=assistant.get("tts_node_ttfb"),
         e2e_latency=assistant.get("e2e_latency"),

@@ -148,6 +148,8 @@ async def answers(loaded: LoadedSet, query: dict[str, Any], embedder: CachedEmbe
     for ranking in (by_meaning, by_words):
         for rank, name in enumerate(ranking, start=1):
             fused[name] += 1.0 / (RRF_K + rank)
+    for turn in _turns(query):  # said before this turn: a live session embedded each when it was said
+        await loaded.rag.prepare(turn)
     found = await loaded.rag.search(text, _turns(query), k=k)
     return {
         "cosine": by_meaning[:k],

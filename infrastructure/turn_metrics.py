@@ -30,6 +30,7 @@ class TurnTimings:
     retrieval: float | None = None
     retrieval_in_time: bool | None = None
     retrieval_failed: bool | None = None
+    memory_source: str | None = None  # live, previous (the last turn's: this one's was late), prefetch or none
     llm_ttft: float | None = None
     tts_ttfb: float | None = None
     e2e_latency: float | None = None
@@ -40,6 +41,7 @@ class _Instruments:
     histograms: dict[str, Histogram]
     deadline_misses: Counter
     failures: Counter
+    turns: Counter
 
 
 def _instruments(registry: CollectorRegistry) -> _Instruments:
@@ -60,7 +62,13 @@ def _instruments(registry: CollectorRegistry) -> _Instruments:
     failures = Counter(
         "companion_retrieval_failures", "Turns answered without memories: retrieval failed", registry=registry
     )
-    return _Instruments(histograms=histograms, deadline_misses=misses, failures=failures)
+    turns = Counter(
+        "companion_retrieval_turns",
+        "Turns by where their memories came from: live, previous or prefetch (this turn's search was late), none",
+        ["source"],
+        registry=registry,
+    )
+    return _Instruments(histograms=histograms, deadline_misses=misses, failures=failures, turns=turns)
 
 
 @functools.cache
@@ -89,5 +97,7 @@ class TurnMetrics:
             self._instruments.deadline_misses.inc()
         if timings.retrieval_failed:
             self._instruments.failures.inc()
+        if timings.memory_source is not None:
+            self._instruments.turns.labels(source=timings.memory_source).inc()
         fields = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(timings).items()}
         logger.info("turn", extra={"turn": self.turns, **fields})

@@ -191,4 +191,5 @@ async def open_session(process: Process, *, user_id: uuid.UUID | None, load: boo
     )
     if load:
         await memories.load_index()
+        session.retrieval.prefetch()
     return session

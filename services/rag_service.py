@@ -1,34 +1,46 @@
 """RagService: the one call the agent makes per turn, and the explicit recall a tool uses.
 
 ``context_for_turn`` reads the turn (its time phrase, whether it points back to the last few turns), embeds its
-topic (and, when it points back, the earlier turns, which the embedding cache usually holds already), searches the
-user's in-process index and returns the memories the relevance gate lets through, formatted within a token
-budget. The only possible remote call is the query embedding, when embeddings are remote.
+topic, searches the user's in-process index and returns the memories the relevance gate lets through, formatted
+within a token budget. One text is embedded per turn: when the turn points back, the earlier turns shape the query
+with the vectors computed when they were said (each user turn in its own turn, each reply by :meth:`prepare`
+after it was said), never with a second embedding on the turn's path. The only possible remote call is that one
+embedding, when embeddings are remote.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from core.errors import InvalidInputError
 from core.validators import clean_text
-from infrastructure.embeddings import Embedder
-from rag_system import GateParams, MemoryIndex, RankingParams, Retrieved, SearchResult, analyze
+from infrastructure.embeddings import CachedEmbedder
+from rag_system import GateParams, IndexedMemory, MemoryIndex, RankingParams, Retrieved, SearchResult, analyze
 from services.persona import quoted
+
+logger = logging.getLogger("companion.rag")
 
 MAX_QUERY_CHARS = 2_000  # a turn longer than this is searched by its beginning: the embedder reads 256 tokens anyway
 MAX_RECALL_CHARS = 500  # what the recall tool may ask for: a topic, not a document
 HEADER = "What you remember about the user (use it when it helps; never recite it):"
 
 
+ContextSource = Literal["live", "previous", "prefetch", "none"]
+
+
 @dataclass(frozen=True, slots=True)
 class TurnContext:
-    """The memories for one turn and their text for the model. ``text`` is empty when nothing is relevant."""
+    """The memories for one turn and their text for the model. ``text`` is empty when nothing is relevant.
+    ``source``: found for this turn (``live``), or, when that was late or failed, the previous turn's or the
+    session-start prefetch (see :class:`services.turn_retrieval.TurnRetrieval`)."""
 
-    retrieved: tuple[Retrieved, ...]
+    memories: tuple[IndexedMemory, ...]
     text: str
+    source: ContextSource = "live"
 
 
 def estimate_tokens(text: str) -> int:
@@ -36,12 +48,11 @@ def estimate_tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4)
 
 
-def format_memories(retrieved: Sequence[Retrieved], *, token_budget: int, now: dt.datetime) -> str:
+def format_memories(memories: Sequence[IndexedMemory], *, token_budget: int, now: dt.datetime) -> str:
     """Best first, one line each, until the budget is spent; a line that does not fit is left out whole."""
     lines = [HEADER]
     used = estimate_tokens(HEADER)
-    for item in retrieved:
-        memory = item.memory
+    for memory in memories:
         line = f"- {quoted(memory.value)} ({memory.category.lower()}, {_age(now - memory.updated_at)})"
         cost = estimate_tokens(line)
         if used + cost > token_budget:
@@ -56,7 +67,7 @@ class RagService:
         self,
         *,
         index: MemoryIndex,
-        embedder: Embedder,
+        embedder: CachedEmbedder,
         params: RankingParams | None = None,
         gate: GateParams | None = None,
         token_budget: int = 300,
@@ -84,16 +95,32 @@ class RagService:
         )
         query = analyze(text, recent, now=now, analyzer=self._index.analyzer,
                         history_term_weight=self._params.history_term_weight)  # fmt: skip
-        vectors = await self._embedder.embed([query.topic, *query.history])
-        return self._index.search(query, vectors[0], now=now, k=k, history_vectors=list(vectors[1:]),
+        [vector] = await self._embedder.embed([query.topic])
+        history = [v for v in self._embedder.cached(query.history) if v is not None]
+        return self._index.search(query, vector, now=now, k=k, history_vectors=history,
                                   params=self._params, gate=self._gate)  # fmt: skip
+
+    async def prepare(self, turn: str) -> None:
+        """Embed a turn that was said without being searched (the agent's reply) once it is said, off the next
+        turn's path, so that a next turn pointing back to it finds its vector cached."""
+        try:
+            await self._embedder.embed([clean_text(turn[:MAX_QUERY_CHARS])])
+        except Exception as exc:
+            logger.info("a reply was not embedded", extra={"error": type(exc).__name__})
 
     async def context_for_turn(self, text: str, recent_turns: Sequence[str] = (), *, k: int = 5) -> TurnContext:
         found = await self.search(text, recent_turns, k=k)
-        return TurnContext(
-            retrieved=found.memories,
-            text=format_memories(found.memories, token_budget=self._token_budget, now=self._clock()),
-        )
+        return self.context_of([r.memory for r in found.memories])
+
+    def context_of(self, memories: Sequence[IndexedMemory], source: ContextSource = "live") -> TurnContext:
+        text = format_memories(memories, token_budget=self._token_budget, now=self._clock())
+        return TurnContext(memories=tuple(memories), text=text, source=source)
+
+    def most_important(self, *, k: int = 5) -> list[IndexedMemory]:
+        """The user's most important memories, newest first among equals: what a turn gets when its own search
+        is late and nothing was found before it."""
+        ordered = sorted(self._index.memories(), key=lambda m: (m.importance, m.updated_at), reverse=True)
+        return ordered[:k]
 
     async def recall(self, query: str, *, k: int = 5) -> list[Retrieved]:
         """Explicit recall (the ``recall`` tool): the same ranking and gate, without conversation history."""

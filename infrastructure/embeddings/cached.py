@@ -54,5 +54,9 @@ class CachedEmbedder(Embedder):
         # np.stack copies: a caller that changes its matrix does not change the cache.
         return np.stack([known[t] for t in texts])
 
+    def cached(self, texts: Sequence[str]) -> list[np.ndarray | None]:
+        """The vectors already computed for ``texts`` (None where there is none), without computing any."""
+        return [self._vectors.get(text) for text in texts]
+
     async def aclose(self) -> None:
         await self._inner.aclose()

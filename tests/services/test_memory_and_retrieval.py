@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import secrets
 import uuid
@@ -24,6 +25,7 @@ from infrastructure.storage.sqlite import SqliteStorage
 from rag_system import MemoryIndex, analyzer_for
 from services.memory_service import LIST_CACHE_KEY, MemoryService, normalize_key
 from services.rag_service import RagService
+from services.turn_retrieval import TurnRetrieval
 from tests.redis_servers import shared_redis_url
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
@@ -77,7 +79,7 @@ async def test_a_fact_told_in_one_session_is_found_first_in_the_next(world: Worl
     assert await later.load_index() == 3
     context = await rag.context_for_turn("where does my sister live?")
 
-    assert context.retrieved[0].memory.key == "sister_city"
+    assert context.memories[0].key == "sister_city"
     assert "Maya lives in Lisbon" in context.text.splitlines()[1]
 
 
@@ -178,9 +180,9 @@ async def test_the_turn_context_fits_its_token_budget(world: World) -> None:
         await memories.save_memory("FACT", f"run {n}", f"Ran a {n + 5} km race by the river in spring number {n}")
     rag = RagService(index=memories.index, embedder=world.embedder, token_budget=40, clock=lambda: NOW)
     context = await rag.context_for_turn("what races have I run?")
-    assert context.retrieved
+    assert context.memories
     assert len(context.text) // 4 <= 40
-    assert len(context.text.splitlines()) < 1 + len(context.retrieved)  # some lines did not fit
+    assert len(context.text.splitlines()) < 1 + len(context.memories)  # some lines did not fit
 
 
 async def test_a_bad_character_in_a_turn_costs_nothing_and_never_reaches_a_later_turn(world: World) -> None:
@@ -193,8 +195,8 @@ async def test_a_bad_character_in_a_turn_costs_nothing_and_never_reaches_a_later
     broken = "where does my sister live \udc00?"  # a lone surrogate: no UTF-8 encoder takes it
     first = await rag.context_for_turn(broken)
     later = await rag.context_for_turn("and what does she do?", [broken, "Lisbon, I think!"])
-    assert first.retrieved[0].memory.key == "sister_city"
-    assert later.retrieved[0].memory.key == "sister_city"
+    assert first.memories[0].key == "sister_city"
+    assert later.memories[0].key == "sister_city"
 
 
 def test_the_local_embedder_translates_what_its_tokenizer_refuses() -> None:
@@ -214,5 +216,65 @@ async def test_a_recall_or_forget_of_a_document_is_refused_and_a_long_turn_is_se
     with pytest.raises(InvalidInputError, match="fewer than 1000"):
         await memories.forget("my sister " * 200)
     pasted = "where does my sister live? " + "lorem ipsum dolor " * 50_000  # about 900,000 characters
-    assert (await rag.context_for_turn(pasted)).retrieved[0].memory.key == "sister_city"
+    assert (await rag.context_for_turn(pasted)).memories[0].key == "sister_city"
     assert len(memories.index) == 1
+
+
+class SlowAfter(CachedEmbedder):
+    """The real embedder, slowed down on demand: a busy machine in one switch."""
+
+    delay = 0.0
+
+    async def embed(self, texts):  # type: ignore[no-untyped-def]
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return await super().embed(texts)
+
+
+async def test_a_turn_embeds_one_text_and_earlier_turns_shape_it_with_their_own_vectors(world: World) -> None:
+    user = uuid.uuid4()
+    memories, rag = world.session(user)
+    await memories.save_memory("RELATIONSHIP", "sister city", "My sister Maya lives in Lisbon")
+    earlier = ["Tell me about my sister Maya", "Maya sounds lovely!"]
+    await rag.context_for_turn(earlier[0])
+    await rag.prepare(earlier[1])  # the agent's reply, embedded after it was said
+    misses = world.embedder.stats.misses
+    context = await rag.context_for_turn("where does she live again?", earlier)
+    assert world.embedder.stats.misses == misses + 1  # only the turn itself
+    assert context.memories[0].key == "sister_city"
+
+
+async def test_a_late_turn_gets_the_previous_turns_memories_then_the_prefetch_never_nothing(world: World) -> None:
+    user = uuid.uuid4()
+    memories, _ = world.session(user)
+    await memories.save_memory("HEALTH", "allergy", "Allergic to peanuts", importance=0.9)
+    await memories.save_memory("RELATIONSHIP", "sister city", "My sister Maya lives in Lisbon")
+    await memories.save_memory("OTHER", "weather", "Likes rainy days", importance=0.1)
+    slow = SlowAfter(embedder=encoder())
+    rag = RagService(index=memories.index, embedder=slow, clock=lambda: NOW)
+    retrieval = TurnRetrieval(rag=rag, memories=memories, deadline=0.5, prefetch_size=1)
+    retrieval.prefetch()
+
+    slow.delay = 1.0
+    first = await retrieval.context("tell me something")
+    assert (first.source, [m.key for m in first.memories]) == ("prefetch", ["allergy"])
+    assert retrieval.stats.deadline_misses == 1
+
+    slow.delay = 0.0
+    live = await retrieval.context("where does my sister live?")
+    assert (live.source, live.memories[0].key) == ("live", "sister_city")
+
+    slow.delay = 1.0
+    late = await retrieval.context("and her job?")
+    assert (late.source, late.memories[0].key) == ("previous", "sister_city")
+    assert "Lisbon" in late.text
+
+    await memories.delete("RELATIONSHIP", "sister city")
+    await memories.delete("HEALTH", "allergy")
+    after_forget = await retrieval.context("and her kids?")  # nothing forgotten comes back through a fallback
+    assert {m.key for m in after_forget.memories} <= {"weather"}
+    assert "Lisbon" not in after_forget.text
+    await memories.delete("OTHER", "weather")
+    nothing_left = await retrieval.context("and her kids, again?")
+    assert (nothing_left.source, nothing_left.memories) == ("none", ())
+    assert retrieval.stats.last_source == "none"
