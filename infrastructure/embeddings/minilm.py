@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
 from core.errors import EmbeddingError
@@ -42,8 +41,14 @@ def default_model_dir() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class _Layer:
-    qkv_w: np.ndarray  # (384, 3*384): query, key and value in one matmul
-    qkv_b: np.ndarray
+    # Weights as the file stores them, (out, in), used transposed: BLAS reads a transposed matrix as it is, and the
+    # arrays stay views of the memory-mapped file.
+    q_w: np.ndarray
+    q_b: np.ndarray
+    k_w: np.ndarray
+    k_b: np.ndarray
+    v_w: np.ndarray
+    v_b: np.ndarray
     out_w: np.ndarray
     out_b: np.ndarray
     ln1_w: np.ndarray
@@ -63,7 +68,7 @@ class MiniLMEncoder:
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
         self._heads = int(config["num_attention_heads"])
         self._eps = float(config["layer_norm_eps"])
-        w = load_file(str(model_dir / "model.safetensors"))
+        w = _mapped_tensors(model_dir / "model.safetensors")
         self._word = w["embeddings.word_embeddings.weight"]
         self._position = w["embeddings.position_embeddings.weight"]
         self._token_type = w["embeddings.token_type_embeddings.weight"][0]
@@ -74,15 +79,19 @@ class MiniLMEncoder:
             attention = p + "attention.self."
             self._layers.append(
                 _Layer(
-                    qkv_w=np.concatenate([w[attention + n + ".weight"] for n in ("query", "key", "value")]).T.copy(),
-                    qkv_b=np.concatenate([w[attention + n + ".bias"] for n in ("query", "key", "value")]),
-                    out_w=w[p + "attention.output.dense.weight"].T.copy(),
+                    q_w=w[attention + "query.weight"].T,
+                    q_b=w[attention + "query.bias"],
+                    k_w=w[attention + "key.weight"].T,
+                    k_b=w[attention + "key.bias"],
+                    v_w=w[attention + "value.weight"].T,
+                    v_b=w[attention + "value.bias"],
+                    out_w=w[p + "attention.output.dense.weight"].T,
                     out_b=w[p + "attention.output.dense.bias"],
                     ln1_w=w[p + "attention.output.LayerNorm.weight"],
                     ln1_b=w[p + "attention.output.LayerNorm.bias"],
-                    up_w=w[p + "intermediate.dense.weight"].T.copy(),
+                    up_w=w[p + "intermediate.dense.weight"].T,
                     up_b=w[p + "intermediate.dense.bias"],
-                    down_w=w[p + "output.dense.weight"].T.copy(),
+                    down_w=w[p + "output.dense.weight"].T,
                     down_b=w[p + "output.dense.bias"],
                     ln2_w=w[p + "output.LayerNorm.weight"],
                     ln2_b=w[p + "output.LayerNorm.bias"],
@@ -122,10 +131,9 @@ class MiniLMEncoder:
         head_dim = x.shape[-1] // self._heads
         scale = 1.0 / math.sqrt(head_dim)  # a Python float: a numpy float64 would promote everything to float64
         for layer in self._layers:
-            qkv = x @ layer.qkv_w + layer.qkv_b
             q, k, v = (
-                part.reshape(batch, length, self._heads, head_dim).transpose(0, 2, 1, 3)
-                for part in np.split(qkv, 3, axis=-1)
+                (x @ w + b).reshape(batch, length, self._heads, head_dim).transpose(0, 2, 1, 3)
+                for w, b in ((layer.q_w, layer.q_b), (layer.k_w, layer.k_b), (layer.v_w, layer.v_b))
             )
             scores = (q @ k.transpose(0, 1, 3, 2)) * scale + attention_bias
             scores -= scores.max(axis=-1, keepdims=True)
@@ -167,6 +175,24 @@ class MiniLMEmbedder(Embedder):
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         return await asyncio.to_thread(self.encode, list(texts))
+
+
+def _mapped_tensors(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of a safetensors file as read-only views of the file, memory-mapped: the pages are the page
+    cache's, shared by every job process of the machine, and only the word-embedding rows a text uses are ever
+    read (most of the 47 MB table never is). safetensors.numpy.load_file would copy all of it into each process."""
+    with path.open("rb") as file:
+        header_length = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(header_length))
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_length)
+    dtypes = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = entry["data_offsets"]
+        tensors[name] = data[start:end].view(dtypes[entry["dtype"]]).reshape(entry["shape"])
+    return tensors
 
 
 def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
