@@ -199,7 +199,8 @@ class SqliteStorage(Storage):
                     + ", ".join("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" for _ in chunk)
                     + " on conflict (user_id, category, key) do update set value = excluded.value, "
                     "importance = excluded.importance, source = excluded.source, embedding = excluded.embedding, "
-                    "updated_at = excluded.updated_at" + (f" returning {_MEMORY_COLUMNS}" if read_back else ""),
+                    "updated_at = excluded.updated_at"
+                    + (f" returning {_MEMORY_COLUMNS}" if read_back else _KEEP_NEWER),
                     params,
                 )
                 stored += rows
@@ -344,6 +345,10 @@ class SqliteStorage(Storage):
                 rows = await self._fetchall(f"delete from {table} where user_id = ? returning 1", (str(user_id),))
                 counts[name] = len(rows)
         return DeletedCounts(**counts)
+
+
+# A batched upsert (a replay from the outbox among them) never replaces a newer value with an older one.
+_KEEP_NEWER = " where excluded.updated_at >= memories.updated_at"
 
 
 def _time(at: dt.datetime) -> str:
