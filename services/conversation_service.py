@@ -89,6 +89,7 @@ class ConversationService:
         conversation_id: uuid.UUID | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         write_timeout: float = 5.0,
+        confirm_within: float = 1.0,
     ) -> None:
         self.user_id = user_id
         self.conversation_id = conversation_id or uuid.uuid4()
@@ -99,6 +100,7 @@ class ConversationService:
         self._agent_name = agent_name
         self._clock = clock
         self._write_timeout = write_timeout
+        self._confirm_within = confirm_within  # with the outbox the end is kept: no need to wait long for the database
         self._transcript: list[tuple[str, str]] = []
         self._last_message_at: dt.datetime | None = None
 
@@ -166,8 +168,9 @@ class ConversationService:
         """At session end: summarise (one LLM call, given up after ``summary_within`` seconds) and record the
         conversation's end. A failed, late or unusable summary is logged and the end is recorded without one.
 
-        The end goes through the batcher. With its outbox, a database that does not confirm within
-        ``write_timeout`` gets it on the next start, and this returns None (nothing to read back yet)."""
+        The end goes through the batcher. With its outbox it is kept once fsynced there; a database that does not
+        confirm within ``confirm_within`` gets it when it is back (or on the next start), and this returns None
+        (nothing to read back yet). Without one, the database is given ``write_timeout``."""
         if not self._guard.can_write or not self._transcript:
             return None
         try:
@@ -181,10 +184,11 @@ class ConversationService:
             logger.warning("conversation summary dropped", extra={"error": "InvalidInputError"})
             end = ConversationEnd(self.user_id, self.conversation_id, self._clock(), None, ())
         stored = self._batcher.finish_conversation(end)
+        durable = self._batcher.durable_writes
         await self._batcher.durable()
-        await self._batcher.flush(within=self._write_timeout)
+        await self._batcher.flush(within=self._confirm_within if durable else self._write_timeout)
         if not stored.done():
-            if self._batcher.durable_writes:
+            if durable:
                 logger.warning("conversation end kept in the outbox until the database is back")
                 return None
             raise StorageUnavailableError("the database is not answering; the conversation end is queued")
