@@ -183,8 +183,9 @@ class DatabaseBatcher:
         """Start the task (and the outbox's); what the outbox recovered is queued first, before any new write."""
         if self._task is None and not self._closing:
             if self._outbox is not None:
-                for row in self._outbox.take_recovered():
-                    self._place(row.lane, row.item, futures=[], seqs=[row.seq])
+                loop = asyncio.get_running_loop()
+                for row in self._outbox.take_recovered():  # a future of their own, so that flush() waits for them
+                    self._place(row.lane, row.item, futures=[loop.create_future()], seqs=[row.seq])
                     self._replayed += 1
                 self._sync_task = asyncio.create_task(self._sync_loop(), name="database-batcher-outbox")
             self._task = asyncio.create_task(self._run(), name="database-batcher")

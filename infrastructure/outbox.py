@@ -19,9 +19,11 @@ on its id, and the batcher's memory upsert never replaces a newer value (``updat
 Bound. A write reserves its row and bytes when it is offered, so a full outbox refuses it (``OutboxFullError``)
 before it is accepted; a full disk refuses the group being appended the same way.
 
-Threads. ``sqlite3`` on one dedicated thread rather than ``aiosqlite``: an append is one call (begin, inserts,
-commit and fsync) in one thread hop, where aiosqlite makes a hop per statement; either way no fsync runs on the
-event loop.
+Threads. ``sqlite3`` on one dedicated thread rather than ``aiosqlite``: the fsync must stay off the event loop
+(a single fsynced append costs 0.22 ms median here, but 4 ms at a WAL checkpoint, ``bench/outbox.py``), and
+aiosqlite would do that too at the same cost (0.22-0.24 ms measured), but here an append is one plain function (begin, inserts,
+commit) that no other statement can interleave with, and opening, locking and adopting files is blocking file work
+that belongs on the same thread anyway.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class OutboxParams:
     directory: Path
     max_rows: int = 10_000
     max_bytes: int = 64 * 2**20
-    journal: Journal = "wal"  # one fsync per commit; "delete" (rollback journal) pays about two
+    journal: Journal = "wal"  # one fsync per commit: 0.22 ms median per append here, "delete" 0.89 ms
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OutboxParams:

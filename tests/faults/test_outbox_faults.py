@@ -108,9 +108,9 @@ async def test_an_acknowledged_write_survives_sigkill_and_is_stored_exactly_once
     process = await open_process(settings_for(own_postgres, outbox, llm), embedder=minilm)
     await process.batcher.flush(within=30)
     recovered_in = time.monotonic() - started
+    memories, messages, conversations = await stored_rows(own_postgres.dsn, user)  # before any close path
     await process.aclose()
 
-    memories, messages, conversations = await stored_rows(own_postgres.dsn, user)
     assert memories == [MEMORY]
     assert messages == SAID  # each once, in the order said
     assert [c["id"] for c in conversations] == [conversation]
@@ -138,9 +138,9 @@ async def test_messages_and_the_conversation_end_outlive_a_database_down_past_sh
     later = await open_process(settings, embedder=minilm)
     assert later.batcher.stats().replayed == 10
     await later.batcher.flush(within=30)
+    _, messages, [ended] = await stored_rows(own_postgres.dsn, user)
     await later.aclose()
 
-    _, messages, [ended] = await stored_rows(own_postgres.dsn, user)
     assert messages == said
     assert ended["id"] == session.conversations.conversation_id
     assert ended["ended_at"] is not None

@@ -214,9 +214,9 @@ async def test_what_a_dead_database_left_at_close_is_replayed_once_by_the_next_s
     again = await Outbox.open(OutboxParams(folder))
     async with DatabaseBatcher(storage=store, params=FAST, outbox=again) as replaying:
         assert replaying.stats().replayed == 10
-        await replaying.flush()
+        await replaying.flush()  # waits for the replayed writes too
+        assert [m.id for m in await store.recent_messages(user, limit=100)] == [m.id for m in messages]
     await again.aclose()
-    assert [m.id for m in await store.recent_messages(user, limit=100)] == [m.id for m in messages]
     [ended] = await store.recent_conversations(user)
     assert (ended.summary, ended.open_threads, ended.ended_at) == ("We talked.", ("x",), T0)
     assert names(folder) == []
