@@ -230,8 +230,9 @@ class DatabaseBatcher:
     async def aclose(self) -> None:
         """Refuse new writes, flush the rest (retrying up to ``close_timeout``), stop the task. Idempotent.
 
-        What the database has not taken by the deadline fails with StorageUnavailableError. Cancelling the
-        caller does not cancel the flush."""
+        What the database has not taken by the deadline fails with StorageUnavailableError; with an outbox those
+        writes stay in it for the next start (``stats().kept_for_next_start``). Cancelling the caller does not
+        cancel the flush. The outbox itself is its opener's to close, after this."""
         if self._task is None:
             self._closing = True
             self._fail_all(ClosedError("batcher closed before it started"))

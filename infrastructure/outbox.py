@@ -19,11 +19,11 @@ on its id, and the batcher's memory upsert never replaces a newer value (``updat
 Bound. A write reserves its row and bytes when it is offered, so a full outbox refuses it (``OutboxFullError``)
 before it is accepted; a full disk refuses the group being appended the same way.
 
-Threads. ``sqlite3`` on one dedicated thread rather than ``aiosqlite``: the fsync must stay off the event loop
-(a single fsynced append costs 0.22 ms median here, but 4 ms at a WAL checkpoint, ``bench/outbox.py``), and
-aiosqlite would do that too at the same cost (0.22-0.24 ms measured), but here an append is one plain function (begin, inserts,
-commit) that no other statement can interleave with, and opening, locking and adopting files is blocking file work
-that belongs on the same thread anyway.
+Threads. ``sqlite3`` on one dedicated thread rather than ``aiosqlite``. The fsync must stay off the event loop (a
+single fsynced append costs 0.22 ms median here, but 4 ms at a WAL checkpoint: ``bench/outbox.py``); aiosqlite
+would do that too, at the same cost (0.22-0.24 ms measured), but here an append is one plain function (begin,
+inserts, commit) that no other statement can interleave with, and opening, locking and adopting files is blocking
+file work that belongs on that same thread.
 """
 
 from __future__ import annotations

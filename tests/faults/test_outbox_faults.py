@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 
 from core.config import Settings
-from core.errors import OutboxFullError
+from core.errors import OutboxFullError, WriteForbiddenError
 from infrastructure.embeddings.minilm import MiniLMEmbedder
 from services.container import open_process, open_session
 from tests.agent_process import REPO, clean_env
@@ -197,3 +197,21 @@ async def test_a_full_outbox_refuses_remember_and_nothing_is_acknowledged_or_ind
         await process.aclose()
     memories, messages, _ = await stored_rows(own_postgres.dsn, user)
     assert (memories, len(messages)) == ([], 100)
+
+
+async def test_a_guest_session_never_reaches_the_outbox(tmp_path: Path, minilm: MiniLMEmbedder) -> None:
+    settings = Settings(_env_file=None, database_url=f"sqlite:///{tmp_path}/companion.db",  # type: ignore[call-arg]
+                        outbox_dir=tmp_path / "outbox", openai_base_url="http://127.0.0.1:9/v1")  # fmt: skip
+    process = await open_process(settings, embedder=minilm)
+    try:
+        guest = await open_session(process, user_id=None)
+        for text in SAID:
+            assert guest.conversations.log_message("user", text) is None
+        with pytest.raises(WriteForbiddenError):
+            await guest.memories.save_memory("RELATIONSHIP", "sister city", MEMORY)
+        assert await guest.conversations.finish(summary_within=1) is None
+        await process.batcher.durable()
+        assert process.outbox.stats().rows == 0
+        assert outbox_rows(tmp_path / "outbox") == 0
+    finally:
+        await process.aclose()
