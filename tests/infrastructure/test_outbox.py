@@ -16,6 +16,7 @@ import pytest
 from core.errors import OutboxError, OutboxFullError, StorageError
 from infrastructure.database_batcher import BatcherParams, DatabaseBatcher
 from infrastructure.outbox import MEMORIES, MESSAGES, Outbox, OutboxParams, decode, encode
+from infrastructure.outbox import _append as outbox_append  # the append itself, on a connection a test can cap
 from infrastructure.storage import ConversationEnd, MemoryAccess, MemoryWrite, MessageWrite
 from tests.conftest import T0
 from tests.infrastructure.conftest import Database
@@ -168,6 +169,20 @@ async def test_a_corrupt_file_of_a_dead_process_is_moved_aside_and_logged(
         ]
     finally:
         await outbox.aclose()
+
+
+def test_a_full_disk_is_a_full_outbox_and_keeps_nothing_of_the_group(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "outbox.db", isolation_level=None)
+    db.execute(
+        "create table entries (seq integer primary key autoincrement, lane text, idempotency_key text, body blob)"
+    )
+    db.execute("insert into entries (lane, idempotency_key, body) values ('messages', 'k', x'00')")
+    db.execute(f"pragma max_page_count = {db.execute('pragma page_count').fetchone()[0]}")  # SQLite's "disk full"
+    with pytest.raises(OutboxFullError) as caught:
+        outbox_append(db, [(MESSAGES, "a", b"x" * 5_000), (MESSAGES, "b", b"y" * 5_000)])
+    assert "disk" in caught.value.message
+    assert db.execute("select count(*) from entries").fetchone() == (1,)
+    db.close()
 
 
 # Under the batcher ------------------------------------------------------------------------------------------------
