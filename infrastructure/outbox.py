@@ -321,7 +321,8 @@ def _adopt(other: Path, connection: sqlite3.Connection) -> int:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return 0
-        if not other.exists():  # another process adopted it first
+        if not other.exists():  # another process adopted it first; our open() may have made the lock file again
+            _lock_path(other).unlink(missing_ok=True)
             return 0
         try:
             source = sqlite3.connect(f"file:{other}?mode=rw", uri=True, isolation_level=None)
