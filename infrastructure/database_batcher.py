@@ -343,6 +343,7 @@ class DatabaseBatcher:
     async def _sync_loop(self) -> None:
         """Append offered writes to the outbox in groups (one fsync per group), then hand them to their lanes."""
         assert self._outbox is not None
+        group: list[_Unsynced] = []
         try:
             while True:
                 if not self._unsynced:
@@ -351,25 +352,35 @@ class DatabaseBatcher:
                     self._sync_wakeup.clear()
                     await self._sync_wakeup.wait()
                     continue
-                group, self._unsynced = self._unsynced, []
+                # The group stays in _unsynced while it is appended: it counts as pending for _run and flush().
+                group = list(self._unsynced)
                 try:
                     seqs = await self._outbox.append([(u.lane, u.key, u.body) for u in group])
                 except CompanionError as exc:  # unwritable or full: refused, never acknowledged
+                    del self._unsynced[: len(group)]
                     self._rejected += len(group)
                     logger.error("outbox append failed, writes refused",
                                  extra={"rows": len(group), "error": type(exc).__name__})  # fmt: skip
                     for u in group:
                         _set_exception(u.future, exc)
                 else:
+                    del self._unsynced[: len(group)]
                     for u, seq in zip(group, seqs, strict=True):
                         self._place(u.lane, u.item, futures=[u.future], seqs=[seq])
                 self._synced += len(group)
+                group = []
                 self._resolve_durable()
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
                 logger.error("outbox task stopped", extra={"error": type(exc).__name__})
                 self._dead = True
-            self._refuse_unsynced(ClosedError("the write batcher stopped before the outbox took these writes"))
+            stopped = ClosedError("the write batcher stopped before the outbox took these writes")
+            if group:  # cut short mid-append: append() gave their room back; they may still reach the file
+                del self._unsynced[: len(group)]
+                for u in group:
+                    _set_exception(u.future, stopped)
+                self._synced += len(group)
+            self._refuse_unsynced(stopped)
             if isinstance(exc, asyncio.CancelledError):
                 raise
 

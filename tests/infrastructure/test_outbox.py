@@ -299,3 +299,19 @@ async def test_a_row_the_database_refuses_for_good_leaves_the_outbox(database: D
     assert isinstance(poisoned.exception(), StorageError)
     assert rows_in(tmp_path / "outbox") == []  # replaying it would fail forever
     await outbox.aclose()
+
+
+async def test_writes_offered_just_before_aclose_are_kept_and_every_caller_hears(
+    database: Database, tmp_path: Path
+) -> None:
+    store, user, conversation = database.storage, uuid.uuid4(), uuid.uuid4()
+    outbox = await Outbox.open(OutboxParams(tmp_path / "outbox"))
+    batcher = DatabaseBatcher(storage=store, params=SHORT_CLOSE, outbox=outbox)
+    batcher.start()
+    async with database.lock():
+        futures = [batcher.append_message(message(user, conversation, n)) for n in range(10)]
+        await asyncio.wait_for(batcher.aclose(), timeout=5)  # no durable() first: the append is under way
+    await outbox.aclose()
+    assert all(isinstance(f.exception(), StorageError) for f in futures)
+    assert batcher.stats().kept_for_next_start == 10
+    assert len(rows_in(tmp_path / "outbox")) == 10
