@@ -1,6 +1,6 @@
 """Outbox benchmark: what the fsync before each acknowledgement costs, and how fast a replay drains.
 
-    python bench/outbox.py [--writes 500] [--replay 10000] [--dir data/bench-outbox]
+    python bench/outbox.py [--writes 500] [--replay 10000] [--recovery] [--dir data/bench-outbox]
 
 - ``append``: one write per fsynced commit (a ``remember``), per journal mode (WAL, rollback journal), and fifty per
   commit (a burst the batcher groups), as milliseconds per write; and the same single append with aiosqlite.
@@ -9,6 +9,10 @@
   runs on the outbox's thread, not on the loop.
 - ``replay``: writes left in an outbox (half memories with 384-d embeddings, half messages) replayed into
   PostgreSQL (started or reused as the test command does, in a database of its own, dropped afterwards).
+- ``recovery`` (``--recovery``, needs PostgreSQL 15's binaries): the real services on a PostgreSQL server of the
+  bench's own (the fault tests' ``OwnPostgresServer``), stopped and started again: how long ``remember`` takes to
+  answer while it is down, how long after it is back the write is stored, how long ``aclose()`` gives a database
+  still down, and how long the next start takes to replay what was left. Median of three runs.
 
 The outbox folder is on the disk the worker would use (``--dir``; the default sits beside ./data). Prints one JSON
 object; quote medians.
@@ -43,6 +47,7 @@ from infrastructure.storage import MemoryWrite, MessageWrite  # noqa: E402
 from infrastructure.storage.migrations import apply_migrations  # noqa: E402
 from infrastructure.storage.postgres import PostgresStorage  # noqa: E402
 from infrastructure.storage.sqlite import SqliteStorage  # noqa: E402
+from services.container import open_process, open_session  # noqa: E402
 
 T0 = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 
@@ -183,6 +188,51 @@ async def bench_replay(folder: Path, n: int, dsn: str) -> dict[str, object]:
     }
 
 
+async def bench_recovery(folder: Path, runs: int = 3) -> dict[str, float]:
+    from core.config import Settings
+    from infrastructure.embeddings.minilm import MiniLMEmbedder
+    from tests.faults.servers import OwnPostgresServer
+
+    embedder, server = MiniLMEmbedder.load(), OwnPostgresServer()
+    server.start()
+    measured: dict[str, list[float]] = {}
+    try:
+        for run in range(runs):
+            settings = Settings(_env_file=None, database_url=server.dsn, outbox_dir=folder / f"recovery-{run}",  # type: ignore[call-arg]
+                                openai_base_url="http://127.0.0.1:9/v1", batch_max_delay_ms=5)  # fmt: skip
+            process = await open_process(settings, embedder=embedder)
+            session = await open_session(process, user_id=uuid.uuid4())
+            await session.conversations.start()
+            server.stop()
+            started = time.perf_counter()
+            await session.memories.save_memory("FACT", "city", "Lives in Lisbon")
+            answered = time.perf_counter() - started
+            await asyncio.sleep(5)  # a five-second outage
+            server.start()
+            started = time.perf_counter()
+            await process.batcher.flush(within=60)
+            landed = time.perf_counter() - started
+            server.stop()  # down again, past shutdown
+            for n in range(10):
+                session.conversations.log_message("user", f"said while the database was down, {n}")
+            started = time.perf_counter()
+            await process.aclose()
+            closed = time.perf_counter() - started
+            server.start()
+            started = time.perf_counter()
+            later = await open_process(settings, embedder=embedder)
+            await later.batcher.flush(within=60)
+            replayed = time.perf_counter() - started
+            assert later.batcher.stats().replayed == 10
+            await later.aclose()
+            for name, value in (("remember_answer_s", answered), ("stored_after_database_back_s", landed),
+                                ("aclose_with_database_down_s", closed), ("restart_and_replay_s", replayed)):  # fmt: skip
+                measured.setdefault(name, []).append(value)
+    finally:
+        server.cleanup()
+    return {name: round(statistics.median(values), 3) for name, values in measured.items()}
+
+
 async def main(args: argparse.Namespace) -> dict[str, object]:
     folder = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench-outbox-", dir=REPO))
     folder.mkdir(parents=True, exist_ok=True)
@@ -197,11 +247,14 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         conn = await asyncpg.connect(dsn)
         await apply_migrations(conn)
         await conn.close()
-        return {
+        result: dict[str, object] = {
             "append": await bench_append(folder / "append", args.writes),
             "acknowledgement": await bench_acknowledgement(folder / "ack", args.writes),
             "replay_postgres": await bench_replay(folder, args.replay, dsn),
         }
+        if args.recovery:
+            result["recovery"] = await bench_recovery(folder)
+        return result
     finally:
         conn = await asyncpg.connect(admin)
         await conn.execute(f'drop database if exists "{database}" with (force)')
@@ -213,5 +266,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--writes", type=int, default=500, help="appends timed per variant")
     parser.add_argument("--replay", type=int, default=10_000, help="writes left in the outbox to replay")
+    parser.add_argument("--recovery", action="store_true", help="also time an outage on a PostgreSQL of its own")
     parser.add_argument("--dir", default="", help="where the outbox files go (default: a temporary folder here)")
     print(json.dumps(asyncio.run(main(parser.parse_args()))))
