@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from core.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///./data/companion.db"
+DEFAULT_OUTBOX_DIR = Path("data/outbox")
 # Fixed so that the console speaks as the same user every run, and its memories persist between runs.
 DEFAULT_CONSOLE_USER_ID = uuid.UUID("00000000-0000-4000-8000-00000000c0de")
 # Local OpenAI-compatible servers (Ollama, vLLM) ignore the key, but the openai client refuses to start without one.
@@ -96,6 +97,12 @@ class Settings(BaseSettings):
     batch_max_rows: int = Field(default=50, ge=1, le=1_000)
     batch_max_delay_ms: float = Field(default=100.0, ge=0, le=10_000)
     batch_max_pending: int = Field(default=10_000, ge=100, le=1_000_000)
+    # The local durable outbox: every accepted write is fsynced here before it is acknowledged, and replayed on the
+    # next start if the database never confirmed it. None: not given, so beside the SQLite database file (or
+    # ./data/outbox with PostgreSQL / Supabase); see ``outbox_path``.
+    outbox_dir: Path | None = None
+    outbox_max_rows: int = Field(default=10_000, ge=100, le=1_000_000)
+    outbox_max_mb: float = Field(default=64.0, ge=1.0, le=16_384.0)
 
     # Embeddings: "local" runs all-MiniLM-L6-v2 in process (384 dimensions); "openai" calls the embeddings API.
     embedding_provider: Literal["local", "openai"] = "local"
@@ -202,6 +209,14 @@ class Settings(BaseSettings):
         if url.startswith("sqlite:///"):
             return SqliteTarget(path=Path(url.removeprefix("sqlite:///")))
         return PostgresTarget(dsn=SecretStr(url), auto_migrate=self.database_auto_migrate)
+
+    @property
+    def outbox_path(self) -> Path:
+        """OUTBOX_DIR, else an ``outbox`` folder beside the SQLite file, else ./data/outbox."""
+        if self.outbox_dir is not None:
+            return self.outbox_dir
+        target = self.storage
+        return target.path.parent / "outbox" if isinstance(target, SqliteTarget) else DEFAULT_OUTBOX_DIR
 
     @property
     def cache_uses_redis(self) -> bool:

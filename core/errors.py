@@ -11,6 +11,8 @@
     ├── LLMError                   the language model failed or answered with something unusable
     ├── CacheError                 a value the cache cannot hold (Redis failures are never raised: it falls back)
     ├── BatcherFullError           the write batcher refused a write because its queue is full; retryable
+    ├── OutboxError                the local outbox file cannot be opened or written (unwritable, corrupt)
+    │   └── OutboxFullError        the outbox is at its bound (rows, bytes or disk): the write was refused; retryable
     └── ClosedError                used after aclose() (a closed batcher or connection pool)
 
 Messages are fixed strings plus identifiers: they never carry user text, memory values or secrets, because
@@ -76,6 +78,18 @@ class CacheError(CompanionError):
 
 class BatcherFullError(CompanionError):
     """The write batcher's queue is full: the write was not accepted. Retry after the database catches up."""
+
+    retryable = True
+
+
+class OutboxError(CompanionError):
+    """The local outbox cannot keep a write (its folder is unwritable, its file is not SQLite, an I/O error):
+    the write was not accepted. The message names the path and the fix, never the write's content."""
+
+
+class OutboxFullError(OutboxError):
+    """The outbox holds as many rows or bytes as allowed (or the disk is full): the write was refused, never
+    acknowledged. Retry once the database is back and the outbox drains."""
 
     retryable = True
 

@@ -1,7 +1,7 @@
 """Batches database writes: many small writes become one statement per table, off the turn's path.
 
-Lanes. Each kind of write has a lane (memories, messages, memory accesses) that maps to one batch method of the
-storage port. A lane flushes when it holds ``max_rows`` writes or its oldest write is ``max_delay`` old, whichever
+Lanes. Each kind of write has a lane (memories, messages, conversation ends, memory accesses) that maps to one
+method of the storage port. A lane flushes when it holds ``max_rows`` writes or its oldest write is ``max_delay`` old, whichever
 comes first. Repeated upserts of the same memory within a batch merge (the last write wins, every caller's future
 resolves), so a batch never names a row twice.
 
@@ -13,6 +13,12 @@ their key, messages are skipped by id, so a batch that failed halfway is stored 
 Backpressure. At most ``max_pending`` writes wait; one more raises :class:`BatcherFullError` to the caller (and is
 logged), it is never dropped silently. ``flush()`` and ``aclose()`` return when every accepted write is stored or
 has failed; ``aclose()`` gives a database that is down ``close_timeout`` seconds, then fails what is left.
+
+Durability. With an :class:`~infrastructure.outbox.Outbox`, a write (but a memory access, a counter) is first
+appended to the local outbox file, fsynced, in groups, by a second task; only then does it join its lane, and
+``durable()`` returns, which is the caller's acknowledgement. The rows are deleted when the database confirms their
+batch, or refuses it for good; what a dead database leaves at ``aclose()`` stays there, and the next batcher to
+start on the folder replays it, in order, before any new write. A full outbox refuses the write when it is offered.
 
 The retry loop is written here rather than with tenacity because it must interleave with the lane's queue (new
 writes keep merging into a batch that waits to be retried) and be cut short by ``aclose``.
@@ -30,8 +36,16 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from core.config import Settings
-from core.errors import BatcherFullError, ClosedError, CompanionError, StorageError, StorageUnavailableError
-from infrastructure.storage import MemoryAccess, MemoryWrite, MessageWrite, Storage
+from core.errors import (
+    BatcherFullError,
+    ClosedError,
+    CompanionError,
+    OutboxFullError,
+    StorageError,
+    StorageUnavailableError,
+)
+from infrastructure.outbox import CONVERSATION_ENDS, KEPT_LANES, MEMORIES, MESSAGES, Outbox, encode
+from infrastructure.storage import ConversationEnd, MemoryAccess, MemoryWrite, MessageWrite, Storage
 
 logger = logging.getLogger("companion.batcher")
 
@@ -74,6 +88,8 @@ class BatcherStats:
     rejected: int
     queue_depth: int
     oldest_pending_s: float
+    replayed: int = 0  # writes found in the outbox at start (left by a crash or an outage) and queued again
+    kept_for_next_start: int = 0  # writes the database did not take by aclose(), still in the outbox
 
 
 def backoff_delay(attempt: int, *, initial: float, ceiling: float, rng: random.Random) -> float:
@@ -86,6 +102,18 @@ class _Pending(Generic[Item]):
     item: Item
     accepted_at: float
     futures: list[asyncio.Future[None]] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)  # its rows in the outbox (a merged upsert has several)
+
+
+@dataclass(frozen=True, slots=True)
+class _Unsynced:
+    """A write offered but not yet in the outbox file."""
+
+    lane: str
+    item: Any
+    key: str
+    body: bytes
+    future: asyncio.Future[None]
 
 
 class _Lane(Generic[Item]):
@@ -111,21 +139,24 @@ class DatabaseBatcher:
         *,
         storage: Storage,
         params: BatcherParams | None = None,
+        outbox: Outbox | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
         self._storage = storage
+        self._outbox = outbox
         self._params = params or BatcherParams()
         self._clock = clock
         self._rng = rng or random.Random()
         self._sequence = 0
         self._lanes: dict[str, _Lane[Any]] = {
-            "memories": _Lane(
-                "memories",
+            MEMORIES: _Lane(
+                MEMORIES,
                 lambda writes: storage.upsert_memories(writes, read_back=False),
                 lambda w: (w.user_id, w.category, w.key),
             ),
-            "messages": _Lane("messages", storage.append_messages, lambda m: m.id),
+            MESSAGES: _Lane(MESSAGES, storage.append_messages, lambda m: m.id),
+            CONVERSATION_ENDS: _Lane(CONVERSATION_ENDS, self._finish_conversations, lambda e: e.conversation_id),
             "memory_access": _Lane("memory_access", storage.record_memory_access, lambda _: self._next_sequence()),
         }
         self._wakeup = asyncio.Event()
@@ -138,12 +169,41 @@ class DatabaseBatcher:
         self._close_deadline: float | None = None
         self._accepted = self._statements = self._rows = self._merged = 0
         self._failures = self._retries = self._rejected = 0
+        # The outbox side: writes waiting for their fsync, and callers waiting for everything they offered.
+        self._unsynced: list[_Unsynced] = []
+        self._sync_wakeup = asyncio.Event()
+        self._sync_task: asyncio.Task[None] | None = None
+        self._offered = self._synced = 0
+        self._durable_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._replayed = self._kept = 0
 
     # Lifecycle --------------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the task (and the outbox's); what the outbox recovered is queued first, before any new write."""
         if self._task is None and not self._closing:
+            if self._outbox is not None:
+                loop = asyncio.get_running_loop()
+                for row in self._outbox.take_recovered():  # a future of their own, so that flush() waits for them
+                    self._place(row.lane, row.item, futures=[loop.create_future()], seqs=[row.seq])
+                    self._replayed += 1
+                self._sync_task = asyncio.create_task(self._sync_loop(), name="database-batcher-outbox")
             self._task = asyncio.create_task(self._run(), name="database-batcher")
+
+    @property
+    def durable_writes(self) -> bool:
+        """Whether an accepted write survives a crash (there is an outbox) once :meth:`durable` returns."""
+        return self._outbox is not None
+
+    async def durable(self) -> None:
+        """Return when every write offered before this call is in the outbox file (fsynced) or has failed to get
+        there (its future then holds the error). That is the acknowledgement; without an outbox it is immediate."""
+        if self._outbox is None or self._synced >= self._offered:
+            return
+        self.start()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._durable_waiters.append((self._offered, waiter))
+        await waiter
 
     async def __aenter__(self) -> DatabaseBatcher:
         self.start()
@@ -157,6 +217,7 @@ class DatabaseBatcher:
         failed, or after ``within`` seconds (the writes stay queued). Writes offered meanwhile do not delay it."""
         self.start()
         waiting = [f for p in self._outstanding() for f in p.futures if not f.done()]
+        waiting += [u.future for u in self._unsynced if not u.future.done()]
         if not waiting:
             return
         self._urgent += 1
@@ -169,8 +230,9 @@ class DatabaseBatcher:
     async def aclose(self) -> None:
         """Refuse new writes, flush the rest (retrying up to ``close_timeout``), stop the task. Idempotent.
 
-        What the database has not taken by the deadline fails with StorageUnavailableError. Cancelling the
-        caller does not cancel the flush."""
+        What the database has not taken by the deadline fails with StorageUnavailableError; with an outbox those
+        writes stay in it for the next start (``stats().kept_for_next_start``). Cancelling the caller does not
+        cancel the flush. The outbox itself is its opener's to close, after this."""
         if self._task is None:
             self._closing = True
             self._fail_all(ClosedError("batcher closed before it started"))
@@ -179,12 +241,19 @@ class DatabaseBatcher:
             self._closing = True
             self._close_deadline = self._clock() + self._params.close_timeout
             self._wakeup.set()
+            self._sync_wakeup.set()
+        tasks = [t for t in (self._sync_task, self._task) if t is not None]
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout=self._params.close_timeout + 1.0)
+            await asyncio.wait_for(asyncio.shield(asyncio.gather(*tasks)), timeout=self._params.close_timeout + 1.0)
         except TimeoutError:  # a write that ignores its own timeout: stop it and report what is left
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._kept:
+            logger.warning("database did not take every write by close; the outbox keeps them for the next start",
+                           extra={"rows": self._kept})  # fmt: skip
 
     # Writes -----------------------------------------------------------------------------------------------
 
@@ -196,6 +265,9 @@ class DatabaseBatcher:
 
     def record_access(self, access: MemoryAccess) -> asyncio.Future[None]:
         return self._offer("memory_access", access)
+
+    def finish_conversation(self, end: ConversationEnd) -> asyncio.Future[None]:
+        return self._offer(CONVERSATION_ENDS, end)
 
     def stats(self) -> BatcherStats:
         oldest = [o for o in (lane.oldest() for lane in self._lanes.values()) if o is not None]
@@ -210,6 +282,8 @@ class DatabaseBatcher:
             rejected=self._rejected,
             queue_depth=self._depth(),
             oldest_pending_s=self._clock() - min(oldest) if oldest else 0.0,
+            replayed=self._replayed,
+            kept_for_next_start=self._kept,
         )
 
     def _offer(self, lane_name: str, item: Any) -> asyncio.Future[None]:
@@ -217,23 +291,127 @@ class DatabaseBatcher:
         if self._closing or self._dead:
             raise ClosedError("the batcher is closed; the write was not accepted")
         lane = self._lanes[lane_name]
-        key = lane.key(item)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._outbox is not None and lane_name in KEPT_LANES:
+            self._check_room(lane_name)
+            key, body = encode(lane_name, item)
+            try:
+                self._outbox.reserve(len(body))
+            except OutboxFullError:
+                self._rejected += 1
+                logger.warning("outbox full, write refused", extra={"lane": lane_name})
+                raise
+            self._unsynced.append(_Unsynced(lane_name, item, key, body, future))
+            self._offered += 1
+            self._sync_wakeup.set()
+            return future
+        if lane.key(item) not in lane.pending:
+            self._check_room(lane_name)
+        self._place(lane_name, item, futures=[future], seqs=[])
+        return future
+
+    def _check_room(self, lane_name: str) -> None:
+        if self._depth() >= self._params.max_pending:
+            self._rejected += 1
+            logger.warning("write batcher queue full, write refused", extra={"lane": lane_name})
+            raise BatcherFullError(f"the write queue is full ({self._params.max_pending} pending)")
+
+    def _place(self, lane_name: str, item: Any, *, futures: list[asyncio.Future[None]], seqs: list[int]) -> None:
+        """Put an accepted write in its lane; the same row again before it was written merges (last write wins)."""
+        lane = self._lanes[lane_name]
+        key = lane.key(item)
         existing = lane.pending.get(key)
-        if existing is not None:  # the same row again before it was written: last write wins
+        if existing is not None:
             existing.item = item
-            existing.futures.append(future)
+            existing.futures += futures
+            existing.seqs += seqs
             self._merged += 1
         else:
-            if self._depth() >= self._params.max_pending:
-                self._rejected += 1
-                logger.warning("write batcher queue full, write refused", extra={"lane": lane_name})
-                raise BatcherFullError(f"the write queue is full ({self._params.max_pending} pending)")
-            lane.pending[key] = _Pending(item=item, accepted_at=self._clock(), futures=[future])
+            lane.pending[key] = _Pending(item=item, accepted_at=self._clock(), futures=futures, seqs=seqs)
         self._accepted += 1
         if len(lane.pending) >= self._params.max_rows or len(lane.pending) == 1:
             self._wakeup.set()
-        return future
+
+    async def _finish_conversations(self, ends: list[ConversationEnd]) -> None:
+        for end in ends:  # one statement each: a conversation ends once per session, batching would save nothing
+            await self._storage.finish_conversation(
+                end.user_id, end.conversation_id, at=end.at, summary=end.summary, open_threads=end.open_threads
+            )
+
+    # The outbox task --------------------------------------------------------------------------------------
+
+    async def _sync_loop(self) -> None:
+        """Append offered writes to the outbox in groups (one fsync per group), then hand them to their lanes."""
+        assert self._outbox is not None
+        group: list[_Unsynced] = []
+        try:
+            while True:
+                if not self._unsynced:
+                    if self._closing:
+                        return
+                    self._sync_wakeup.clear()
+                    await self._sync_wakeup.wait()
+                    continue
+                # The group stays in _unsynced while it is appended: it counts as pending for _run and flush().
+                group = list(self._unsynced)
+                try:
+                    seqs = await self._outbox.append([(u.lane, u.key, u.body) for u in group])
+                except CompanionError as exc:  # unwritable or full: refused, never acknowledged
+                    del self._unsynced[: len(group)]
+                    self._rejected += len(group)
+                    logger.error("outbox append failed, writes refused",
+                                 extra={"rows": len(group), "error": type(exc).__name__})  # fmt: skip
+                    for u in group:
+                        _set_exception(u.future, exc)
+                else:
+                    del self._unsynced[: len(group)]
+                    for u, seq in zip(group, seqs, strict=True):
+                        self._place(u.lane, u.item, futures=[u.future], seqs=[seq])
+                self._synced += len(group)
+                group = []
+                self._resolve_durable()
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                logger.error("outbox task stopped", extra={"error": type(exc).__name__})
+                self._dead = True
+            stopped = ClosedError("the write batcher stopped before the outbox took these writes")
+            if group:  # cut short mid-append: append() gave their room back; they may still reach the file
+                del self._unsynced[: len(group)]
+                for u in group:
+                    _set_exception(u.future, stopped)
+                self._synced += len(group)
+            self._refuse_unsynced(stopped)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+    def _resolve_durable(self) -> None:
+        still = []
+        for target, waiter in self._durable_waiters:
+            if target <= self._synced or self._dead:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                still.append((target, waiter))
+        self._durable_waiters = still
+
+    def _refuse_unsynced(self, exc: CompanionError) -> None:
+        group, self._unsynced = self._unsynced, []
+        if group and self._outbox is not None:
+            self._outbox.release([len(u.body) for u in group])
+        for u in group:
+            _set_exception(u.future, exc)
+        self._synced += len(group)
+        self._resolve_durable()
+
+    async def _forget_rows(self, batch: list[_Pending[Any]]) -> None:
+        """The database has these rows, or will never take them: the outbox need not keep them."""
+        seqs = [seq for pending in batch for seq in pending.seqs]
+        if self._outbox is None or not seqs:
+            return
+        try:
+            await self._outbox.remove(seqs)
+        except CompanionError as exc:  # they stay and replay idempotently; nothing is lost
+            logger.warning("outbox rows not removed", extra={"rows": len(seqs), "error": type(exc).__name__})
 
     # The task ---------------------------------------------------------------------------------------------
 
@@ -292,7 +470,8 @@ class DatabaseBatcher:
         attempt = 0
         while True:
             if self._close_deadline is not None and self._clock() >= self._close_deadline:
-                self._fail(lane, batch, StorageUnavailableError("the database did not take these writes in time"))
+                self._kept += sum(1 for p in batch if p.seqs)
+                self._fail(lane, batch, StorageUnavailableError(_NOT_TAKEN if self._outbox is None else _KEPT))
                 return
             try:
                 await self._bounded(lane.write([p.item for p in batch]))
@@ -308,6 +487,7 @@ class DatabaseBatcher:
             except Exception as exc:  # an untranslated error: fail this batch, keep serving the others
                 logger.error("write batch raised unexpectedly", extra={"lane": lane.name, "error": type(exc).__name__})
                 self._fail(lane, batch, StorageError("unexpected error while writing a batch"))
+                await self._forget_rows(batch)
                 return
             else:
                 self._statements += 1
@@ -316,6 +496,7 @@ class DatabaseBatcher:
                     for future in pending.futures:
                         if not future.done():
                             future.set_result(None)
+                await self._forget_rows(batch)
                 return
             self._retries += 1
             delay = backoff_delay(attempt, initial=self._params.retry_initial, ceiling=self._params.retry_max,
@@ -329,6 +510,7 @@ class DatabaseBatcher:
         """A batch the database refused for good: write its rows one by one, so one bad row fails alone."""
         if len(batch) == 1:
             self._fail(lane, batch, exc)
+            await self._forget_rows(batch)  # replaying a row the database refuses for good would fail forever
             return
         for pending in batch:
             await self._write_with_retry(lane, [pending])
@@ -346,11 +528,11 @@ class DatabaseBatcher:
         )
         for pending in batch:
             for future in pending.futures:
-                if not future.done():
-                    future.set_exception(exc)
-                    future.exception()  # a caller that fired and forgot must not get "exception never retrieved"
+                _set_exception(future, exc)
 
     def _fail_all(self, exc: CompanionError) -> None:
+        """Fail every waiting caller; rows already in the outbox stay there for the next start."""
+        self._refuse_unsynced(exc)
         in_flight, lane_of_it, self._in_flight = self._in_flight, self._in_flight_lane, []
         if in_flight and lane_of_it is not None:
             self._fail(lane_of_it, in_flight, exc)
@@ -362,8 +544,18 @@ class DatabaseBatcher:
         return [*self._in_flight, *(p for lane in self._lanes.values() for p in lane.pending.values())]
 
     def _depth(self) -> int:
-        return sum(len(lane.pending) for lane in self._lanes.values())
+        return len(self._unsynced) + sum(len(lane.pending) for lane in self._lanes.values())
 
     def _next_sequence(self) -> int:
         self._sequence += 1
         return self._sequence
+
+
+_NOT_TAKEN = "the database did not take these writes in time"
+_KEPT = "the database did not take these writes in time; the outbox keeps them for the next start"
+
+
+def _set_exception(future: asyncio.Future[None], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+        future.exception()  # a caller that fired and forgot must not get "exception never retrieved"

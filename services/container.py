@@ -23,6 +23,7 @@ from infrastructure.connection_pool import ConnectionPool
 from infrastructure.database_batcher import BatcherParams, DatabaseBatcher
 from infrastructure.embeddings import CachedEmbedder, Embedder, open_embedder
 from infrastructure.llm import FallbackChat, OpenAIChat, TextModel
+from infrastructure.outbox import Outbox, OutboxParams
 from infrastructure.redis_cache import CacheParams, RedisCache
 from infrastructure.storage import DeletedCounts, Profile, Storage
 from rag_system import MemoryIndex, analyzer_for
@@ -61,6 +62,7 @@ class Process:
     storage: Storage
     cache: RedisCache
     batcher: DatabaseBatcher
+    outbox: Outbox
     embedder: CachedEmbedder
     llm: TextModel
     tasks: BackgroundTasks
@@ -69,6 +71,7 @@ class Process:
     async def aclose(self) -> None:
         await self.tasks.aclose()
         await self.batcher.aclose()
+        await self.outbox.aclose()  # what the database did not take stays in the file for the next start
         await self.cache.aclose()
         await self.pool.aclose()
 
@@ -86,14 +89,18 @@ async def open_process(
     pool: ConnectionPool | None = None,
     embedder: Embedder | None = None,
 ) -> Process:
-    """Open the pools, load the embedder (unless prewarm ``preload_embedder`` did) and start the batcher."""
+    """Open the pools, load the embedder (unless prewarm ``preload_embedder`` did), open the outbox and start the
+    batcher, which first replays what the outbox kept from a crash or an outage (the database may still be away:
+    the replay then waits in the batcher like any write)."""
     pool = pool or ConnectionPool(settings=settings)
     batcher: DatabaseBatcher | None = None
+    outbox: Outbox | None = None
     try:
         await pool.open_all()
         storage = await pool.storage()
         cache = RedisCache(redis=await pool.redis(), params=CacheParams.from_settings(settings))
-        batcher = DatabaseBatcher(storage=storage, params=BatcherParams.from_settings(settings))
+        outbox = await Outbox.open(OutboxParams.from_settings(settings))
+        batcher = DatabaseBatcher(storage=storage, params=BatcherParams.from_settings(settings), outbox=outbox)
         batcher.start()
         cached = await open_embedder(settings, openai_client=await pool.openai(), preloaded=embedder)
         if settings.embedding_provider == "local" and embedder is None:
@@ -102,9 +109,11 @@ async def open_process(
     except BaseException:
         if batcher is not None:
             await batcher.aclose()
+        if outbox is not None:
+            await outbox.aclose()
         await pool.aclose()
         raise
-    return Process(settings=settings, pool=pool, storage=storage, cache=cache, batcher=batcher,
+    return Process(settings=settings, pool=pool, storage=storage, cache=cache, batcher=batcher, outbox=outbox,
                    embedder=cached, llm=llm, tasks=BackgroundTasks(), clock=clock)  # fmt: skip
 
 

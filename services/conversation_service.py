@@ -1,7 +1,8 @@
 """ConversationService: the transcript of a session, its summary, and the opening of the next one.
 
-Messages go to the write batcher as they are said (never awaited by the turn). At the end of a session one LLM
-call writes a short summary and the threads left open ("the job interview on Friday"); the next session's opening
+Messages go to the write batcher as they are said (never awaited by the turn). The conversation's end goes
+through it too, so that with the batcher's outbox a database that is away at session end loses neither: both land
+on the next start. At the end of a session one LLM call writes a short summary and the threads left open ("the job interview on Friday"); the next session's opening
 refers to one of them and to how long it has been, in words. A new user gets a first-time greeting that does not
 pretend to know them.
 """
@@ -19,11 +20,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from core.errors import CompanionError, InvalidInputError
+from core.errors import CompanionError, InvalidInputError, StorageUnavailableError
 from core.validators import WriteGuard, clean_text
 from infrastructure.database_batcher import DatabaseBatcher
 from infrastructure.llm import TextModel
-from infrastructure.storage import Conversation, MessageWrite, Profile, Storage
+from infrastructure.storage import Conversation, ConversationEnd, MessageWrite, Profile, Storage
 from services.user_service import display_name
 
 logger = logging.getLogger("companion.conversation")
@@ -87,6 +88,8 @@ class ConversationService:
         agent_name: str = "Companion",
         conversation_id: uuid.UUID | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        write_timeout: float = 5.0,
+        confirm_within: float = 1.0,
     ) -> None:
         self.user_id = user_id
         self.conversation_id = conversation_id or uuid.uuid4()
@@ -96,6 +99,8 @@ class ConversationService:
         self._llm = llm
         self._agent_name = agent_name
         self._clock = clock
+        self._write_timeout = write_timeout
+        self._confirm_within = confirm_within  # with the outbox the end is kept: no need to wait long for the database
         self._transcript: list[tuple[str, str]] = []
         self._last_message_at: dt.datetime | None = None
 
@@ -166,7 +171,11 @@ class ConversationService:
 
     async def finish(self, *, summary_within: float | None = None) -> Conversation | None:
         """At session end: summarise (one LLM call, given up after ``summary_within`` seconds) and record the
-        conversation's end. A failed, late or unusable summary is logged and the end is recorded without one."""
+        conversation's end. A failed, late or unusable summary is logged and the end is recorded without one.
+
+        The end goes through the batcher. With its outbox it is kept once fsynced there; a database that does not
+        confirm within ``confirm_within`` gets it when it is back (or on the next start), and this returns None
+        (nothing to read back yet). Without one, the database is given ``write_timeout``."""
         if not self._guard.can_write or not self._transcript:
             return None
         try:
@@ -175,14 +184,20 @@ class ConversationService:
             logger.warning("conversation summary dropped", extra={"error": "TimeoutError"})
             summary, threads = None, []
         try:
-            await self._storage.finish_conversation(
-                self.user_id, self.conversation_id, at=self._clock(), summary=summary, open_threads=threads
-            )
+            end = ConversationEnd(self.user_id, self.conversation_id, self._clock(), summary, tuple(threads))
         except InvalidInputError:  # a summary no database takes (NUL, lone surrogate): end without it
             logger.warning("conversation summary dropped", extra={"error": "InvalidInputError"})
-            await self._storage.finish_conversation(
-                self.user_id, self.conversation_id, at=self._clock(), summary=None, open_threads=()
-            )
+            end = ConversationEnd(self.user_id, self.conversation_id, self._clock(), None, ())
+        stored = self._batcher.finish_conversation(end)
+        durable = self._batcher.durable_writes
+        await self._batcher.durable()
+        await self._batcher.flush(within=self._confirm_within if durable else self._write_timeout)
+        if not stored.done():
+            if durable:
+                logger.warning("conversation end kept in the outbox until the database is back")
+                return None
+            raise StorageUnavailableError("the database is not answering; the conversation end is queued")
+        await stored
         recent = await self._storage.recent_conversations(self.user_id, limit=10)
         return next((c for c in recent if c.id == self.conversation_id), None)
 

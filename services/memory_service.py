@@ -1,8 +1,11 @@
 """MemoryService: what the companion knows about one user, kept in the database and in the user's index.
 
 Built once per session for the user it serves. Every write passes the write guard, then goes through the write
-batcher (awaited, so a saved memory is stored when ``save_memory`` returns), and updates the user's retrieval index
-and cache in place, so the next turn's retrieval needs no database round trip. Deletes are immediate statements
+batcher, and updates the user's retrieval index and cache in place, so the next turn's retrieval needs no database
+round trip. When ``save_memory`` returns, the memory is kept: with the batcher's outbox, once it is fsynced there
+(the database is given ``confirm_within`` more, and takes it later if it is away: a crash or an outage does not
+lose it); without one, once the database stored it. A refused write (outbox full, bad input) raises and is never
+indexed. Deletes are immediate statements
 (the batcher only coalesces inserts and upserts).
 """
 
@@ -98,6 +101,7 @@ class MemoryService:
         cache: RedisCache | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         write_timeout: float = 5.0,
+        confirm_within: float = 0.5,
         ranking: RankingParams | None = None,
         gate: GateParams | None = None,
     ) -> None:
@@ -110,6 +114,7 @@ class MemoryService:
         self._cache = cache
         self._clock = clock
         self._write_timeout = write_timeout
+        self._confirm_within = confirm_within  # a durable write waits this long for the database, then moves on
         self._ranking = ranking or RankingParams()  # forget() finds what to forget as retrieval would
         self._gate = gate or GateParams()
         self.epoch = 0  # bumped by every forget: background work that began before it must not write
@@ -148,7 +153,7 @@ class MemoryService:
         at = self._clock()
         embedding = (await self._embedder.embed([index_text(key, value)]))[0]
         write = MemoryWrite(self.user_id, category, key, value, importance, source, at, embedding=embedding)
-        await self._stored(self._batcher.upsert_memory(write))
+        await self._kept(self._batcher.upsert_memory(write))
         existing = self.index.get(category, key)
         created_at = existing.created_at if existing is not None else at
         indexed = IndexedMemory(category, key, value, importance, created_at=created_at, updated_at=at)
@@ -181,8 +186,11 @@ class MemoryService:
             except CompanionError as exc:  # a full queue: what was accepted is still stored and indexed
                 refused = exc
                 break
-        await self._batcher.flush(within=self._write_timeout)
-        stored = [w for w, f in accepted if f.done() and not f.cancelled() and f.exception() is None]
+        durable = self._batcher.durable_writes
+        if durable:  # kept once in the outbox; the database gets a short wait, then takes them when it can
+            await self._batcher.durable()
+        await self._batcher.flush(within=self._confirm_within if durable else self._write_timeout)
+        stored = [w for w, f in accepted if _succeeded(f) or (durable and not f.done())]
         saved = []
         for write in stored:
             existing = self.index.get(write.category, write.key)
@@ -195,6 +203,8 @@ class MemoryService:
             raise refused
         for _, future in accepted:
             if not future.done():
+                if durable:
+                    continue
                 raise StorageUnavailableError("the database is not answering; the memories are queued")
             if future.exception() is not None:
                 raise future.exception()  # type: ignore[misc]
@@ -271,9 +281,20 @@ class MemoryService:
             by_category[memory.category] = by_category.get(memory.category, 0) + 1
         return MemoryStats(count=len(self.index), by_category=by_category)
 
-    async def _stored(self, write: asyncio.Future[None]) -> None:
-        """Write now (a saved memory does not wait for company) and wait up to ``write_timeout``; past it the
-        write stays queued and the caller hears so."""
+    async def _kept(self, write: asyncio.Future[None]) -> None:
+        """Return once ``write`` is kept, raising if it was refused.
+
+        With the outbox: kept once fsynced there; the database is then asked now (a saved memory does not wait
+        for company) and given ``confirm_within``, and if it is away the write lands when it is back. Without: the
+        database is given ``write_timeout``; past it the write stays queued and the caller hears so."""
+        if self._batcher.durable_writes:
+            await self._batcher.durable()
+            if write.done():
+                await write  # refused by the outbox (full, unwritable): raises
+            await self._batcher.flush(within=self._confirm_within)
+            if write.done():
+                await write  # the database refused it for good (a retry would not help): raises
+            return
         await self._batcher.flush(within=self._write_timeout)
         if not write.done():
             raise StorageUnavailableError("the database is not answering; the memory is queued")
@@ -282,6 +303,10 @@ class MemoryService:
     async def _invalidate_list(self) -> None:
         if self._cache is not None:
             await self._cache.delete(LIST_CACHE_KEY, user_id=self.user_id)
+
+
+def _succeeded(future: asyncio.Future[None]) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 def _importance(category: str, importance: float | None) -> float:

@@ -28,6 +28,14 @@ T = TypeVar("T")
 T0 = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 
 
+@pytest.fixture(autouse=True)
+def own_outbox_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's processes keep their outbox in its own folder: a write one test left must not replay in another."""
+    folder = tmp_path / "outbox"
+    monkeypatch.setenv("OUTBOX_DIR", str(folder))
+    return folder
+
+
 def admin_dsn() -> str:
     """The server the test command started (or the one TEST_DATABASE_URL names); tests make databases on it."""
     dsn = os.environ.get("TEST_DATABASE_URL")

@@ -9,6 +9,7 @@ from infrastructure.storage.port import Storage
 from infrastructure.storage.records import (
     PROFILE_FIELDS,
     Conversation,
+    ConversationEnd,
     DeletedCounts,
     Memory,
     MemoryAccess,
@@ -24,6 +25,7 @@ from infrastructure.storage.records import (
 __all__ = [
     "PROFILE_FIELDS",
     "Conversation",
+    "ConversationEnd",
     "DeletedCounts",
     "Memory",
     "MemoryAccess",

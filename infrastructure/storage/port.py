@@ -116,7 +116,10 @@ class Storage(abc.ABC):
     async def upsert_memories(self, writes: Sequence[MemoryWrite], *, read_back: bool = True) -> list[Memory]:
         """Insert or update each memory in one statement; returns the stored rows in the order given.
 
-        ``read_back=False`` (the write batcher) skips reading the rows back and returns an empty list."""
+        ``read_back=False`` (the write batcher) skips reading the rows back and returns an empty list; on SQLite and
+        PostgreSQL it also keeps a stored value that is newer (``updated_at``) than the write, so a replayed write
+        from the outbox cannot undo a later one. (Supabase's PostgREST upsert has no condition: there the replay
+        order alone decides.)"""
         if not writes:
             return []
         seen: set[tuple[uuid.UUID, str, str]] = set()

@@ -206,7 +206,7 @@ class PostgresStorage(Storage):
             on conflict (user_id, category, key) do update
                set value = excluded.value, importance = excluded.importance, source = excluded.source,
                    embedding = excluded.embedding, updated_at = excluded.updated_at
-            {"returning " + _MEMORY_COLUMNS if read_back else ""}
+            {"returning " + _MEMORY_COLUMNS if read_back else "where excluded.updated_at >= m.updated_at"}
             """,
             [w.user_id for w in writes],
             [w.category for w in writes],

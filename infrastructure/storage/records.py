@@ -140,6 +140,27 @@ class Conversation:
 
 
 @dataclass(frozen=True, slots=True)
+class ConversationEnd:
+    """The end of a conversation with its summary: ``finish_conversation`` as a write the batcher can queue."""
+
+    user_id: uuid.UUID
+    conversation_id: uuid.UUID
+    at: dt.datetime
+    summary: str | None
+    open_threads: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "user_id", parse_user_id(self.user_id))
+        require_uuid(self.conversation_id)
+        if self.summary is not None:
+            check_text(self.summary, what="summary")
+        object.__setattr__(self, "open_threads", tuple(self.open_threads))
+        for thread in self.open_threads:
+            check_text(thread, what="open thread")
+        utc(self.at)
+
+
+@dataclass(frozen=True, slots=True)
 class MessageWrite:
     """A message with a caller-chosen id, so that a retried batch stores it once."""
 

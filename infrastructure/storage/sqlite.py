@@ -199,7 +199,8 @@ class SqliteStorage(Storage):
                     + ", ".join("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" for _ in chunk)
                     + " on conflict (user_id, category, key) do update set value = excluded.value, "
                     "importance = excluded.importance, source = excluded.source, embedding = excluded.embedding, "
-                    "updated_at = excluded.updated_at" + (f" returning {_MEMORY_COLUMNS}" if read_back else ""),
+                    "updated_at = excluded.updated_at"
+                    + (f" returning {_MEMORY_COLUMNS}" if read_back else _KEEP_NEWER),
                     params,
                 )
                 stored += rows
@@ -368,6 +369,10 @@ class SqliteStorage(Storage):
                     (content, str(mid), str(user_id)),
                 ))  # fmt: skip
         return changed
+
+
+# A batched upsert (a replay from the outbox among them) never replaces a newer value with an older one.
+_KEEP_NEWER = " where excluded.updated_at >= memories.updated_at"
 
 
 def _time(at: dt.datetime) -> str:
