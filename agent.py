@@ -45,6 +45,7 @@ from threadpoolctl import threadpool_limits
 
 from core.config import PLACEHOLDER_OPENAI_KEY, Settings, get_settings, share_with_job_processes
 from core.errors import CompanionError, ConfigError, WriteForbiddenError
+from core.log_filters import install as install_log_filters
 from core.preflight import EXIT_CONFIG, command_of, preflight, preflight_warnings
 from core.validators import clean_text, is_user_id, parse_user_id
 from infrastructure.embeddings import preload_embedder
@@ -60,6 +61,18 @@ from services.turn_retrieval import RetrievalStats
 from tts import TEXT_TRANSFORMS, SpeechOutput, build_tts
 
 logger = logging.getLogger("companion.agent")
+
+
+def _log_user_text() -> bool:
+    try:
+        return get_settings().log_user_text
+    except ConfigError:  # main() reports it; until then nothing of the user's is logged
+        return False
+
+
+# On LiveKit's loggers, in this process and in each job process (which imports this module): no user text in the
+# logs unless LOG_USER_TEXT=true, and none of LiveKit's warnings about features Companion does not use.
+install_log_filters(allow_user_text=_log_user_text)
 
 
 class Companion(Agent):
