@@ -13,14 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import httpx
+import typer
 from livekit.agents import (
     NOT_GIVEN,
     Agent,
@@ -46,10 +50,11 @@ from threadpoolctl import threadpool_limits
 from core.config import PLACEHOLDER_OPENAI_KEY, Settings, get_settings, share_with_job_processes
 from core.errors import CompanionError, ConfigError, WriteForbiddenError
 from core.log_filters import install as install_log_filters
-from core.preflight import EXIT_CONFIG, command_of, preflight, preflight_warnings
+from core.preflight import EXIT_CONFIG, LLM_COMMANDS, command_of, preflight, preflight_warnings
 from core.validators import clean_text, is_user_id, parse_user_id
 from infrastructure.embeddings import preload_embedder
 from infrastructure.metrics_server import MetricsServer
+from infrastructure.startup_probe import probe
 from infrastructure.storage import Profile
 from infrastructure.turn_metrics import TurnMetrics, TurnTimings
 from services.container import Process, Session, open_process, open_session
@@ -493,26 +498,133 @@ async def entrypoint(ctx: JobContext) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Check the configuration for the command in ``argv``, then hand over to LiveKit's CLI."""
+    """Check the configuration for the command in ``argv`` and that its storage and cache answer, then hand over to
+    LiveKit's CLI; return the exit status (``EXIT_CONFIG`` with a one-line message for what must be fixed)."""
     try:
         settings = get_settings()
     except ConfigError as exc:
         print(exc.message, file=sys.stderr)
         return EXIT_CONFIG
-    for warning in preflight_warnings(settings) if command_of(argv[1:]) else ():
+    command = command_of(argv[1:])
+    for warning in preflight_warnings(settings) if command else ():
         print(f"warning: {warning}", file=sys.stderr)
     problem = preflight(settings, argv[1:])
     if problem is not None:
         print(problem, file=sys.stderr)
         return EXIT_CONFIG
+    if command in LLM_COMMANDS and "--help" not in argv:
+        findings = asyncio.run(probe(settings))
+        for finding in findings:
+            print(finding.message if finding.fatal else f"warning: {finding.message}", file=sys.stderr)
+        if any(finding.fatal for finding in findings):
+            return EXIT_CONFIG
     for chatty in ("aiosqlite", "asyncio", "httpcore", "openai._base_client"):  # their DEBUG drowns the console
         logging.getLogger(chatty).setLevel(logging.INFO)
-    command = command_of(argv[1:])
+    server.update_options(max_retry=settings.livekit_max_retry)
+    outcome = _Outcome.watch(server, console=command == "console")
+    status: int | str | None = 0
     with contextlib.ExitStack() as cleanup:
         if settings.metrics_port is not None and command:
             _serve_metrics(settings, command, cleanup)
-        cli.run_app(server)
-    return 0
+        try:
+            cli.run_app(server)
+        except SystemExit as exc:  # typer ends every command with sys.exit
+            status = exc.code
+            outcome.note_exit(exc)
+        except Exception as exc:  # a typed turn that raised, when nothing replaced it on its way out
+            outcome.session_failure = exc
+        finally:
+            outcome.stop()
+    return outcome.exit_status(status, settings=settings)
+
+
+class _Outcome:
+    """What LiveKit's CLI does not tell us. ``start``/``dev``: ``AgentServer.run`` failing (no server reachable
+    after ``LIVEKIT_MAX_RETRY`` attempts): the CLI logs "worker failed" and exits 0 (``_run_worker`` in
+    ``livekit/agents/cli/cli.py``). The console: the session's job crashing, after which the console would wait
+    for it forever (the main thread is stopped with SIGTERM, which LiveKit's console handles as a Ctrl+C), or a
+    typed turn raising, after which it exits 0 (its exit signal replaces the error)."""
+
+    def __init__(self) -> None:
+        self.worker_failure: BaseException | None = None
+        self.session_failure: BaseException | None = None
+        self._watch: _JobCrashWatch | None = None
+
+    @classmethod
+    def watch(cls, worker: AgentServer, *, console: bool) -> _Outcome:
+        outcome = cls()
+        run = worker.run
+
+        async def run_and_record(*, devmode: bool = False, unregistered: bool = False) -> None:
+            try:
+                await run(devmode=devmode, unregistered=unregistered)
+            except Exception as exc:
+                outcome.worker_failure = exc
+                raise
+
+        worker.run = run_and_record  # type: ignore[method-assign]
+        if console:
+            outcome._watch = _JobCrashWatch(outcome)
+            logging.getLogger("livekit.agents").addHandler(outcome._watch)
+        return outcome
+
+    def note_exit(self, exc: SystemExit) -> None:
+        """LiveKit's console ends on its own exit signal even when a typed turn raised: that error is the exit's
+        context."""
+        cause = exc.__context__
+        while isinstance(cause, SystemExit | KeyboardInterrupt | typer.Exit | click.exceptions.Exit):  # how typer ends
+            cause = cause.__context__
+        if cause is not None and self.session_failure is None:
+            self.session_failure = cause
+
+    def stop(self) -> None:
+        if self._watch is not None:
+            logging.getLogger("livekit.agents").removeHandler(self._watch)
+
+    def exit_status(self, status: int | str | None, *, settings: Settings) -> int:
+        if self.worker_failure is not None:
+            where = f" at {settings.livekit_url}" if settings.livekit_url else ""
+            print(
+                f"The worker could not connect to the LiveKit server{where} after {settings.livekit_max_retry} "
+                f"retries ({type(self.worker_failure).__name__}): check LIVEKIT_URL, LIVEKIT_API_KEY and "
+                "LIVEKIT_API_SECRET, and that the server is running.",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        if self.session_failure is not None:
+            reason = self.session_failure.message if isinstance(self.session_failure, CompanionError) else ""
+            print(
+                f"The console's session failed ({type(self.session_failure).__name__}{': ' if reason else ''}{reason}); "
+                "the log above says where.",
+                file=sys.stderr,
+            )
+            return EXIT_SESSION_FAILED
+        if isinstance(status, str):
+            print(status, file=sys.stderr)
+            return 1
+        return status or 0
+
+
+EXIT_SESSION_FAILED = 70  # sysexits' EX_SOFTWARE: the session failed after start-up
+
+
+class _JobCrashWatch(logging.Handler):
+    """Console only: when the session's job fails (its entrypoint raised, or a typed turn did), record why and stop
+    the console's main thread, as Ctrl+C would."""
+
+    CRASH = "unhandled exception while running the job task"
+
+    def __init__(self, outcome: _Outcome) -> None:
+        super().__init__(level=logging.ERROR)
+        self._outcome = outcome
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg != self.CRASH or self._outcome.session_failure is not None:
+            return
+        self._outcome.session_failure = record.exc_info[1] if record.exc_info and record.exc_info[1] else RuntimeError()
+        main_thread = threading.main_thread().ident
+        if main_thread is not None:
+            signal.pthread_kill(main_thread, signal.SIGTERM)
 
 
 def _serve_metrics(settings: Settings, command: str, cleanup: contextlib.ExitStack) -> None:

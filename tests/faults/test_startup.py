@@ -1,0 +1,115 @@
+"""Start-up faults, run as a user meets them (``agent.py`` as a subprocess): each either stops at once with status 78
+and one line naming the variable to fix, or starts degraded. Never a hang, never a traceback as the only message,
+never a failure that exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from core.preflight import EXIT_CONFIG
+from tests.agent_process import clean_env, run_agent
+from tests.conftest import SERVICE_ROLE_KEY, admin_dsn, dsn_for
+from tests.fakes.postgrest import PostgrestStub
+from tests.net import free_port
+
+STOPS_WITHIN = 20.0  # seconds, imports included; the checks themselves take milliseconds (3 s at most each)
+
+
+def stopped(tmp_path: Path, **variables: str) -> tuple[str, float]:
+    """Run the console with ``variables``; assert it refused to start as it should; return stderr and the time."""
+    started = time.monotonic()
+    result = run_agent(
+        ["console", "--text"], cwd=tmp_path, env=clean_env(tmp_path, OPENAI_API_KEY="sk-test", **variables)
+    )
+    took = time.monotonic() - started
+    assert result.returncode == EXIT_CONFIG, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert took < STOPS_WITHIN
+    return result.stderr, took
+
+
+def with_password(dsn: str, password: str) -> str:
+    parts = urlsplit(dsn)
+    netloc = f"{parts.username}:{password}@{parts.hostname}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@pytest.mark.postgres
+def test_a_wrong_postgres_password_stops_naming_database_url(tmp_path: Path) -> None:
+    stderr, _ = stopped(tmp_path, DATABASE_URL=with_password(admin_dsn(), "not-the-password-31337"))
+
+    assert "refused the user name or password in DATABASE_URL" in stderr
+    assert "not-the-password-31337" not in stderr
+
+
+@pytest.mark.postgres
+def test_a_database_that_is_down_stops_naming_database_url(tmp_path: Path) -> None:
+    parts = urlsplit(admin_dsn())
+    closed = urlunsplit(parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{free_port()}"))
+    stderr, _ = stopped(tmp_path, DATABASE_URL=closed)
+
+    assert "Cannot reach PostgreSQL at 127.0.0.1:" in stderr
+    assert "(connection refused)" in stderr
+    assert "DATABASE_URL" in stderr
+    assert parts.password not in stderr
+
+
+@pytest.mark.postgres
+def test_a_database_that_does_not_exist_stops_naming_database_url(tmp_path: Path) -> None:
+    stderr, _ = stopped(tmp_path, DATABASE_URL=dsn_for(f"companion_test_missing_{secrets.token_hex(4)}"))
+
+    assert "The database named in DATABASE_URL does not exist" in stderr
+
+
+def test_an_sqlite_path_that_cannot_be_written_stops_naming_database_url(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    stderr, _ = stopped(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/a-file/companion.db")
+
+    assert f"Cannot open or write the SQLite database DATABASE_URL ({tmp_path}/a-file/companion.db)" in stderr
+
+
+def test_a_malformed_redis_url_stops_naming_redis_url(tmp_path: Path) -> None:
+    stderr, _ = stopped(tmp_path, REDIS_URL="garbage")
+
+    assert "REDIS_URL must be redis://" in stderr
+
+
+async def test_a_refused_supabase_key_stops_naming_the_key(tmp_path: Path, postgrest_stub: PostgrestStub) -> None:
+    # The stub serves on this test's loop: the agent runs on a thread meanwhile.
+    stderr, _ = await asyncio.to_thread(
+        stopped,
+        tmp_path,
+        DATABASE_URL="",  # empty is unset: Supabase is used when DATABASE_URL is not
+        SUPABASE_URL=postgrest_stub.url,
+        SUPABASE_SERVICE_ROLE_KEY="not-" + SERVICE_ROLE_KEY,
+    )
+
+    assert "Supabase refused SUPABASE_SERVICE_ROLE_KEY (HTTP 401)" in stderr
+    assert SERVICE_ROLE_KEY not in stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["start", "dev"])
+def test_a_worker_that_cannot_reach_livekit_exits_non_zero_naming_livekit_url(tmp_path: Path, command: str) -> None:
+    env = clean_env(
+        tmp_path,
+        OPENAI_API_KEY="sk-test",
+        LIVEKIT_URL=f"ws://127.0.0.1:{free_port()}",
+        LIVEKIT_API_KEY="APIkey",
+        LIVEKIT_API_SECRET="a-secret-long-enough-for-hmac-sha256-000",
+        LIVEKIT_MAX_RETRY="1",  # LiveKit waits 0 s before its one retry
+    )
+    started = time.monotonic()
+    result = run_agent([command], cwd=tmp_path, env=env, timeout=60)
+
+    assert result.returncode == EXIT_CONFIG  # LiveKit's CLI alone logs "worker failed" and exits 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("The worker could not connect to the LiveKit server at ws://127.0.0.1:")
+    assert "LIVEKIT_URL" in last_line
+    assert time.monotonic() - started < 30
