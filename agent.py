@@ -45,10 +45,12 @@ from livekit.agents.stt import STT
 from livekit.agents.vad import VAD
 from livekit.plugins import openai, silero
 from openai import AsyncOpenAI
+from rich.text import Text
 from threadpoolctl import threadpool_limits
 
 from core.config import PLACEHOLDER_OPENAI_KEY, Settings, get_settings, share_with_job_processes
 from core.errors import CompanionError, ConfigError, WriteForbiddenError
+from core.log_filters import CONSOLE_NOISE, NotForUsFilter
 from core.log_filters import install as install_log_filters
 from core.preflight import EXIT_CONFIG, LLM_COMMANDS, command_of, preflight, preflight_warnings
 from core.validators import clean_text, is_user_id, parse_user_id
@@ -367,6 +369,7 @@ async def start_companion(
     await (session.start(agent=agent) if room is None else session.start(agent=agent, room=room))
     opening = await services.conversations.opening(profile)
     await session.say(opening.text)
+    _show_in_console(opening.text)  # the console prints replies, not what the agent says unprompted
     return agent
 
 
@@ -518,8 +521,11 @@ def main(argv: list[str]) -> int:
             print(finding.message if finding.fatal else f"warning: {finding.message}", file=sys.stderr)
         if any(finding.fatal for finding in findings):
             return EXIT_CONFIG
+    quiet_console = command == "console" and settings.livekit_log_level is None and not _flag_given("--log-level", argv)
+    if quiet_console:  # a person reads the console: warnings and errors, not LiveKit's DEBUG (--log-level debug)
+        share_with_job_processes("LIVEKIT_LOG_LEVEL", "WARN")
     for chatty in ("aiosqlite", "asyncio", "httpcore", "openai._base_client"):  # their DEBUG drowns the console
-        logging.getLogger(chatty).setLevel(logging.INFO)
+        logging.getLogger(chatty).setLevel(logging.WARNING if quiet_console else logging.INFO)
     server.update_options(max_retry=settings.livekit_max_retry)
     outcome = _Outcome.watch(server, console=command == "console")
     status: int | str | None = 0
@@ -536,6 +542,10 @@ def main(argv: list[str]) -> int:
         finally:
             outcome.stop()
     return outcome.exit_status(status, settings=settings)
+
+
+def _flag_given(flag: str, argv: list[str]) -> bool:
+    return any(arg == flag or arg.startswith(flag + "=") for arg in argv)
 
 
 class _Outcome:
@@ -566,6 +576,7 @@ class _Outcome:
         if console:
             outcome._watch = _JobCrashWatch(outcome)
             logging.getLogger("livekit.agents").addHandler(outcome._watch)
+            logging.getLogger("livekit.agents").addFilter(NotForUsFilter(prefixes=CONSOLE_NOISE))
         return outcome
 
     def note_exit(self, exc: SystemExit) -> None:
@@ -603,6 +614,19 @@ class _Outcome:
             print(status, file=sys.stderr)
             return 1
         return status or 0
+
+
+def _show_in_console(text: str) -> None:
+    """In the text console, print ``text`` as LiveKit prints a reply (``● Agent`` and the lines under it). The
+    console prints the events of a typed turn only, so what the agent says on its own (the greeting) would otherwise
+    appear only in a DEBUG record. Anywhere else, nothing."""
+    console = cli.AgentsConsole.get_instance()
+    if not console.enabled or console.console_mode != "text" or not hasattr(console, "console"):
+        return
+    console.console.print()
+    console.console.print(Text.assemble(("  \u25cf ", "#6BCB77"), ("Agent", "bold #6BCB77")))
+    for line in text.split("\n"):
+        console.console.print(Text(f"    {line}"))
 
 
 EXIT_SESSION_FAILED = 70  # sysexits' EX_SOFTWARE: the session failed after start-up

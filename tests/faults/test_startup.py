@@ -6,18 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
+import pexpect
 import pytest
 
 from core.preflight import EXIT_CONFIG
-from tests.agent_process import clean_env, run_agent
+from tests.agent_process import AGENT, clean_env, run_agent
 from tests.conftest import SERVICE_ROLE_KEY, admin_dsn, dsn_for
+from tests.fakes.openai_server import FakeOpenAIServer
 from tests.fakes.postgrest import PostgrestStub
 from tests.net import free_port
 
+EXIT_SESSION_FAILED = 70
 STOPS_WITHIN = 20.0  # seconds, imports included; the checks themselves take milliseconds (3 s at most each)
 
 
@@ -113,3 +119,96 @@ def test_a_worker_that_cannot_reach_livekit_exits_non_zero_naming_livekit_url(tm
     assert last_line.startswith("The worker could not connect to the LiveKit server at ws://127.0.0.1:")
     assert "LIVEKIT_URL" in last_line
     assert time.monotonic() - started < 30
+
+
+# The console under a pseudo-terminal ---------------------------------------------------------------------------
+
+
+def console(home: Path, fake: FakeOpenAIServer, **variables: str) -> pexpect.spawn:
+    return pexpect.spawn(
+        sys.executable,
+        [str(AGENT), "console", "--text"],
+        cwd=home,
+        env=clean_env(home, OPENAI_BASE_URL=fake.base_url, **variables),
+        encoding="utf-8",
+        codec_errors="replace",
+        dimensions=(40, 160),
+        timeout=60,
+    )
+
+
+def ended(child: pexpect.spawn, *, within: float) -> tuple[int | None, str]:
+    """Wait for the console to exit by itself; return its status and everything it printed."""
+    started = time.monotonic()
+    child.expect(pexpect.EOF, timeout=within)
+    printed = child.before
+    child.close()
+    assert time.monotonic() - started < within
+    return child.exitstatus, printed
+
+
+@pytest.mark.console
+@pytest.mark.slow
+def test_redis_unreachable_starts_the_console_on_the_in_process_cache(tmp_path: Path) -> None:
+    with FakeOpenAIServer() as fake:
+        child = console(tmp_path, fake, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+        try:
+            child.expect("is not reachable")
+            child.expect("starting with the in-process cache")
+            child.expect("lovely to meet you")  # the greeting, printed as an Agent line
+            child.send("Hello there\r")
+            child.expect("I heard you say: Hello there")
+            child.expect("llm_ttft")
+            time.sleep(1)
+            child.sendcontrol("c")
+            status, _ = ended(child, within=60)
+        finally:
+            child.close(force=True)
+    assert status == 0
+
+
+@pytest.mark.console
+@pytest.mark.slow
+@pytest.mark.postgres
+async def test_a_session_that_fails_inside_the_console_exits_non_zero_at_once(
+    tmp_path: Path, empty_database: str
+) -> None:
+    # Passes the start-up check (the server answers), then the job's migration fails on a table of someone else's.
+    conn = await asyncpg.connect(empty_database)
+    try:
+        await conn.execute("create table memories (id int)")
+    finally:
+        await conn.close()
+
+    def run() -> tuple[int | None, str]:
+        with FakeOpenAIServer() as fake:
+            child = console(tmp_path, fake, DATABASE_URL=empty_database)
+            try:
+                return ended(child, within=30)  # LiveKit's console alone waits for the job forever
+            finally:
+                child.close(force=True)
+
+    status, printed = await asyncio.to_thread(run)
+    assert status == EXIT_SESSION_FAILED
+    assert "The console's session failed (StorageError: postgres error 42703)" in printed
+
+
+@pytest.mark.console
+@pytest.mark.slow
+def test_a_turn_that_fails_in_the_console_never_exits_zero(tmp_path: Path) -> None:
+    def model(body: dict[str, Any]) -> str | None:
+        if "please fail" in str(body["messages"][-1]):
+            raise RuntimeError("the provider is down")  # the fake answers 500
+        return None
+
+    with FakeOpenAIServer(responder=model) as fake:
+        child = console(tmp_path, fake)
+        try:
+            child.expect("lovely to meet you")
+            time.sleep(1)
+            child.send("please fail\r")
+            status, printed = ended(child, within=60)  # LiveKit retries the LLM 3 times (about 4 s)
+        finally:
+            child.close(force=True)
+    assert status == EXIT_SESSION_FAILED  # LiveKit's console alone exits 0 here
+    assert "The console's session failed (APIConnectionError)" in printed
