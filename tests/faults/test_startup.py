@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import pexpect
 import pytest
 
 from core.preflight import EXIT_CONFIG
-from tests.agent_process import AGENT, clean_env, run_agent
+from tests.agent_process import AGENT, REPO, clean_env, run_agent
 from tests.conftest import SERVICE_ROLE_KEY, admin_dsn, dsn_for
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.fakes.postgrest import PostgrestStub
@@ -119,6 +120,17 @@ def test_a_worker_that_cannot_reach_livekit_exits_non_zero_naming_livekit_url(tm
     assert last_line.startswith("The worker could not connect to the LiveKit server at ws://127.0.0.1:")
     assert "LIVEKIT_URL" in last_line
     assert time.monotonic() - started < 30
+
+
+def test_scripts_console_exits_with_the_console_status_where_make_would_say_2(tmp_path: Path) -> None:
+    # GNU make exits 2 whenever a recipe fails; `make console` runs this script, which execs the console.
+    env = clean_env(tmp_path, OPENAI_API_KEY="sk-test", REDIS_URL="garbage")
+    result = subprocess.run(
+        [str(REPO / "scripts" / "console")], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert result.returncode == EXIT_CONFIG
+    assert "REDIS_URL must be redis://" in result.stderr
 
 
 # The console under a pseudo-terminal ---------------------------------------------------------------------------
