@@ -9,6 +9,10 @@ occurred while executing tool"), it hides the exception messages too, because th
 ``ValidationError`` quotes the arguments it refused, a tool's error what it was asked to keep); the traceback's
 frames and the exception types stay. ``LOG_USER_TEXT=true`` lets everything through.
 
+:class:`OnePerOutage` keeps asyncpg's pool from logging a traceback at every reconnection attempt while the
+database is down ("Failed to restore the pool connection floor; retrying", after 1, 2, 4 ... 60 s): one line per
+outage, with the error's class.
+
 A logger's filters see only the records logged on that very logger, so :func:`install` puts them on each logger
 that LiveKit and its plugins log on, in every process that imports the agent (job processes pass their records
 to the main process already filtered).
@@ -17,6 +21,7 @@ to the main process already filtered).
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Callable, Iterable
 
@@ -83,14 +88,48 @@ class NotForUsFilter(logging.Filter):
         return not (isinstance(record.msg, str) and record.msg.startswith(self._prefixes))
 
 
+class OnePerOutage(logging.Filter):
+    """The first record of an outage whose message starts with ``prefix`` passes, as one line naming the error's
+    class (no traceback); the next ones are dropped. After ``quiet`` seconds without one, the outage is over: the
+    next record starts another. asyncpg retries at most every 60 s, after a connection attempt of up to 60 s."""
+
+    def __init__(self, *, prefix: str, says: str, quiet: float = 180.0, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self._prefix, self._says, self._quiet, self._clock = prefix, says, quiet, clock
+        self._last: float | None = None
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (isinstance(record.msg, str) and record.msg.startswith(self._prefix)):
+            return True
+        now, last = self._clock(), self._last
+        self._last = now
+        if last is not None and now - last <= self._quiet:
+            self.dropped += 1
+            return False
+        error = record.exc_info[1] if record.exc_info else None
+        record.msg, record.args = self._says, None
+        record.exc_info, record.exc_text = None, None
+        record.error = type(error).__name__ if error is not None else None
+        return True
+
+
+ASYNCPG_POOL_RETRY = "Failed to restore the pool connection floor"
+ASYNCPG_POOL_OUTAGE = "PostgreSQL unreachable: asyncpg keeps reconnecting in the background (logged once per outage)"
+
+
 def install(*, allow_user_text: Callable[[], bool], loggers: Iterable[str] = LIVEKIT_LOGGERS) -> UserTextFilter:
-    """Put both filters on ``loggers`` once (installing twice changes nothing); return the user-text filter."""
+    """Put the filters on ``loggers`` and asyncpg's pool logger once (installing twice changes nothing); return the
+    user-text filter."""
     user_text = UserTextFilter(allow=allow_user_text)
     for name in loggers:
         target = logging.getLogger(name)
         if not any(isinstance(f, UserTextFilter) for f in target.filters):
             target.addFilter(user_text)
             target.addFilter(NotForUsFilter())
+    asyncpg_pool = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, OnePerOutage) for f in asyncpg_pool.filters):
+        asyncpg_pool.addFilter(OnePerOutage(prefix=ASYNCPG_POOL_RETRY, says=ASYNCPG_POOL_OUTAGE))
     return user_text
 
 

@@ -8,16 +8,30 @@ with the arguments and the traceback). What the user said is logged at DEBUG (``
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from livekit.agents import Agent, AgentSession, RunContext, function_tool
 from livekit.plugins import openai
 
 from core.config import load_settings
-from core.log_filters import HIDDEN, LIVEKIT_LOGGERS, NOT_FOR_US, NotForUsFilter, UserTextFilter, install
+from core.errors import StorageError
+from core.log_filters import (
+    ASYNCPG_POOL_OUTAGE,
+    HIDDEN,
+    LIVEKIT_LOGGERS,
+    NOT_FOR_US,
+    NotForUsFilter,
+    OnePerOutage,
+    UserTextFilter,
+    install,
+)
+from infrastructure.storage.postgres import PostgresStorage
 from tests.fakes.openai_server import FakeOpenAIServer, ToolCall, tool_results
 
 SAID = "my locker code is SAID-4417"
@@ -125,3 +139,70 @@ def test_the_agent_installs_the_filters_when_imported() -> None:
 
     for name in LIVEKIT_LOGGERS:
         assert any(isinstance(f, UserTextFilter) for f in logging.getLogger(name).filters), name
+
+
+class Cable:
+    """A TCP relay between the pool and PostgreSQL that the test can cut: the database becomes unreachable for this
+    pool alone (the shared server keeps running for everyone else)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self.port = 0
+
+    async def __aenter__(self) -> Cable:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.cut()
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for writer in self._writers:
+            writer.close()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
+        self._writers += [writer, upstream_writer]
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+
+@pytest.mark.postgres
+async def test_asyncpg_logs_one_line_per_outage_not_a_traceback_per_retry(
+    caplog: pytest.LogCaptureFixture, empty_database: str
+) -> None:
+    install(allow_user_text=lambda: False)
+    caplog.set_level(logging.DEBUG, logger="asyncpg")
+    parts = urlsplit(empty_database)
+    async with Cable(parts.hostname or "127.0.0.1", parts.port or 5432) as cable:
+        netloc = f"{parts.username}:{parts.password}@127.0.0.1:{cable.port}"
+        storage = await PostgresStorage.open(urlunsplit(parts._replace(netloc=netloc)), migrate=False)
+        try:
+            await storage.ping()
+            await cable.cut()
+            with pytest.raises(StorageError):  # the connection the pool held is gone
+                await storage.ping()
+            await asyncio.sleep(3.5)  # asyncpg retries the connection the pool lost after 1 s, 2 s more, ...
+        finally:
+            await storage.aclose()
+
+    from_asyncpg = [r for r in caplog.records if r.name.startswith("asyncpg")]
+    assert [r.getMessage() for r in from_asyncpg] == [ASYNCPG_POOL_OUTAGE]
+    assert from_asyncpg[0].exc_info is None
+    assert from_asyncpg[0].exc_text is None
+    assert from_asyncpg[0].error == "ConnectionRefusedError"
+    outage = next(f for f in logging.getLogger("asyncpg.pool").filters if isinstance(f, OnePerOutage))
+    assert outage.dropped >= 1  # the retries did happen, and were not logged
