@@ -1,6 +1,8 @@
-"""Start-up faults, run as a user meets them (``agent.py`` as a subprocess): each either stops at once with status 78
-and one line naming the variable to fix, or starts degraded. Never a hang, never a traceback as the only message,
-never a failure that exits 0."""
+"""Start-up faults: each either stops at once with status 78 and one line naming the variable to fix, or starts
+degraded. Never a hang, never a traceback as the only message, never a failure that exits 0.
+
+The fault matrix runs the start-up probe in process (milliseconds each); ``agent.py`` runs as a subprocess, as a user
+meets it, where the wiring is what is tested: exit status, the one line, the console under a pseudo-terminal."""
 
 from __future__ import annotations
 
@@ -17,12 +19,15 @@ import asyncpg
 import pexpect
 import pytest
 
+from core.config import Settings
 from core.preflight import EXIT_CONFIG
+from infrastructure.startup_probe import Finding, probe
 from tests.agent_process import AGENT, REPO, clean_env, run_agent
 from tests.conftest import SERVICE_ROLE_KEY, admin_dsn, dsn_for
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.fakes.postgrest import PostgrestStub
 from tests.net import free_port
+from tests.redis_servers import shared_redis_url
 
 EXIT_SESSION_FAILED = 70
 STOPS_WITHIN = 20.0  # seconds, imports included; the checks themselves take milliseconds (3 s at most each)
@@ -47,63 +52,86 @@ def with_password(dsn: str, password: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-@pytest.mark.postgres
-def test_a_wrong_postgres_password_stops_naming_database_url(tmp_path: Path) -> None:
-    stderr, _ = stopped(tmp_path, DATABASE_URL=with_password(admin_dsn(), "not-the-password-31337"))
+async def problems(**settings: Any) -> list[Finding]:
+    """What the start-up probe finds with these settings (the same call main() makes before LiveKit starts)."""
+    return await probe(Settings(_env_file=None, openai_api_key="sk-test", **settings))  # type: ignore[call-arg]
 
-    assert "refused the user name or password in DATABASE_URL" in stderr
+
+def only_fatal(found: list[Finding]) -> str:
+    assert len(found) == 1, found
+    assert found[0].fatal
+    return found[0].message
+
+
+@pytest.mark.postgres
+def test_a_wrong_postgres_password_stops_the_console_with_78_naming_database_url(tmp_path: Path) -> None:
+    stderr, took = stopped(tmp_path, DATABASE_URL=with_password(admin_dsn(), "not-the-password-31337"))
+
+    assert stderr.strip() == (
+        f"PostgreSQL at {urlsplit(admin_dsn()).hostname}:{urlsplit(admin_dsn()).port} refused the user name or "
+        "password in DATABASE_URL (28P01): fix the credentials in DATABASE_URL."
+    )
     assert "not-the-password-31337" not in stderr
 
 
 @pytest.mark.postgres
-def test_a_database_that_is_down_stops_naming_database_url(tmp_path: Path) -> None:
+async def test_a_database_that_is_down_is_fatal_naming_database_url() -> None:
     parts = urlsplit(admin_dsn())
     closed = urlunsplit(parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{free_port()}"))
-    stderr, _ = stopped(tmp_path, DATABASE_URL=closed)
+    message = only_fatal(await problems(database_url=closed))
 
-    assert "Cannot reach PostgreSQL at 127.0.0.1:" in stderr
-    assert "(connection refused)" in stderr
-    assert "DATABASE_URL" in stderr
-    assert parts.password not in stderr
+    assert message.startswith("Cannot reach PostgreSQL at 127.0.0.1:")
+    assert "(connection refused)" in message
+    assert "DATABASE_URL" in message
+    assert str(parts.password) not in message
 
 
 @pytest.mark.postgres
-def test_a_database_that_does_not_exist_stops_naming_database_url(tmp_path: Path) -> None:
-    stderr, _ = stopped(tmp_path, DATABASE_URL=dsn_for(f"companion_test_missing_{secrets.token_hex(4)}"))
+async def test_a_database_that_does_not_exist_is_fatal_naming_database_url() -> None:
+    message = only_fatal(await problems(database_url=dsn_for(f"companion_test_missing_{secrets.token_hex(4)}")))
 
-    assert "The database named in DATABASE_URL does not exist" in stderr
+    assert message.startswith("The database named in DATABASE_URL does not exist")
 
 
-def test_an_sqlite_path_that_cannot_be_written_stops_naming_database_url(tmp_path: Path) -> None:
+async def test_an_sqlite_path_that_cannot_be_written_is_fatal_naming_database_url(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("not a folder")
-    stderr, _ = stopped(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/a-file/companion.db")
+    message = only_fatal(await problems(database_url=f"sqlite:///{tmp_path}/a-file/companion.db"))
 
-    assert f"Cannot open or write the SQLite database DATABASE_URL ({tmp_path}/a-file/companion.db)" in stderr
+    assert message.startswith(f"Cannot open or write the SQLite database DATABASE_URL ({tmp_path}/a-file/companion.db)")
 
 
-def test_a_malformed_redis_url_stops_naming_redis_url(tmp_path: Path) -> None:
+def test_a_malformed_redis_url_stops_the_console_with_78_naming_redis_url(tmp_path: Path) -> None:
     stderr, _ = stopped(tmp_path, REDIS_URL="garbage")
 
     assert "REDIS_URL must be redis://" in stderr
 
 
-async def test_a_refused_supabase_key_stops_naming_the_key(tmp_path: Path, postgrest_stub: PostgrestStub) -> None:
-    # The stub serves on this test's loop: the agent runs on a thread meanwhile.
-    stderr, _ = await asyncio.to_thread(
-        stopped,
-        tmp_path,
-        DATABASE_URL="",  # empty is unset: Supabase is used when DATABASE_URL is not
-        SUPABASE_URL=postgrest_stub.url,
-        SUPABASE_SERVICE_ROLE_KEY="not-" + SERVICE_ROLE_KEY,
+async def test_an_unreachable_redis_only_warns(tmp_path: Path) -> None:
+    found = await problems(
+        database_url=f"sqlite:///{tmp_path}/companion.db", redis_url=f"redis://127.0.0.1:{free_port()}/0"
     )
 
-    assert "Supabase refused SUPABASE_SERVICE_ROLE_KEY (HTTP 401)" in stderr
-    assert SERVICE_ROLE_KEY not in stderr
+    assert len(found) == 1
+    assert not found[0].fatal
+    assert "(REDIS_URL) is not reachable" in found[0].message
+    assert "starting with the in-process cache" in found[0].message
+
+
+async def test_a_refused_supabase_key_is_fatal_naming_the_key(postgrest_stub: PostgrestStub) -> None:
+    found = await problems(supabase_url=postgrest_stub.url, supabase_service_role_key="not-" + SERVICE_ROLE_KEY)
+
+    assert only_fatal(found).startswith("Supabase refused SUPABASE_SERVICE_ROLE_KEY (HTTP 401)")
+    assert SERVICE_ROLE_KEY not in found[0].message
+    assert await problems(supabase_url=postgrest_stub.url, supabase_service_role_key=SERVICE_ROLE_KEY) == []
+
+
+@pytest.mark.postgres
+async def test_a_healthy_configuration_finds_nothing(migrated_database: str) -> None:
+    assert await problems(database_url=migrated_database, redis_url=shared_redis_url()) == []
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["start", "dev"])
-def test_a_worker_that_cannot_reach_livekit_exits_non_zero_naming_livekit_url(tmp_path: Path, command: str) -> None:
+def test_a_worker_that_cannot_reach_livekit_exits_non_zero_naming_livekit_url(tmp_path: Path) -> None:
     env = clean_env(
         tmp_path,
         OPENAI_API_KEY="sk-test",
@@ -113,7 +141,7 @@ def test_a_worker_that_cannot_reach_livekit_exits_non_zero_naming_livekit_url(tm
         LIVEKIT_MAX_RETRY="1",  # LiveKit waits 0 s before its one retry
     )
     started = time.monotonic()
-    result = run_agent([command], cwd=tmp_path, env=env, timeout=60)
+    result = run_agent(["start"], cwd=tmp_path, env=env, timeout=60)  # `dev` goes the same way (measured: 2 s)
 
     assert result.returncode == EXIT_CONFIG  # LiveKit's CLI alone logs "worker failed" and exits 0
     last_line = result.stderr.strip().splitlines()[-1]
@@ -209,8 +237,8 @@ async def test_a_session_that_fails_inside_the_console_exits_non_zero_at_once(
 @pytest.mark.slow
 def test_a_turn_that_fails_in_the_console_never_exits_zero(tmp_path: Path) -> None:
     def model(body: dict[str, Any]) -> str | None:
-        if "please fail" in str(body["messages"][-1]):
-            raise RuntimeError("the provider is down")  # the fake answers 500
+        if body["messages"][0]["content"].startswith("You are Companion") and "please fail" in str(body["messages"]):
+            raise RuntimeError("the provider is down")  # the fake answers 500 to the agent's replies
         return None
 
     with FakeOpenAIServer(responder=model) as fake:
