@@ -568,8 +568,11 @@ class _Outcome:
         async def run_and_record(*, devmode: bool = False, unregistered: bool = False) -> None:
             try:
                 await run(devmode=devmode, unregistered=unregistered)
-            except Exception as exc:
-                outcome.worker_failure = exc
+            except Exception as exc:  # the console's own worker runs unregistered: its failure is the session's
+                if console:
+                    outcome.session_failure = outcome.session_failure or exc
+                else:
+                    outcome.worker_failure = exc
                 raise
 
         worker.run = run_and_record  # type: ignore[method-assign]
