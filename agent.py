@@ -52,7 +52,7 @@ from core.config import PLACEHOLDER_OPENAI_KEY, Settings, get_settings, share_wi
 from core.errors import CompanionError, ConfigError, WriteForbiddenError
 from core.log_filters import CONSOLE_NOISE, NotForUsFilter
 from core.log_filters import install as install_log_filters
-from core.preflight import EXIT_CONFIG, LLM_COMMANDS, command_of, preflight, preflight_warnings
+from core.preflight import EXIT_CONFIG, EXIT_SESSION_FAILED, LLM_COMMANDS, command_of, preflight, preflight_warnings
 from core.validators import clean_text, is_user_id, parse_user_id
 from infrastructure.embeddings import preload_embedder
 from infrastructure.metrics_server import MetricsServer
@@ -632,12 +632,9 @@ def _show_in_console(text: str) -> None:
         console.console.print(Text(f"    {line}"))
 
 
-EXIT_SESSION_FAILED = 70  # sysexits' EX_SOFTWARE: the session failed after start-up
-
-
 class _JobCrashWatch(logging.Handler):
-    """Console only: when the session's job fails (its entrypoint raised, or a typed turn did), record why and stop
-    the console's main thread, as Ctrl+C would."""
+    """Console only: when the session's job fails (its entrypoint raised), record why and stop the console's main
+    thread, as Ctrl+C would; LiveKit's console would otherwise wait for the session forever."""
 
     CRASH = "unhandled exception while running the job task"
 

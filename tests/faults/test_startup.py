@@ -20,7 +20,7 @@ import pexpect
 import pytest
 
 from core.config import Settings
-from core.preflight import EXIT_CONFIG
+from core.preflight import EXIT_CONFIG, EXIT_SESSION_FAILED
 from infrastructure.startup_probe import Finding, probe
 from tests.agent_process import AGENT, REPO, clean_env, run_agent
 from tests.conftest import SERVICE_ROLE_KEY, admin_dsn, dsn_for
@@ -29,7 +29,6 @@ from tests.fakes.postgrest import PostgrestStub
 from tests.net import free_port
 from tests.redis_servers import shared_redis_url
 
-EXIT_SESSION_FAILED = 70
 STOPS_WITHIN = 20.0  # seconds, imports included; the checks themselves take milliseconds (3 s at most each)
 
 
