@@ -111,9 +111,9 @@ class Settings(BaseSettings):
     livekit_url: str | None = None
     livekit_api_key: str | None = None
     livekit_api_secret: SecretStr | None = None
-    # Connection attempts in a row before `start` / `dev` give up and exit non-zero. LiveKit waits 0, 2, 4, 6, 8,
-    # then 10 s between attempts, so 6 gives up after about 30 s (LiveKit's own default, 16, after about 136 s).
-    # The count starts again after each successful connection: it also bounds a reconnection.
+    # Retries in a row of the connection to LiveKit before `start` / `dev` give up and exit non-zero. LiveKit waits
+    # 0, 2, 4, 6, 8, then 10 s before each, so 6 give up after about 30 s of waiting (LiveKit's own default, 16,
+    # after about 136 s). The count starts again after each successful connection: it also bounds a reconnection.
     livekit_max_retry: int = Field(default=6, ge=0, le=100)
 
     # Speech: Uplift AI when its key is set (OpenAI TTS as its fallback), else OpenAI TTS; OpenAI STT.
