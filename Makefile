@@ -1,4 +1,5 @@
-# make console   chat with the agent in the terminal (python agent.py console --text)
+# make console   chat with the agent in the terminal (scripts/console: python agent.py console --text); make exits 2
+#                when it fails, whatever the console's status: scripts/console exits with the console's own (78, 70)
 # make test      the whole suite: ruff, import-linter, pytest (starts PostgreSQL and Redis when needed)
 # make bench     bench/infrastructure.py: batching, cache, pool and embedder numbers as one JSON object
 # The first run creates .venv and installs everything, system packages included where it may.
@@ -23,8 +24,7 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-model.txt constrain
 	@touch $@
 
 console: $(STAMP)
-	@scripts/system-deps.sh console
-	$(BIN)/python agent.py console --text
+	@scripts/console
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

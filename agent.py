@@ -13,14 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import httpx
+import typer
 from livekit.agents import (
     NOT_GIVEN,
     Agent,
@@ -43,14 +47,18 @@ from livekit.agents.vad import VAD
 from livekit.agents.voice.agent_session import SessionConnectOptions  # not re-exported by livekit.agents in 1.8.9
 from livekit.plugins import openai, silero
 from openai import AsyncOpenAI
+from rich.text import Text
 from threadpoolctl import threadpool_limits
 
 from core.config import OPENAI_API_URL, PLACEHOLDER_OPENAI_KEY, Settings, get_settings, share_with_job_processes
 from core.errors import CompanionError, ConfigError, WriteForbiddenError
-from core.preflight import EXIT_CONFIG, command_of, preflight, preflight_warnings
+from core.log_filters import CONSOLE_NOISE, NotForUsFilter
+from core.log_filters import install as install_log_filters
+from core.preflight import EXIT_CONFIG, EXIT_SESSION_FAILED, LLM_COMMANDS, command_of, preflight, preflight_warnings
 from core.validators import clean_text, is_user_id, parse_user_id
 from infrastructure.embeddings import preload_embedder
 from infrastructure.metrics_server import MetricsServer
+from infrastructure.startup_probe import probe
 from infrastructure.storage import Profile
 from infrastructure.turn_metrics import TurnMetrics, TurnTimings
 from services.container import Process, Session, open_process, open_session
@@ -62,6 +70,18 @@ from services.turn_retrieval import RetrievalStats
 from tts import TEXT_TRANSFORMS, SpeechOutput, build_tts
 
 logger = logging.getLogger("companion.agent")
+
+
+def _log_user_text() -> bool:
+    try:
+        return get_settings().log_user_text
+    except ConfigError:  # main() reports it; until then nothing of the user's is logged
+        return False
+
+
+# On LiveKit's loggers, in this process and in each job process (which imports this module): no user text in the
+# logs unless LOG_USER_TEXT=true, and none of LiveKit's warnings about features Companion does not use.
+install_log_filters(allow_user_text=_log_user_text)
 
 
 class Companion(Agent):
@@ -441,6 +461,7 @@ async def start_companion(
     await (session.start(agent=agent) if room is None else session.start(agent=agent, room=room))
     opening = await services.conversations.opening(profile)
     await session.say(opening.text)
+    _show_in_console(opening.text)  # the console prints replies, not what the agent says unprompted
     return agent
 
 
@@ -580,26 +601,154 @@ async def entrypoint(ctx: JobContext) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Check the configuration for the command in ``argv``, then hand over to LiveKit's CLI."""
+    """Check the configuration for the command in ``argv`` and that its storage and cache answer, then hand over to
+    LiveKit's CLI; return the exit status (``EXIT_CONFIG`` with a one-line message for what must be fixed)."""
     try:
         settings = get_settings()
     except ConfigError as exc:
         print(exc.message, file=sys.stderr)
         return EXIT_CONFIG
-    for warning in preflight_warnings(settings) if command_of(argv[1:]) else ():
+    command = command_of(argv[1:])
+    for warning in preflight_warnings(settings) if command else ():
         print(f"warning: {warning}", file=sys.stderr)
     problem = preflight(settings, argv[1:])
     if problem is not None:
         print(problem, file=sys.stderr)
         return EXIT_CONFIG
+    if command in LLM_COMMANDS and "--help" not in argv:
+        findings = asyncio.run(probe(settings))
+        for finding in findings:
+            print(finding.message if finding.fatal else f"warning: {finding.message}", file=sys.stderr)
+        if any(finding.fatal for finding in findings):
+            return EXIT_CONFIG
+    quiet_console = command == "console" and settings.livekit_log_level is None and not _flag_given("--log-level", argv)
+    if quiet_console:  # a person reads the console: warnings and errors, not LiveKit's DEBUG (--log-level debug)
+        share_with_job_processes("LIVEKIT_LOG_LEVEL", "WARN")
     for chatty in ("aiosqlite", "asyncio", "httpcore", "openai._base_client"):  # their DEBUG drowns the console
-        logging.getLogger(chatty).setLevel(logging.INFO)
-    command = command_of(argv[1:])
+        logging.getLogger(chatty).setLevel(logging.WARNING if quiet_console else logging.INFO)
+    server.update_options(max_retry=settings.livekit_max_retry)
+    outcome = _Outcome.watch(server, console=command == "console")
+    status: int | str | None = 0
     with contextlib.ExitStack() as cleanup:
         if settings.metrics_port is not None and command:
             _serve_metrics(settings, command, cleanup)
-        cli.run_app(server)
-    return 0
+        try:
+            cli.run_app(server)
+        except SystemExit as exc:  # typer ends every command with sys.exit
+            status = exc.code
+            outcome.note_exit(exc)
+        except Exception as exc:  # a typed turn that raised, when nothing replaced it on its way out
+            outcome.session_failure = exc
+        finally:
+            outcome.stop()
+    return outcome.exit_status(status, settings=settings)
+
+
+def _flag_given(flag: str, argv: list[str]) -> bool:
+    return any(arg == flag or arg.startswith(flag + "=") for arg in argv)
+
+
+class _Outcome:
+    """What LiveKit's CLI does not tell us. ``start``/``dev``: ``AgentServer.run`` failing (no server reachable
+    after ``LIVEKIT_MAX_RETRY`` attempts): the CLI logs "worker failed" and exits 0 (``_run_worker`` in
+    ``livekit/agents/cli/cli.py``). The console: the session's job crashing, after which the console would wait
+    for it forever (the main thread is stopped with SIGTERM, which LiveKit's console handles as a Ctrl+C), or a
+    typed turn raising, after which it exits 0 (its exit signal replaces the error)."""
+
+    def __init__(self) -> None:
+        self.worker_failure: BaseException | None = None
+        self.session_failure: BaseException | None = None
+        self._watch: _JobCrashWatch | None = None
+
+    @classmethod
+    def watch(cls, worker: AgentServer, *, console: bool) -> _Outcome:
+        outcome = cls()
+        run = worker.run
+
+        async def run_and_record(*, devmode: bool = False, unregistered: bool = False) -> None:
+            try:
+                await run(devmode=devmode, unregistered=unregistered)
+            except Exception as exc:  # the console's own worker runs unregistered: its failure is the session's
+                if console:
+                    outcome.session_failure = outcome.session_failure or exc
+                else:
+                    outcome.worker_failure = exc
+                raise
+
+        worker.run = run_and_record  # type: ignore[method-assign]
+        if console:
+            outcome._watch = _JobCrashWatch(outcome)
+            logging.getLogger("livekit.agents").addHandler(outcome._watch)
+            logging.getLogger("livekit.agents").addFilter(NotForUsFilter(prefixes=CONSOLE_NOISE))
+        return outcome
+
+    def note_exit(self, exc: SystemExit) -> None:
+        """LiveKit's console ends on its own exit signal even when a typed turn raised: that error is the exit's
+        context."""
+        cause = exc.__context__
+        while isinstance(cause, SystemExit | KeyboardInterrupt | typer.Exit | click.exceptions.Exit):  # how typer ends
+            cause = cause.__context__
+        if cause is not None and self.session_failure is None:
+            self.session_failure = cause
+
+    def stop(self) -> None:
+        if self._watch is not None:
+            logging.getLogger("livekit.agents").removeHandler(self._watch)
+
+    def exit_status(self, status: int | str | None, *, settings: Settings) -> int:
+        if self.worker_failure is not None:
+            where = f" at {settings.livekit_url}" if settings.livekit_url else ""
+            print(
+                f"The worker could not connect to the LiveKit server{where} after {settings.livekit_max_retry} "
+                f"retries ({type(self.worker_failure).__name__}): check LIVEKIT_URL, LIVEKIT_API_KEY and "
+                "LIVEKIT_API_SECRET, and that the server is running.",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        if self.session_failure is not None:
+            reason = self.session_failure.message if isinstance(self.session_failure, CompanionError) else ""
+            print(
+                f"The console's session failed ({type(self.session_failure).__name__}{': ' if reason else ''}{reason}); "
+                "the log above says where.",
+                file=sys.stderr,
+            )
+            return EXIT_SESSION_FAILED
+        if isinstance(status, str):
+            print(status, file=sys.stderr)
+            return 1
+        return status or 0
+
+
+def _show_in_console(text: str) -> None:
+    """In the text console, print ``text`` as LiveKit prints a reply (``● Agent`` and the lines under it). The
+    console prints the events of a typed turn only, so what the agent says on its own (the greeting) would otherwise
+    appear only in a DEBUG record. Anywhere else, nothing."""
+    console = cli.AgentsConsole.get_instance()
+    if not console.enabled or console.console_mode != "text" or not hasattr(console, "console"):
+        return
+    console.console.print()
+    console.console.print(Text.assemble(("  \u25cf ", "#6BCB77"), ("Agent", "bold #6BCB77")))
+    for line in text.split("\n"):
+        console.console.print(Text(f"    {line}"))
+
+
+class _JobCrashWatch(logging.Handler):
+    """Console only: when the session's job fails (its entrypoint raised), record why and stop the console's main
+    thread, as Ctrl+C would; LiveKit's console would otherwise wait for the session forever."""
+
+    CRASH = "unhandled exception while running the job task"
+
+    def __init__(self, outcome: _Outcome) -> None:
+        super().__init__(level=logging.ERROR)
+        self._outcome = outcome
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg != self.CRASH or self._outcome.session_failure is not None:
+            return
+        self._outcome.session_failure = record.exc_info[1] if record.exc_info and record.exc_info[1] else RuntimeError()
+        main_thread = threading.main_thread().ident
+        if main_thread is not None:
+            signal.pthread_kill(main_thread, signal.SIGTERM)
 
 
 def _serve_metrics(settings: Settings, command: str, cleanup: contextlib.ExitStack) -> None:

@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     livekit_url: str | None = None
     livekit_api_key: str | None = None
     livekit_api_secret: SecretStr | None = None
+    # Retries in a row of the connection to LiveKit before `start` / `dev` give up and exit non-zero. LiveKit waits
+    # 0, 2, 4, 6, 8, then 10 s before each, so 6 give up after about 30 s of waiting (LiveKit's own default, 16,
+    # after about 136 s). The count starts again after each successful connection: it also bounds a reconnection.
+    livekit_max_retry: int = Field(default=6, ge=0, le=100)
 
     # Speech: Uplift AI when its key is set (OpenAI TTS as its fallback), else OpenAI TTS; OpenAI STT.
     upliftai_api_key: SecretStr | None = None
@@ -138,6 +142,13 @@ class Settings(BaseSettings):
     # prometheus-client's own variable: where job processes keep their histograms. None: a fresh temporary folder.
     prometheus_multiproc_dir: Path | None = None
 
+    # Logs: what the user said, tool arguments and transcripts appear in log records (LiveKit's `lk.pii.*` fields,
+    # exception messages) only when this is true. For debugging on your own machine; never in production.
+    log_user_text: bool = False
+    # LiveKit's own variable, read by its CLI (--log-level). Unset: the console shows warnings and errors only,
+    # `dev` DEBUG and `start` INFO.
+    livekit_log_level: str | None = Field(default=None, pattern=r"(?i)^(trace|debug|info|warn|error|critical)$")
+
     @field_validator("database_url")
     @classmethod
     def _database_url_scheme(cls, value: str | None) -> str | None:
@@ -152,6 +163,20 @@ class Settings(BaseSettings):
         raise ValueError(
             "must be sqlite:///path/to/file.db or postgresql://user:password@host:5432/dbname"
             f"{seen}; unset it to use the default {DEFAULT_DATABASE_URL}"
+        )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_scheme(cls, value: str | None) -> str | None:
+        if value is None or value.startswith(("redis://", "rediss://", "unix://")):
+            return value
+        # Only a scheme is echoed, as for DATABASE_URL: the rest may hold a password.
+        seen = (
+            f" (it starts with '{value.split(':', 1)[0]}:')" if ":" in value and "@" not in value.split(":")[0] else ""
+        )
+        raise ValueError(
+            f"must be redis://[:password@]host:6379/0 (rediss:// for TLS, unix:///path/to/redis.sock){seen}; "
+            "unset it to use the in-process cache"
         )
 
     @field_validator("openai_base_url", "fallback_llm_base_url", "supabase_url")
@@ -255,9 +280,9 @@ def load_settings(*, env_file: str | Path | None = ".env") -> Settings:
 
 
 def share_with_job_processes(variable: str, value: str) -> None:
-    """Put ``variable`` in the environment that LiveKit's job processes inherit (they start after this call). The
-    one write to the environment: a library in those processes reads it itself (prometheus-client's
-    PROMETHEUS_MULTIPROC_DIR)."""
+    """Put ``variable`` in the environment that LiveKit's CLI and job processes read (they start after this call).
+    The one write to the environment: a library reads it itself (prometheus-client's PROMETHEUS_MULTIPROC_DIR,
+    LiveKit's LIVEKIT_LOG_LEVEL)."""
     os.environ[variable] = value
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from core.config import Settings
 
 EXIT_CONFIG = 78
+EXIT_SESSION_FAILED = 70  # sysexits' EX_SOFTWARE: the console's session failed after start-up
 
 WORKER_COMMANDS = frozenset({"start", "dev", "connect"})
 LLM_COMMANDS = frozenset({"console", "start", "dev", "connect"})

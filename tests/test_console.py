@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -123,3 +124,36 @@ def test_the_console_greets_answers_remembers_across_runs_and_says_how_the_cache
     said = asyncio.run(first_transcript())
     assert "Hello there" in said  # stored after Ctrl-C
     assert "Where does my sister live?" in said
+
+
+def test_the_console_prints_the_greeting_as_an_agent_line_and_keeps_log_records_out_of_the_way(
+    tmp_path: Path,
+) -> None:
+    with FakeOpenAIServer(responder=companion) as fake:
+        console = pexpect.spawn(
+            sys.executable,
+            [str(AGENT), "console", "--text"],
+            cwd=tmp_path,
+            env=clean_env(tmp_path, OPENAI_BASE_URL=fake.base_url),
+            encoding="utf-8",
+            codec_errors="replace",
+            dimensions=(40, 160),
+            timeout=90,
+        )
+        try:
+            console.expect("Type to talk to your agent")
+            console.expect("It's lovely to meet you")
+            assert re.search(r"\u25cf .*Agent.*Hi there! I'm Companion", console.before, re.S)  # like a reply
+            console.send("Hello there\r")
+            console.expect("I heard you say: Hello there")
+            console.expect("llm_ttft")
+            shown = console.before
+            time.sleep(1)
+            console.sendcontrol("c")
+            console.expect(pexpect.EOF, timeout=60)
+        finally:
+            console.close(force=True)
+    assert console.exitstatus == 0
+    assert "DEBUG" not in shown  # LiveKit's console defaults to DEBUG; ours to warnings (LIVEKIT_LOG_LEVEL=debug)
+    for not_ours in ("LIVEKIT_INFERENCE_URL", "AdaptiveInterruptionDetector", "no warmed process"):
+        assert not_ours not in shown

@@ -161,7 +161,7 @@ class FakeOpenAIServer:
         await response.prepare(request)
         self._calls += 1
         delta = {"role": "assistant", "tool_calls": [{"index": 0, "id": f"call_{self._calls}", "type": "function",
-                 "function": {"name": call.name, "arguments": json.dumps(call.arguments)}}]}  # fmt: skip
+                 "function": {"name": call.name, "arguments": call.wire_arguments}}]}  # fmt: skip
         await response.write(_event(_chunk(body, delta, finish=None)))
         await response.write(_event(_chunk(body, {}, finish="tool_calls")))
         await response.write(b"data: [DONE]\n\n")
@@ -171,10 +171,15 @@ class FakeOpenAIServer:
 
 @dataclass(frozen=True)
 class ToolCall:
-    """A scripted answer that calls one tool instead of replying."""
+    """A scripted answer that calls one tool instead of replying. ``arguments`` as text are sent as they are (a
+    model's malformed JSON)."""
 
     name: str
-    arguments: dict[str, Any] = field(default_factory=dict)
+    arguments: dict[str, Any] | str = field(default_factory=dict)
+
+    @property
+    def wire_arguments(self) -> str:
+        return self.arguments if isinstance(self.arguments, str) else json.dumps(self.arguments)
 
 
 def tool_results(body: dict[str, Any]) -> list[str]:
