@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,6 @@ from livekit.agents import AgentSession
 from livekit.plugins import openai
 
 from agent import finish_companion, start_companion
-from core.config import Settings
 from infrastructure.storage import MessageWrite
 from services.container import Process, open_process, open_session
 from services.conversation_service import SUMMARY_PROMPT
@@ -59,21 +58,6 @@ class Script:
 def fake() -> Iterator[FakeOpenAIServer]:
     with FakeOpenAIServer(responder=Script()) as server:
         yield server
-
-
-@pytest.fixture
-async def process(tmp_path: Path, fake: FakeOpenAIServer) -> AsyncIterator[Process]:
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        database_url=f"sqlite:///{tmp_path}/companion.db",
-        openai_base_url=fake.base_url,
-        batch_max_delay_ms=5,
-        llm_model="fake-model",
-        retrieval_deadline_ms=2_000,
-    )
-    process = await open_process(settings)
-    yield process
-    await process.aclose()
 
 
 async def run_session(process: Process, user: uuid.UUID, fake: FakeOpenAIServer, *lines: str) -> AgentSession:

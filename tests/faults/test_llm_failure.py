@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,20 +23,6 @@ from tests.net import free_port
 def fake() -> Iterator[FakeOpenAIServer]:
     with FakeOpenAIServer() as server:
         yield server
-
-
-@pytest.fixture
-async def process(tmp_path: Path, fake: FakeOpenAIServer) -> AsyncIterator[Process]:
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        database_url=f"sqlite:///{tmp_path}/companion.db",
-        openai_base_url=fake.base_url,
-        batch_max_delay_ms=5,
-        llm_model="fake-model",
-    )
-    process = await open_process(settings)
-    yield process
-    await process.aclose()
 
 
 def replies(session: AgentSession) -> list[str]:
