@@ -124,9 +124,11 @@ class MemoryService:
         missing = [m for m in memories if m.embedding is None or m.embedding.shape != (self._embedder.dimension,)]
         vectors = await self._embedder.embed([index_text(m.key, m.value) for m in missing]) if missing else []
         fresh = {(m.category, m.key): v for m, v in zip(missing, vectors, strict=True)}
+        self.index.reserve(len(self.index) + len(memories))
         for memory in memories:
             embedding = fresh.get((memory.category, memory.key), memory.embedding)
             self.index.upsert(_indexed(memory), embedding)
+        self.index.compact()  # the first turn's search then scans no unsorted postings
         return len(memories)
 
     async def save_memory(
