@@ -163,7 +163,7 @@ class MemoryIndex:
         recency = scoring.recency(
             (now.timestamp() - self._table.updated) / 86_400.0, half_life_days=params.half_life_days
         )
-        importance = self._table.importance.astype(np.float32)
+        importance = self._table.ranking_importance
         total = scoring.total(relevance, in_window=in_window, recency_part=recency, importance=importance,
                               params=params)  # fmt: skip
         rows = _top(total, k)
@@ -202,15 +202,16 @@ class MemoryIndex:
 
     def _lexical(self, terms: dict[str, float]) -> np.ndarray:
         n = len(self._table)
-        scores = np.zeros(n, dtype=np.float32)
+        scores = np.zeros(n + 1, dtype=np.float32)  # the spare last one takes the dropped postings' (DROPPED = -1)
         if n == 0:
-            return scores
+            return scores[:n]
         average = float(self._length[:n].mean())
         weighted = [(term, weight) for term, weight in terms.items() if weight > 0]
-        for (_, weight), (rows, tf) in zip(weighted, self._postings.lookup([t for t, _ in weighted]), strict=True):
-            if len(rows):  # term by term, in the query's order: the same sums, to the last bit, as ever
-                scores[rows] += weight * scoring.bm25(tf, self._length[rows], average_length=average, df=len(rows), n=n)
-        return scores
+        found = self._postings.lookup([term for term, _ in weighted])
+        for (_, weight), (df, rows, tf) in zip(weighted, found, strict=True):
+            if df:  # a live row once per term, terms in the query's order: the same sums as ever, to the bit
+                scores[rows] += weight * scoring.bm25(tf, self._length[rows], average_length=average, df=df, n=n)
+        return scores[:n]
 
     def _ideal(self, terms: dict[str, float]) -> float:
         """The BM25 score of a memory of average length holding every query term once: idf times the term's

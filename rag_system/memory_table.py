@@ -2,8 +2,9 @@
 
 Kept as :class:`IndexedMemory` objects, 100,000 memories cost about 3 KB each and every full garbage collection
 walks them all. Here a memory is a row: its category a small code, its key and value UTF-8 bytes in one buffer, its
-importance and times numbers in arrays (a time as unix seconds and a code for its time zone, which gives the same
-datetime back). :meth:`MemoryTable.memory` makes the IndexedMemory when a caller asks for it.
+importance and times numbers in arrays (a time as unix seconds, which float64 holds to 0.2 µs today, and a code
+for its time zone: ``fromtimestamp`` gives the same datetime back). :meth:`MemoryTable.memory` makes the
+IndexedMemory when a caller asks for it.
 
 Rows are dense, ``0 .. len - 1``: removing a row moves the last one into its place, as the index's other arrays
 do. A removed or replaced memory's bytes are overwritten with zeros at once and the space reclaimed later.
@@ -41,7 +42,8 @@ class MemoryTable:
         self._time_zones: Codes[dt.tzinfo | None] = Codes()
         self._category = np.zeros(capacity, dtype=np.uint16)
         self._zones = np.zeros((capacity, 2), dtype=np.uint16)  # created_at's and updated_at's
-        self._importance = np.zeros(capacity, dtype=np.float64)
+        self._importance = np.zeros(capacity, dtype=np.float64)  # as given, for the IndexedMemory
+        self._ranking_importance = np.zeros(capacity, dtype=np.float32)  # as the ranking has always read it
         self._created = np.zeros(capacity, dtype=np.float64)  # unix seconds
         self._updated = np.zeros(capacity, dtype=np.float64)
         self._spans = np.zeros((capacity, 3), dtype=np.int64)  # key start, value start, value end in _text
@@ -57,6 +59,10 @@ class MemoryTable:
         return self._importance[: self._size]
 
     @property
+    def ranking_importance(self) -> np.ndarray:
+        return self._ranking_importance[: self._size]
+
+    @property
     def created(self) -> np.ndarray:
         return self._created[: self._size]
 
@@ -69,15 +75,16 @@ class MemoryTable:
         return None if code is None else self._rows.get(f"{code}\0{key}")
 
     def memory(self, row: int) -> IndexedMemory:
-        key_start, value_start, end = (int(i) for i in self._spans[row])
-        created_zone, updated_zone = (self._time_zones.values[int(code)] for code in self._zones[row])
+        key_start, value_start, end = self._spans[row].tolist()  # Python ints and floats: a search makes a few
+        created_zone, updated_zone = self._zones[row].tolist()
+        zones = self._time_zones.values
         return IndexedMemory(
-            category=self._categories.values[int(self._category[row])],
+            category=self._categories.values[self._category[row].item()],
             key=self._text[key_start:value_start].decode("utf-8", "surrogatepass"),
             value=self._text[value_start:end].decode("utf-8", "surrogatepass"),
-            importance=float(self._importance[row]),
-            created_at=_time(float(self._created[row]), created_zone),
-            updated_at=_time(float(self._updated[row]), updated_zone),
+            importance=self._importance[row].item(),
+            created_at=dt.datetime.fromtimestamp(self._created[row].item(), zones[created_zone]),
+            updated_at=dt.datetime.fromtimestamp(self._updated[row].item(), zones[updated_zone]),
         )
 
     def append(self, memory: IndexedMemory) -> int:
@@ -102,7 +109,15 @@ class MemoryTable:
         self._erase(row)
         last = self._size - 1
         if row != last:
-            for column in (self._category, self._zones, self._importance, self._created, self._updated, self._spans):
+            for column in (
+                self._category,
+                self._zones,
+                self._importance,
+                self._ranking_importance,
+                self._created,
+                self._updated,
+                self._spans,
+            ):
                 column[row] = column[last]
             self._rows[self._identity(row)] = row
         self._size -= 1
@@ -117,6 +132,7 @@ class MemoryTable:
         self._category = _resized(self._category, size)
         self._zones = _resized(self._zones, size)
         self._importance = _resized(self._importance, size)
+        self._ranking_importance = _resized(self._ranking_importance, size)
         self._created = _resized(self._created, size)
         self._updated = _resized(self._updated, size)
         self._spans = _resized(self._spans, size)
@@ -133,7 +149,7 @@ class MemoryTable:
             self._time_zones.code(memory.created_at.tzinfo),
             self._time_zones.code(memory.updated_at.tzinfo),
         )
-        self._importance[row] = memory.importance
+        self._importance[row] = self._ranking_importance[row] = memory.importance
         self._created[row] = memory.created_at.timestamp()
         self._updated[row] = memory.updated_at.timestamp()
 
@@ -179,11 +195,6 @@ class Codes(Generic[T]):
             code = self._codes[value] = len(self.values)
             self.values.append(value)
         return code
-
-
-def _time(seconds: float, zone: dt.tzinfo | None) -> dt.datetime:
-    """The datetime a timestamp was taken from: exact to the microsecond (float64 seconds hold 0.2 µs today)."""
-    return dt.datetime.fromtimestamp(seconds, zone)
 
 
 def _resized(array: np.ndarray, size: int) -> np.ndarray:

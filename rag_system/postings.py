@@ -1,14 +1,14 @@
 """Which memories hold which terms, and how often: an inverted index in numpy arrays, for BM25.
 
-Postings are kept as one entry per (row, distinct term) in flat arrays: the term's id, the row, the term's count
-in the memory (``tf``) and whether the entry is live. A row's entries are written together, so writing, dropping
-and moving a row touches one slice. For search, a compaction sorts the entry ids by term (CSR: ``order`` and
-``start``, the entries of term ``t`` are ``order[start[t]:start[t + 1]]``); entries written since are scanned,
-and dropped ones are tombstones until the next compaction, which a write starts once either passes a share of the
-whole, so writes stay cheap and the unsorted tail stays short.
+Every posting is an entry of flat arrays, in the order written: the term's id, the row, the term's count in the
+memory (``tf``) and whether it is live. A row's entries are written together, so dropping or moving a row touches
+one slice. A compaction copies the live entries' rows and counts into arrays sorted by term (CSR: term ``t``'s are
+at ``start[t]:start[t + 1]``), which a search reads as slices; entries written since form a short unsorted tail
+that a search scans. A dropped row's sorted entries point at :data:`DROPPED` until the next compaction, which
+writes start once the tail or the dropped entries pass a share of the whole: writes stay cheap, reads stay slices.
 
 No Python object per entry or per memory: the garbage collector never walks the postings (a dict of str to int
-is not tracked), and 100,000 memories cost a few bytes a term.
+is not tracked), and a memory costs a few bytes a term.
 """
 
 from __future__ import annotations
@@ -17,24 +17,28 @@ from collections.abc import Sequence
 
 import numpy as np
 
-MIN_TAIL = 2_048  # entries: below this an unsorted tail or tombstones cost less to scan than to compact
-_NOTHING = (np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32))
+DROPPED = -1  # the row of a sorted entry whose memory was dropped: the caller's spare last score takes it
+_NO_ROWS, _NO_TF = np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
+MIN_TAIL = 512  # entries: below this an unsorted tail or dropped entries cost less to scan than to compact
 
 
 class Postings:
     def __init__(self, *, rows: int = 64, entries: int = 256) -> None:
         self._ids: dict[str, int] = {}  # term -> id
         self._df = np.zeros(64, dtype=np.int32)  # id -> live rows holding the term
-        self._term = np.zeros(entries, dtype=np.int32)  # per entry
+        self._term = np.zeros(entries, dtype=np.int32)  # per entry, in the order written
         self._row = np.zeros(entries, dtype=np.int32)
         self._tf = np.zeros(entries, dtype=np.float32)
         self._live = np.zeros(entries, dtype=bool)
         self._size = 0  # entries written
-        self._dead = 0  # of them, tombstones
+        self._dead = 0  # of them, dropped
         self._first = np.zeros(rows, dtype=np.int64)  # per row: its first entry
         self._count = np.zeros(rows, dtype=np.int32)  # and how many
-        self._order = np.zeros(0, dtype=np.int32)  # entry ids [0, _sorted) grouped by term id
-        self._start = np.zeros(1, dtype=np.int64)  # term id -> where its group starts in _order
+        # Entries [0, _sorted) as of the last compaction, grouped by term id: rows and counts.
+        self._start = np.zeros(1, dtype=np.int64)  # term id -> where its group starts
+        self._sorted_row = np.zeros(0, dtype=np.int32)
+        self._sorted_tf = np.zeros(0, dtype=np.float32)
+        self._position = np.zeros(0, dtype=np.int32)  # entry -> its place in the sorted arrays
         self._sorted = 0
 
     def df(self, term: str) -> int:
@@ -62,10 +66,12 @@ class Postings:
         self._maybe_compact()
 
     def drop(self, row: int) -> None:
-        """Take a row's entries out: they become tombstones."""
+        """Take a row's entries out."""
         entries = self._entries_of(row)
         self._live[entries] = False
         self._df[self._term[entries]] -= 1
+        if entries.start < self._sorted:  # a row's entries are all sorted or all in the tail
+            self._sorted_row[self._position[entries]] = DROPPED
         self._dead += entries.stop - entries.start
         self._count[row] = 0
         self._maybe_compact()
@@ -74,33 +80,42 @@ class Postings:
         """Row ``source`` becomes row ``target`` (which has no entries): its entries are renumbered in place."""
         entries = self._entries_of(source)
         self._row[entries] = target
+        if entries.start < self._sorted:
+            self._sorted_row[self._position[entries]] = target
         self._first[target], self._count[target] = self._first[source], self._count[source]
         self._count[source] = 0
 
-    def lookup(self, terms: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """For each term, the rows holding it and how often (``tf``), in no particular order; empty when none."""
+    def lookup(self, terms: Sequence[str]) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """For each term: how many memories hold it (df), the rows holding it and how often (tf), in no particular
+        order. A live row appears once; ``rows`` may also hold :data:`DROPPED`, whose scores belong in a spare slot."""
         ids = [self._ids.get(term, -1) for term in terms]
         tail = np.zeros(0, dtype=np.int64)
-        if self._sorted < self._size:  # entries written since the last compaction: one scan for all the terms
-            wanted = [i for i in ids if i >= 0]
-            tail = np.flatnonzero(np.isin(self._term[self._sorted : self._size], wanted)) + self._sorted
+        if self._sorted < self._size:  # entries written since the last compaction: one pass for all the terms
+            asked = np.zeros(len(self._ids), dtype=bool)
+            asked[[i for i in ids if i >= 0]] = True
+            in_tail = asked[self._term[self._sorted : self._size]] & self._live[self._sorted : self._size]
+            tail = np.flatnonzero(in_tail) + self._sorted
         tail_terms = self._term[tail]
         found = []
         for term_id in ids:
-            if term_id < 0 or self._df[term_id] == 0:
-                found.append(_NOTHING)
+            df = int(self._df[term_id]) if term_id >= 0 else 0
+            if df == 0:
+                found.append((0, _NO_ROWS, _NO_TF))
                 continue
-            entries = self._sorted_entries(term_id)
+            group = slice(0, 0)  # a term first seen since the last compaction has no sorted entries
+            if term_id + 1 < len(self._start):
+                group = slice(int(self._start[term_id]), int(self._start[term_id + 1]))
+            rows, tf = self._sorted_row[group], self._sorted_tf[group]  # views
             if len(tail):
-                entries = np.concatenate((entries, tail[tail_terms == term_id]))
-            entries = entries[self._live[entries]]
-            found.append((self._row[entries], self._tf[entries]))
+                entries = tail[tail_terms == term_id]
+                rows, tf = np.concatenate((rows, self._row[entries])), np.concatenate((tf, self._tf[entries]))
+            found.append((df, rows, tf))
         return found
 
     def compact(self) -> None:
-        """Drop the tombstones and the terms no memory holds any more, and sort every entry by term."""
+        """Forget the dropped entries and the terms no memory holds any more, and sort every entry by term."""
         keep = self._live[: self._size]
-        renumbered = np.cumsum(keep, dtype=np.int64) - 1  # old entry id -> new, for kept entries
+        renumbered = np.cumsum(keep, dtype=np.int64) - 1  # old entry -> new, for kept entries
         used = self._df[: len(self._ids)] > 0
         term_ids = np.cumsum(used, dtype=np.int32) - 1  # old term id -> new, for used terms
         posted = self._count > 0  # a posted row's entries are all live
@@ -113,17 +128,16 @@ class Postings:
         self._row = _fitted(self._row[: self._size][keep], room)
         self._tf = _fitted(self._tf[: self._size][keep], room)
         self._live = _fitted(np.ones(size, dtype=bool), room)
-        self._df = _fitted(self._df[: len(self._ids)][used], max(64, int(used.sum()) * 2))
-        self._ids = {term: int(term_ids[i]) for term, i in self._ids.items() if used[i]}
+        self._df = _fitted(self._df[: len(self._ids)][used], max(64, 2 * int(used.sum())))
+        if not used.all():
+            self._ids = {term: int(term_ids[i]) for term, i in self._ids.items() if used[i]}
         self._size, self._dead, self._sorted = size, 0, size
-        self._order = np.argsort(self._term[:size], kind="stable").astype(np.int32)
+        order = np.argsort(self._term[:size], kind="stable")
+        self._sorted_row, self._sorted_tf = self._row[order], self._tf[order]
+        self._position = np.empty(size, dtype=np.int32)
+        self._position[order] = np.arange(size, dtype=np.int32)
         counts = np.bincount(self._term[:size], minlength=len(self._ids))
         self._start = np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))
-
-    def _sorted_entries(self, term_id: int) -> np.ndarray:
-        if term_id + 1 >= len(self._start):  # a term first seen since the last compaction
-            return np.zeros(0, dtype=np.int32)
-        return self._order[self._start[term_id] : self._start[term_id + 1]]
 
     def _entries_of(self, row: int) -> slice:
         first = int(self._first[row]) if row < len(self._first) else 0
@@ -131,7 +145,8 @@ class Postings:
         return slice(first, first + count)
 
     def _maybe_compact(self) -> None:
-        if self._size - self._sorted > max(MIN_TAIL, self._sorted // 8) or self._dead > max(MIN_TAIL, self._size // 4):
+        tail, limit = self._size - self._sorted, max(MIN_TAIL, self._sorted // 16)
+        if tail > limit or self._dead > max(MIN_TAIL, self._size // 4):
             self.compact()
 
     def _reserve_rows(self, needed: int) -> None:
