@@ -78,6 +78,15 @@ class MemoryIndex:
         row = self._table.row(category, key)
         return None if row is None else self._table.memory(row)
 
+    def newest(self, limit: int | None = None, *, category: str | None = None) -> list[IndexedMemory]:
+        """Memories by time of last update, newest first (equal times in row order), only ``category``'s if given,
+        at most ``limit``: only those are made, so asking a large index for its newest 100 costs 100."""
+        rows = self._table.newest(category)
+        return [self._table.memory(row) for row in rows[:limit].tolist()]
+
+    def count_by_category(self) -> dict[str, int]:
+        return self._table.count_by_category()
+
     def reserve(self, capacity: int) -> None:
         """Make room for ``capacity`` memories at once (a session's load), rather than by doubling."""
         self._grow(capacity, exact=True)

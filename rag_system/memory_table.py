@@ -87,6 +87,21 @@ class MemoryTable:
             updated_at=dt.datetime.fromtimestamp(self._updated[row].item(), zones[updated_zone]),
         )
 
+    def newest(self, category: str | None = None) -> np.ndarray:
+        """Rows by time of last update, newest first, equal times in row order; only ``category``'s if given."""
+        rows = np.arange(self._size)
+        if category is not None:
+            code = self._categories.find(category)
+            rows = rows[:0] if code is None else np.flatnonzero(self._category[: self._size] == code)
+        return rows[np.argsort(-self._updated[rows], kind="stable")]
+
+    def count_by_category(self) -> dict[str, int]:
+        """How many memories each category holds, categories in the order their first row comes."""
+        codes = self._category[: self._size]
+        present, first = np.unique(codes, return_index=True)
+        counts = np.bincount(codes)
+        return {self._categories.values[code]: int(counts[code]) for code in present[np.argsort(first)].tolist()}
+
     def append(self, memory: IndexedMemory) -> int:
         """Add a memory no row holds yet; returns its row."""
         row = self._size

@@ -205,11 +205,10 @@ class MemoryService:
     async def get(self, category: str, key: str) -> Memory | None:
         return await self._storage.get_memory(self.user_id, normalize_category(category), normalize_key(key))
 
-    async def list_memories(self, category: str | None = None) -> list[IndexedMemory]:
-        """From the index: no database round trip. Newest first."""
+    async def list_memories(self, category: str | None = None, *, limit: int | None = None) -> list[IndexedMemory]:
+        """From the index: no database round trip. Newest first, at most ``limit`` (all when None)."""
         wanted = None if category is None else normalize_category(category)
-        memories = [m for m in self.index.memories() if wanted is None or m.category == wanted]
-        return sorted(memories, key=lambda m: m.updated_at, reverse=True)
+        return self.index.newest(limit, category=wanted)
 
     async def history(self, category: str, key: str) -> list[MemoryChange]:
         return await self._storage.memory_history(self.user_id, normalize_category(category), normalize_key(key))
@@ -268,10 +267,7 @@ class MemoryService:
         return counts
 
     def stats(self) -> MemoryStats:
-        by_category: dict[str, int] = {}
-        for memory in self.index.memories():
-            by_category[memory.category] = by_category.get(memory.category, 0) + 1
-        return MemoryStats(count=len(self.index), by_category=by_category)
+        return MemoryStats(count=len(self.index), by_category=self.index.count_by_category())
 
     async def _stored(self, write: asyncio.Future[None]) -> None:
         """Write now (a saved memory does not wait for company) and wait up to ``write_timeout``; past it the

@@ -164,3 +164,28 @@ def test_clear_forgets_everything() -> None:
     assert index.memories() == []
     assert index.bm25(EN.terms("tea"), k=5) == []
     assert index.search(analyze("tea", now=NOW, analyzer=EN), vector(1), now=NOW).ranked == ()
+
+
+def test_newest_first_makes_only_what_it_returns_in_the_order_a_sort_by_update_time_gives() -> None:
+    rng = random.Random(7)
+    index = MemoryIndex(dimension=DIMENSION, analyzer=EN)
+    for i in range(300):
+        category = rng.choice(("FACT", "EVENT", "GOAL"))
+        index.upsert(memory(f"m{rng.randrange(200)}", "words", category=category, age=rng.randrange(20)), vector(i))
+    everything = index.memories()
+    by_time = sorted(everything, key=lambda m: m.updated_at, reverse=True)  # stable: equal times keep row order
+    assert index.newest() == by_time
+    assert index.newest(10) == by_time[:10]
+    assert index.newest(5, category="EVENT") == [m for m in by_time if m.category == "EVENT"][:5]
+    assert index.newest(category="HOBBY") == []
+
+
+def test_categories_are_counted_in_the_order_they_first_appear() -> None:
+    index = MemoryIndex(dimension=DIMENSION, analyzer=EN)
+    for i, category in enumerate(("GOAL", "FACT", "GOAL", "EVENT", "FACT", "GOAL")):
+        index.upsert(memory(f"m{i}", "words", category=category), vector(i))
+    assert index.count_by_category() == {"GOAL": 3, "FACT": 2, "EVENT": 1}
+    assert list(index.count_by_category()) == ["GOAL", "FACT", "EVENT"]
+    index.remove("GOAL", "m0")  # m5 (GOAL) moves into row 0
+    assert list(index.count_by_category().items()) == [("GOAL", 2), ("FACT", 2), ("EVENT", 1)]
+    assert MemoryIndex(dimension=DIMENSION, analyzer=EN).count_by_category() == {}
