@@ -93,9 +93,10 @@ class Postings:
         if self._sorted < self._size:  # entries written since the last compaction: one pass for all the terms
             asked = np.zeros(len(self._ids), dtype=bool)
             asked[[i for i in ids if i >= 0]] = True
-            in_tail = asked[self._term[self._sorted : self._size]] & self._live[self._sorted : self._size]
-            tail = np.flatnonzero(in_tail) + self._sorted
+            hit = asked[self._term[self._sorted : self._size]] & self._live[self._sorted : self._size]
+            tail = np.flatnonzero(hit) + self._sorted
         tail_terms = self._term[tail]
+        in_tail = set(tail_terms.tolist())  # the terms the tail holds: the others need no filtering
         found = []
         for term_id in ids:
             df = int(self._df[term_id]) if term_id >= 0 else 0
@@ -106,7 +107,7 @@ class Postings:
             if term_id + 1 < len(self._start):
                 group = slice(int(self._start[term_id]), int(self._start[term_id + 1]))
             rows, tf = self._sorted_row[group], self._sorted_tf[group]  # views
-            if len(tail):
+            if term_id in in_tail:
                 entries = tail[tail_terms == term_id]
                 rows, tf = np.concatenate((rows, self._row[entries])), np.concatenate((tf, self._tf[entries]))
             found.append((df, rows, tf))
