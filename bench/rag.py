@@ -251,7 +251,7 @@ async def latency(sources: list[LoadedSet], model: MiniLMEmbedder, sizes: tuple[
     for n in sizes:
         index = realistic_index(sources, n, now=now, rng=rng)
         gc.collect()
-        gc.freeze()  # as a job process does once the session's index is loaded (agent.py)
+        gc.freeze()  # what was built is never walked again by a collection, as after a job process's load
         search_ms, total_ms = [], []
         for j in range(queries):
             loaded, query = asked[j % len(asked)]
