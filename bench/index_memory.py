@@ -70,6 +70,9 @@ async def one_size(n: int, repeats: int) -> dict[str, Any]:
         sources = [await load_set(json.loads(p.read_text(encoding="utf-8")), embedder, Path(tmp))
                    for p in dataset_files([DATA])]  # fmt: skip
     now = latest(sources)
+    stemmer = sources[0].index.analyzer.stemmer
+    if stemmer is not None:  # its word cache (a list per word, 10,000 at most) would blur the objects counted
+        stemmer.maxCacheSize = 0
     gc.collect()
     no_index = collect_ms()
     builds, rss_delta = [], 0
@@ -83,7 +86,7 @@ async def one_size(n: int, repeats: int) -> dict[str, Any]:
             rss_delta = rss_bytes() - before
         del index
     gc.collect()
-    tracked_without = len(gc.get_objects())  # after the builds: the stemmer's word cache (10,000 at most) is full
+    tracked_without = len(gc.get_objects())
     tracemalloc.start()
     index = realistic_index(sources, n, now=now, rng=np.random.default_rng(7))
     gc.collect()
