@@ -84,6 +84,11 @@ class MemoryIndex:
         rows = self._table.newest(category)
         return [self._table.memory(row) for row in rows[:limit].tolist()]
 
+    def most_important(self, k: int) -> list[IndexedMemory]:
+        """The ``k`` most important memories, newest first among equals (equal times in row order): what
+        ``sorted(memories(), key=lambda m: (m.importance, m.updated_at), reverse=True)[:k]`` gives, making k."""
+        return [self._table.memory(row) for row in self._table.most_important()[: max(k, 0)].tolist()]
+
     def count_by_category(self) -> dict[str, int]:
         return self._table.count_by_category()
 

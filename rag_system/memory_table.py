@@ -95,6 +95,10 @@ class MemoryTable:
             rows = rows[:0] if code is None else np.flatnonzero(self._category[: self._size] == code)
         return rows[np.argsort(-self._updated[rows], kind="stable")]
 
+    def most_important(self) -> np.ndarray:
+        """Rows by importance, then time of last update, both highest first, equal ones in row order."""
+        return np.lexsort((-self.updated, -self.importance))
+
     def count_by_category(self) -> dict[str, int]:
         """How many memories each category holds, categories in the order their first row comes."""
         codes = self._category[: self._size]

@@ -180,6 +180,18 @@ def test_newest_first_makes_only_what_it_returns_in_the_order_a_sort_by_update_t
     assert index.newest(category="HOBBY") == []
 
 
+def test_the_most_important_come_in_the_order_a_sort_by_importance_then_time_gives() -> None:
+    rng = random.Random(11)
+    index = MemoryIndex(dimension=DIMENSION, analyzer=EN)
+    for i in range(300):
+        item = memory(f"m{rng.randrange(200)}", "words", importance=rng.choice((0.3, 0.5, 0.7)), age=rng.randrange(9))
+        index.upsert(item, vector(i))
+    expected = sorted(index.memories(), key=lambda m: (m.importance, m.updated_at), reverse=True)
+    assert index.most_important(10) == expected[:10]
+    assert index.most_important(1_000) == expected
+    assert index.most_important(0) == []
+
+
 def test_categories_are_counted_in_the_order_they_first_appear() -> None:
     index = MemoryIndex(dimension=DIMENSION, analyzer=EN)
     for i, category in enumerate(("GOAL", "FACT", "GOAL", "EVENT", "FACT", "GOAL")):
