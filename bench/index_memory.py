@@ -12,7 +12,8 @@ bench/rag.py's latency table searches: bench/data's real memories repeated with 
 - ``rss_delta_mb``: the process's resident memory after the build minus before it (first build);
 - ``build_s``: median wall time of ``repeats`` builds;
 - ``gc_tracked_objects``: how many more objects the garbage collector tracks (and a full collection walks) with
-  the index than without it: the index's own share of every full collection, free of timing noise;
+  the index than without it: the index's own share of every full collection, free of timing noise (built with
+  the stemmer's word cache off, whose lists belong to the analyzer);
 - ``gc_collect_ms``: a full ``gc.collect()``, median and max of 15, with the model and the sets loaded but no index
   (``no_index``), with the index (``index``), and with the index after ``gc.collect(); gc.freeze()``
   (``index_frozen``). The process's own objects (the model, the loaded sets) set the floor of the first two.
@@ -63,6 +64,21 @@ def collect_ms() -> dict[str, float]:
     return {"median": round(statistics.median(times), 2), "max": round(max(times), 2)}
 
 
+def tracked_objects(sources: list[Any], n: int, *, now: Any) -> int:
+    """How many more objects the collector tracks once an index of ``n`` is built, with the stemmer's word cache
+    (a list per word, 10,000 at most, the analyzer's and not the index's) off while it is."""
+    stemmer = sources[0].index.analyzer.stemmer
+    kept, stemmer.maxCacheSize = stemmer.maxCacheSize, 0
+    gc.collect()
+    without = len(gc.get_objects())
+    index = realistic_index(sources, n, now=now, rng=np.random.default_rng(7))
+    gc.collect()
+    tracked = len(gc.get_objects()) - without
+    stemmer.maxCacheSize = kept
+    del index
+    return tracked
+
+
 async def one_size(n: int, repeats: int) -> dict[str, Any]:
     model = MiniLMEmbedder.load()
     embedder = CachedEmbedder(embedder=model, max_entries=50_000)
@@ -70,9 +86,6 @@ async def one_size(n: int, repeats: int) -> dict[str, Any]:
         sources = [await load_set(json.loads(p.read_text(encoding="utf-8")), embedder, Path(tmp))
                    for p in dataset_files([DATA])]  # fmt: skip
     now = latest(sources)
-    stemmer = sources[0].index.analyzer.stemmer
-    if stemmer is not None:  # its word cache (a list per word, 10,000 at most) would blur the objects counted
-        stemmer.maxCacheSize = 0
     gc.collect()
     no_index = collect_ms()
     builds, rss_delta = [], 0
@@ -86,14 +99,16 @@ async def one_size(n: int, repeats: int) -> dict[str, Any]:
             rss_delta = rss_bytes() - before
         del index
     gc.collect()
-    tracked_without = len(gc.get_objects())
     tracemalloc.start()
     index = realistic_index(sources, n, now=now, rng=np.random.default_rng(7))
     gc.collect()
     traced = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    tracked = len(gc.get_objects()) - tracked_without
     with_index = collect_ms()
+    del index
+    tracked = tracked_objects(sources, n, now=now)
+    index = realistic_index(sources, n, now=now, rng=np.random.default_rng(7))
+    gc.collect()
     gc.freeze()
     frozen = collect_ms()
     vectors = n * index.dimension * 4
