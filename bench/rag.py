@@ -245,22 +245,15 @@ async def latency(sources: list[LoadedSet], model: MiniLMEmbedder, sizes: tuple[
     """Search time at each size, on an index of real sentences repeated (with their real vectors) up to it, with one
     BLAS thread as in a job process (agent.py's prewarm)."""
     threadpool_limits(limits=1, user_api="blas")
-    texts = [(loaded, i) for loaded in sources for i in range(len(loaded.texts))]
     asked = [(loaded, q) for loaded in sources for q in loaded.data["queries"]]
     rng = np.random.default_rng(7)
-    now = max(parse_time(loaded.data["now"]) for loaded in sources)
+    now = latest(sources)
     analyzer = sources[0].index.analyzer
     out: dict[str, dict[str, float]] = {}
     for n in sizes:
-        index = MemoryIndex(dimension=model.dimension, analyzer=analyzer, capacity=n)
-        for row in range(n):
-            loaded, i = texts[row % len(texts)]
-            memory = loaded.index.memories()[i]
-            at = now - dt.timedelta(days=float(rng.uniform(0, 700)))
-            index.upsert(IndexedMemory(memory.category, f"m{row}", memory.value, memory.importance, at, at),
-                         loaded.vectors[i])  # fmt: skip
+        index = realistic_index(sources, n, now=now, rng=rng)
         gc.collect()
-        gc.freeze()  # as a job process does once the session's index is loaded (agent.py)
+        gc.freeze()  # what was built is never walked again by a collection, as after a job process's load
         search_ms, total_ms = [], []
         for j in range(queries):
             loaded, query = asked[j % len(asked)]
@@ -274,6 +267,22 @@ async def latency(sources: list[LoadedSet], model: MiniLMEmbedder, sizes: tuple[
             total_ms.append((done - started) * 1000)
         out[str(n)] = {**_percentiles("search", search_ms), **_percentiles("with_embedding", total_ms)}
     return out
+
+
+def latest(sources: list[LoadedSet]) -> dt.datetime:
+    return max(parse_time(loaded.data["now"]) for loaded in sources)
+
+
+def realistic_index(sources: list[LoadedSet], n: int, *, now: dt.datetime, rng: np.random.Generator) -> MemoryIndex:
+    """``n`` memories: the sources' real memories in turn, with their real vectors and terms, each under a key of
+    its own and learned at a random time in the 700 days before ``now``."""
+    real = [(memory, loaded.vectors[i]) for loaded in sources for i, memory in enumerate(loaded.index.memories())]
+    index = MemoryIndex(dimension=sources[0].index.dimension, analyzer=sources[0].index.analyzer, capacity=n)
+    for row in range(n):
+        memory, vector = real[row % len(real)]
+        at = now - dt.timedelta(days=float(rng.uniform(0, 700)))
+        index.upsert(IndexedMemory(memory.category, f"m{row}", memory.value, memory.importance, at, at), vector)
+    return index
 
 
 def _percentiles(name: str, values: list[float]) -> dict[str, float]:

@@ -1,6 +1,7 @@
-"""One user's memories in process: unit embeddings in a matrix, terms in an inverted index, times and importance in
-arrays. Loaded once per session and updated in place on every write, so a turn's search touches neither the
-database nor the network.
+"""One user's memories in process: unit embeddings in a matrix, terms in an inverted index (:mod:`.postings`),
+the memories' fields in columns (:mod:`.memory_table`), all numpy arrays and a buffer rather than an object per
+memory, so that 100,000 memories cost little memory and nothing to the garbage collector. Loaded once per session
+and updated in place on every write, so a turn's search touches neither the database nor the network.
 
 :meth:`MemoryIndex.search` ranks every memory (:mod:`rag_system.scoring`), keeps the best ``k`` and asks the
 relevance gate (:mod:`rag_system.gate`) whether they should reach the model at all. :meth:`nearest` and
@@ -18,19 +19,13 @@ import numpy as np
 
 from rag_system import scoring
 from rag_system.gate import GateDecision, GateParams, decide
+from rag_system.memory_table import IndexedMemory, MemoryTable
+from rag_system.postings import Postings
 from rag_system.query import Query, query_vector
 from rag_system.scoring import RankingParams, ScoreParts
 from rag_system.text import TextAnalyzer
 
-
-@dataclass(frozen=True, slots=True)
-class IndexedMemory:
-    category: str
-    key: str
-    value: str
-    importance: float
-    created_at: dt.datetime
-    updated_at: dt.datetime
+__all__ = ["IndexedMemory", "MemoryIndex", "Retrieved", "SearchResult"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,34 +51,54 @@ NOTHING = SearchResult(ranked=(), gate=GateDecision(inject=False, reason="the us
 
 
 class MemoryIndex:
-    """One user's memories. Not thread-safe; one per session, used from its event loop."""
+    """One user's memories. Not thread-safe; one per session, used from its event loop.
+
+    Row ``r`` of every array is one memory; rows are dense, a removed row taking the last one, so the row order
+    (which breaks ties between equal scores) depends only on the sequence of writes."""
 
     def __init__(self, *, dimension: int, analyzer: TextAnalyzer, capacity: int = 64) -> None:
         self.dimension = dimension
         self.analyzer = analyzer
         self._vectors = np.zeros((capacity, dimension), dtype=np.float32)
-        self._importance = np.zeros(capacity, dtype=np.float32)
-        self._updated = np.zeros(capacity, dtype=np.float64)  # unix seconds
-        self._created = np.zeros(capacity, dtype=np.float64)
         self._length = np.zeros(capacity, dtype=np.float32)  # terms, for BM25
-        self._memories: list[IndexedMemory] = []
-        self._row: dict[tuple[str, str], int] = {}
-        self._terms: list[dict[str, int]] = []  # per row: term -> count
-        self._postings: dict[str, dict[int, int]] = {}  # term -> row -> count
-        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # term -> (rows, counts), made when searched
+        self._table = MemoryTable(capacity=capacity)
+        self._postings = Postings(rows=capacity)
 
     def __len__(self) -> int:
-        return len(self._memories)
+        return len(self._table)
 
     def __contains__(self, identity: tuple[str, str]) -> bool:
-        return identity in self._row
+        return self._table.row(*identity) is not None
 
     def memories(self) -> list[IndexedMemory]:
-        return list(self._memories)
+        """Every memory, in row order, made now from the columns."""
+        return [self._table.memory(row) for row in range(len(self._table))]
 
     def get(self, category: str, key: str) -> IndexedMemory | None:
-        row = self._row.get((category, key))
-        return None if row is None else self._memories[row]
+        row = self._table.row(category, key)
+        return None if row is None else self._table.memory(row)
+
+    def newest(self, limit: int | None = None, *, category: str | None = None) -> list[IndexedMemory]:
+        """Memories by time of last update, newest first (equal times in row order), only ``category``'s if given,
+        at most ``limit``: only those are made, so asking a large index for its newest 100 costs 100."""
+        rows = self._table.newest(category)
+        return [self._table.memory(row) for row in rows[:limit].tolist()]
+
+    def most_important(self, k: int) -> list[IndexedMemory]:
+        """The ``k`` most important memories, newest first among equals (equal times in row order): what
+        ``sorted(memories(), key=lambda m: (m.importance, m.updated_at), reverse=True)[:k]`` gives, making k."""
+        return [self._table.memory(row) for row in self._table.most_important()[: max(k, 0)].tolist()]
+
+    def count_by_category(self) -> dict[str, int]:
+        return self._table.count_by_category()
+
+    def reserve(self, capacity: int) -> None:
+        """Make room for ``capacity`` memories at once (a session's load), rather than by doubling."""
+        self._grow(capacity, exact=True)
+
+    def compact(self) -> None:
+        """Sort the postings written since the last compaction (writes do it on their own once it pays)."""
+        self._postings.compact()
 
     def upsert(self, memory: IndexedMemory, embedding: np.ndarray) -> None:
         """Add the memory, or replace the one with the same (category, key)."""
@@ -93,40 +108,29 @@ class MemoryIndex:
         norm = float(np.linalg.norm(vector))
         if not math.isfinite(norm) or norm == 0:
             raise ValueError("embedding must be finite and non-zero")
-        identity = (memory.category, memory.key)
-        row = self._row.get(identity)
+        terms = self.analyzer.terms(f"{memory.key.replace('_', ' ')} {memory.value}")
+        row = self._table.row(memory.category, memory.key)
         if row is None:
-            row = len(self._memories)
-            self._grow(row + 1)
-            self._memories.append(memory)
-            self._terms.append({})
-            self._row[identity] = row
+            self._grow(len(self._table) + 1)
+            row = self._table.append(memory)
         else:
-            self._unpost(row)
-            self._memories[row] = memory
+            self._postings.drop(row)
+            self._table.replace(row, memory)
         self._vectors[row] = vector / norm
-        self._importance[row] = memory.importance
-        self._updated[row] = memory.updated_at.timestamp()
-        self._created[row] = memory.created_at.timestamp()
-        self._post(row, self.analyzer.terms(f"{memory.key.replace('_', ' ')} {memory.value}"))
+        self._length[row] = len(terms)
+        self._postings.add(row, terms)
 
     def remove(self, category: str, key: str) -> bool:
         """Forget one memory; the last row moves into its place."""
-        row = self._row.pop((category, key), None)
+        row = self._table.row(category, key)
         if row is None:
             return False
-        self._unpost(row)
-        last = len(self._memories) - 1
-        if row != last:
-            moved, terms = self._memories[last], self._terms[last]
-            self._unpost(last)
-            for array in (self._vectors, self._importance, self._updated, self._created):
-                array[row] = array[last]
-            self._memories[row] = moved
-            self._row[(moved.category, moved.key)] = row
-            self._post(row, [term for term, count in terms.items() for _ in range(count)])
-        self._memories.pop()
-        self._terms.pop()
+        self._postings.drop(row)
+        last = self._table.remove(row)
+        if last != row:
+            self._vectors[row] = self._vectors[last]
+            self._length[row] = self._length[last]
+            self._postings.move(last, row)
         return True
 
     def clear(self) -> None:
@@ -137,13 +141,13 @@ class MemoryIndex:
     def nearest(self, vector: np.ndarray, *, k: int) -> list[tuple[IndexedMemory, float]]:
         """Plain cosine similarity, best first."""
         similarity = self._cosine(vector)
-        return [(self._memories[r], float(similarity[r])) for r in _top(similarity, k)]
+        return [(self._table.memory(r), float(similarity[r])) for r in _top(similarity, k)]
 
     def bm25(self, terms: dict[str, float] | list[str], *, k: int) -> list[tuple[IndexedMemory, float]]:
         """Plain Okapi BM25 over the analyzer's terms, best first; memories sharing no term are left out."""
         weights = dict.fromkeys(terms, 1.0) if isinstance(terms, list) else terms
         scores = self._lexical(weights)
-        return [(self._memories[r], float(scores[r])) for r in _top(scores, k) if scores[r] > 0]
+        return [(self._table.memory(r), float(scores[r])) for r in _top(scores, k) if scores[r] > 0]
 
     # The engine --------------------------------------------------------------------------------------------
 
@@ -160,7 +164,7 @@ class MemoryIndex:
     ) -> SearchResult:
         """The best ``k`` memories for the query, each with its score's parts, and whether to use them."""
         params = params or RankingParams()
-        n = len(self._memories)
+        n = len(self._table)
         if n == 0 or k < 1:
             return NOTHING
         vector = query_vector(topic_vector, history_vectors or [], history_weight=params.history_weight)
@@ -171,15 +175,15 @@ class MemoryIndex:
         relevance = scoring.relevance(semantic_z, coverage, lexical_weight=params.lexical_weight)
         in_window = self._in_window(query, n)
         recency = scoring.recency(
-            (now.timestamp() - self._updated[:n]) / 86_400.0, half_life_days=params.half_life_days
+            (now.timestamp() - self._table.updated) / 86_400.0, half_life_days=params.half_life_days
         )
-        importance = self._importance[:n]
+        importance = self._table.ranking_importance
         total = scoring.total(relevance, in_window=in_window, recency_part=recency, importance=importance,
                               params=params)  # fmt: skip
         rows = _top(total, k)
         ranked = tuple(
             Retrieved(
-                memory=self._memories[r],
+                memory=self._table.memory(r),
                 score=ScoreParts(
                     semantic=float(semantic[r]),
                     semantic_z=float(semantic_z[r]),
@@ -208,76 +212,44 @@ class MemoryIndex:
     # Internals ---------------------------------------------------------------------------------------------
 
     def _cosine(self, vector: np.ndarray) -> np.ndarray:
-        return self._vectors[: len(self._memories)] @ query_vector(vector, history_weight=0.0)
+        return self._vectors[: len(self._table)] @ query_vector(vector, history_weight=0.0)
 
     def _lexical(self, terms: dict[str, float]) -> np.ndarray:
-        n = len(self._memories)
-        scores = np.zeros(n, dtype=np.float32)
+        n = len(self._table)
+        scores = np.zeros(n + 1, dtype=np.float32)  # the spare last one takes the dropped postings' (DROPPED = -1)
         if n == 0:
-            return scores
+            return scores[:n]
         average = float(self._length[:n].mean())
-        for term, weight in terms.items():
-            if weight <= 0 or term not in self._postings:
-                continue
-            rows, tf = self._posting_arrays(term)
-            scores[rows] += weight * scoring.bm25(tf, self._length[rows], average_length=average, df=len(rows), n=n)
-        return scores
-
-    def _posting_arrays(self, term: str) -> tuple[np.ndarray, np.ndarray]:
-        """A term's posting as arrays, kept until the term's posting changes (a session writes rarely)."""
-        arrays = self._arrays.get(term)
-        if arrays is None:
-            posting = self._postings[term]
-            arrays = (np.fromiter(posting.keys(), dtype=np.int64, count=len(posting)),
-                      np.fromiter(posting.values(), dtype=np.float32, count=len(posting)))  # fmt: skip
-            self._arrays[term] = arrays
-        return arrays
+        weighted = [(term, weight) for term, weight in terms.items() if weight > 0]
+        found = self._postings.lookup([term for term, _ in weighted])
+        for (_, weight), (df, rows, tf) in zip(weighted, found, strict=True):
+            if df:  # a live row once per term, terms in the query's order: the same sums as ever, to the bit
+                scores[rows] += weight * scoring.bm25(tf, self._length[rows], average_length=average, df=df, n=n)
+        return scores[:n]
 
     def _ideal(self, terms: dict[str, float]) -> float:
         """The BM25 score of a memory of average length holding every query term once: idf times the term's
         weight, summed (BM25 of tf 1 at average length is the idf). A term no memory holds counts too, at the
         highest idf, so a question about something never mentioned is covered only in part."""
-        n = len(self._memories)
-        return sum(weight * scoring.idf(len(self._postings.get(term, ())), n) for term, weight in terms.items())
+        n = len(self._table)
+        return sum(weight * scoring.idf(self._postings.df(term), n) for term, weight in terms.items())
 
     def _in_window(self, query: Query, n: int) -> np.ndarray:
         if query.window is None:
             return np.zeros(n, dtype=np.float32)
         start, end = query.window.start.timestamp(), query.window.end.timestamp()
-        updated, created = self._updated[:n], self._created[:n]
+        updated, created = self._table.updated, self._table.created
         inside = ((updated >= start) & (updated < end)) | ((created >= start) & (created < end))
         return inside.astype(np.float32)
 
-    def _post(self, row: int, terms: list[str]) -> None:
-        counts: dict[str, int] = {}
-        for term in terms:
-            counts[term] = counts.get(term, 0) + 1
-        self._terms[row] = counts
-        self._length[row] = sum(counts.values())
-        for term, count in counts.items():
-            self._postings.setdefault(term, {})[row] = count
-            self._arrays.pop(term, None)
-
-    def _unpost(self, row: int) -> None:
-        for term in self._terms[row]:
-            self._arrays.pop(term, None)
-            posting = self._postings.get(term)
-            if posting is not None:
-                posting.pop(row, None)
-                if not posting:
-                    del self._postings[term]
-        self._terms[row] = {}
-
-    def _grow(self, needed: int) -> None:
+    def _grow(self, needed: int, *, exact: bool = False) -> None:
         capacity = self._vectors.shape[0]
         if needed <= capacity:
             return
-        size = max(needed, capacity * 2)
+        size = needed if exact else max(needed, capacity * 2)
         self._vectors = _resized(self._vectors, size)
-        self._importance = _resized(self._importance, size)
-        self._updated = _resized(self._updated, size)
-        self._created = _resized(self._created, size)
         self._length = _resized(self._length, size)
+        self._table.reserve(size)
 
 
 def _top(scores: np.ndarray, k: int) -> list[int]:

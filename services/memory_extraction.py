@@ -79,7 +79,7 @@ class MemoryExtractor:
         if not any(role == "user" for role, _ in turns) or not self._memories.can_write:
             return result
         epoch = self._memories.epoch
-        known = [f"{m.category}/{m.key}: {m.value}" for m in await self._memories.list_memories()][:100]
+        known = [f"{m.category}/{m.key}: {m.value}" for m in await self._memories.list_memories(limit=100)]
         prompt = "Known memories:\n" + ("\n".join(known) or "(none)") + "\n\nConversation:\n"
         prompt += "\n".join(f"{role}: {text}" for role, text in turns)
         try:

@@ -129,9 +129,11 @@ class MemoryService:
         missing = [m for m in memories if m.embedding is None or m.embedding.shape != (self._embedder.dimension,)]
         vectors = await self._embedder.embed([index_text(m.key, m.value) for m in missing]) if missing else []
         fresh = {(m.category, m.key): v for m, v in zip(missing, vectors, strict=True)}
+        self.index.reserve(len(self.index) + len(memories))
         for memory in memories:
             embedding = fresh.get((memory.category, memory.key), memory.embedding)
             self.index.upsert(_indexed(memory), embedding)
+        self.index.compact()  # the first turn's search then scans no unsorted postings
         return len(memories)
 
     async def save_memory(
@@ -213,11 +215,10 @@ class MemoryService:
     async def get(self, category: str, key: str) -> Memory | None:
         return await self._storage.get_memory(self.user_id, normalize_category(category), normalize_key(key))
 
-    async def list_memories(self, category: str | None = None) -> list[IndexedMemory]:
-        """From the index: no database round trip. Newest first."""
+    async def list_memories(self, category: str | None = None, *, limit: int | None = None) -> list[IndexedMemory]:
+        """From the index: no database round trip. Newest first, at most ``limit`` (all when None)."""
         wanted = None if category is None else normalize_category(category)
-        memories = [m for m in self.index.memories() if wanted is None or m.category == wanted]
-        return sorted(memories, key=lambda m: m.updated_at, reverse=True)
+        return self.index.newest(limit, category=wanted)
 
     async def history(self, category: str, key: str) -> list[MemoryChange]:
         return await self._storage.memory_history(self.user_id, normalize_category(category), normalize_key(key))
@@ -276,10 +277,7 @@ class MemoryService:
         return counts
 
     def stats(self) -> MemoryStats:
-        by_category: dict[str, int] = {}
-        for memory in self.index.memories():
-            by_category[memory.category] = by_category.get(memory.category, 0) + 1
-        return MemoryStats(count=len(self.index), by_category=by_category)
+        return MemoryStats(count=len(self.index), by_category=self.index.count_by_category())
 
     async def _kept(self, write: asyncio.Future[None]) -> None:
         """Return once ``write`` is kept, raising if it was refused.

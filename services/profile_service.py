@@ -63,9 +63,9 @@ class ProfileService:
         self._guard.check(self.user_id)
         epoch = self._memories.epoch
         profile = await self._users.get_profile()
-        memories = await self._memories.list_memories()
+        memories = await self._memories.list_memories(limit=200)
         messages = await self._storage.recent_messages(self.user_id, limit=40)
-        notes = "\n".join(f"- [{m.category}] {m.value}" for m in memories[:200]) or "(none yet)"
+        notes = "\n".join(f"- [{m.category}] {m.value}" for m in memories) or "(none yet)"
         talk = "\n".join(f"{m.role}: {m.content}" for m in messages) or "(no conversation yet)"
         current = (profile.summary if profile else None) or "(empty)"
         prompt = f"Current profile:\n{current}\n\nRemembered facts:\n{notes}\n\nRecent conversation:\n{talk}"

@@ -1,0 +1,146 @@
+"""What one user's index costs the process: memory, build time, and the garbage collector's pauses.
+
+    python bench/index_memory.py [--sizes 10000 100000] [--repeats 3]
+
+Each size runs in a fresh process (so freed memory of one size does not hide the next's), on the index that
+bench/rag.py's latency table searches: bench/data's real memories repeated with their real embeddings and terms
+(``bench.rag.realistic_index``, capacity reserved up front as a loaded session's is). Per size:
+
+- ``traced_bytes_per_memory`` / ``traced_mb``: what tracemalloc sees the build leave allocated (numpy's buffers
+  included); ``vectors_mb`` is the embedding matrix's share of it (float32, one row a memory), ``without_vectors_mb``
+  the rest;
+- ``rss_delta_mb``: the process's resident memory after the build minus before it (first build);
+- ``build_s``: median wall time of ``repeats`` builds;
+- ``gc_tracked_objects``: how many more objects the garbage collector tracks (and a full collection walks) with
+  the index than without it: the index's own share of every full collection, free of timing noise (built with
+  the stemmer's word cache off, whose lists belong to the analyzer);
+- ``gc_collect_ms``: a full ``gc.collect()``, median and max of 15, with the model and the sets loaded but no index
+  (``no_index``), with the index (``index``), and with the index after ``gc.collect(); gc.freeze()``
+  (``index_frozen``). The process's own objects (the model, the loaded sets) set the floor of the first two.
+
+Prints one JSON object. Quote medians: the machines are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from bench.rag import DATA, dataset_files, latest, load_set, realistic_index  # noqa: E402
+from infrastructure.embeddings import CachedEmbedder  # noqa: E402
+from infrastructure.embeddings.minilm import MiniLMEmbedder  # noqa: E402
+
+SIZES = (10_000, 100_000)
+COLLECTIONS = 15
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def collect_ms() -> dict[str, float]:
+    times = []
+    for _ in range(COLLECTIONS):
+        started = time.perf_counter()
+        gc.collect()
+        times.append((time.perf_counter() - started) * 1000)
+    return {"median": round(statistics.median(times), 2), "max": round(max(times), 2)}
+
+
+def tracked_objects(sources: list[Any], n: int, *, now: Any) -> int:
+    """How many more objects the collector tracks once an index of ``n`` is built, with the stemmer's word cache
+    (a list per word, 10,000 at most, the analyzer's and not the index's) off while it is."""
+    stemmer = sources[0].index.analyzer.stemmer
+    kept, stemmer.maxCacheSize = stemmer.maxCacheSize, 0
+    gc.collect()
+    without = len(gc.get_objects())
+    index = realistic_index(sources, n, now=now, rng=np.random.default_rng(7))
+    gc.collect()
+    tracked = len(gc.get_objects()) - without
+    stemmer.maxCacheSize = kept
+    del index
+    return tracked
+
+
+async def one_size(n: int, repeats: int) -> dict[str, Any]:
+    model = MiniLMEmbedder.load()
+    embedder = CachedEmbedder(embedder=model, max_entries=50_000)
+    with tempfile.TemporaryDirectory() as tmp:
+        sources = [await load_set(json.loads(p.read_text(encoding="utf-8")), embedder, Path(tmp))
+                   for p in dataset_files([DATA])]  # fmt: skip
+    now = latest(sources)
+    gc.collect()
+    no_index = collect_ms()
+    builds, rss_delta = [], 0
+    for attempt in range(repeats):
+        gc.collect()
+        before = rss_bytes()
+        started = time.perf_counter()
+        index = realistic_index(sources, n, now=now, rng=np.random.default_rng(7))
+        builds.append(time.perf_counter() - started)
+        if attempt == 0:
+            rss_delta = rss_bytes() - before
+        del index
+    gc.collect()
+    tracemalloc.start()
+    index = realistic_index(sources, n, now=now, rng=np.random.default_rng(7))
+    gc.collect()
+    traced = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    with_index = collect_ms()
+    del index
+    tracked = tracked_objects(sources, n, now=now)
+    index = realistic_index(sources, n, now=now, rng=np.random.default_rng(7))
+    gc.collect()
+    gc.freeze()
+    frozen = collect_ms()
+    vectors = n * index.dimension * 4
+    return {
+        "memories": len(index),
+        "traced_bytes_per_memory": round(traced / n),
+        "traced_mb": round(traced / 1e6, 1),
+        "vectors_mb": round(vectors / 1e6, 1),
+        "without_vectors_mb": round((traced - vectors) / 1e6, 1),
+        "rss_delta_mb": round(rss_delta / 1e6, 1),
+        "build_s": round(statistics.median(builds), 2),
+        "gc_tracked_objects": tracked,
+        "gc_collect_ms": {"no_index": no_index, "index": with_index, "index_frozen": frozen},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--repeats", type=int, default=3, help="builds per size for the build time")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # one size, in this process
+    args = parser.parse_args()
+    if args.one is not None:
+        print(json.dumps(asyncio.run(one_size(args.one, args.repeats))))
+        return
+    report = {}
+    for n in args.sizes:
+        run = subprocess.run([sys.executable, __file__, "--one", str(n), "--repeats", str(args.repeats)],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        report[str(n)] = json.loads(run.stdout)
+    print(json.dumps({"sizes": report}))
+
+
+if __name__ == "__main__":
+    main()
