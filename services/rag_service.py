@@ -119,8 +119,7 @@ class RagService:
     def most_important(self, *, k: int = 5) -> list[IndexedMemory]:
         """The user's most important memories, newest first among equals: what a turn gets when its own search
         is late and nothing was found before it."""
-        ordered = sorted(self._index.memories(), key=lambda m: (m.importance, m.updated_at), reverse=True)
-        return ordered[:k]
+        return self._index.most_important(k)
 
     async def recall(self, query: str, *, k: int = 5) -> list[Retrieved]:
         """Explicit recall (the ``recall`` tool): the same ranking and gate, without conversation history."""
