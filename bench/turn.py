@@ -270,13 +270,15 @@ class StallMonitor:
 
 
 def memory_mb() -> dict[str, float]:
-    """This process's RSS and PSS in MB, from /proc/self/smaps_rollup."""
-    values = {}
+    """This process's RSS, PSS and USS (its private pages: what it would free on exit) in MB, from
+    /proc/self/smaps_rollup. RSS counts in full the pages shared with the forkserver it was forked from."""
+    kb = {}
     for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
         name, _, rest = line.partition(":")
-        if name in ("Rss", "Pss"):
-            values[name.lower()] = round(int(rest.split()[0]) / 1024, 1)
-    return values
+        if rest.strip().endswith("kB"):
+            kb[name] = int(rest.split()[0])
+    uss = kb["Private_Clean"] + kb["Private_Dirty"]
+    return {"rss": round(kb["Rss"] / 1024, 1), "pss": round(kb["Pss"] / 1024, 1), "uss": round(uss / 1024, 1)}
 
 
 def job_process(config: JobConfig, ready: Any, go: Any, results: Any) -> None:
@@ -389,12 +391,18 @@ async def _job(config: JobConfig, settings: Any, embedder: Any, report: dict[str
 # The orchestrator -------------------------------------------------------------------------------------------
 
 
-def forkserver_context() -> Any:
+def forkserver_context(*, local_inference: bool) -> Any:
     """A forkserver that preloads what LiveKit's worker preloads on Linux (livekit/agents/worker.py): the
-    registered plugins, then its warm-up and the freeze."""
+    registered plugins, then its warm-up and the freeze. The warm-up loads the local VAD and end-of-turn models
+    into the forkserver, to be shared by every job process, unless ``local_inference`` is False (LiveKit's
+    LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE=0)."""
     from livekit.agents import Plugin
 
     import agent  # noqa: F401  # registers the plugins agent.py uses, as the worker's import of it does
+    from core.config import share_with_job_processes
+
+    if not local_inference:
+        share_with_job_processes("LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE", "0")  # read by the forkserver
 
     context = mp.get_context("forkserver")
     packages = list(dict.fromkeys(p.package for p in Plugin.registered_plugins))
@@ -471,11 +479,12 @@ def summarise(reports: list[dict[str, Any]], *, load_before: tuple[float, float,
     out["turns_without_request"] = sum(1 for t in turns if "arrive_ms" not in t)
     out["words_per_turn_median"] = statistics.median(t["words"] for t in turns) if turns else 0
     for stage in ("start", "embedder", "prewarm", "session", "after_turns"):
-        for kind in ("rss", "pss"):
+        for kind in ("rss", "pss", "uss"):
             out[f"{kind}_mb_{stage}"] = max(r["memory"][stage][kind] for r in reports)
     out["rss_mb_after_turns_mean"] = round(statistics.fmean(r["memory"]["after_turns"]["rss"] for r in reports), 1)
     out["vad_rss_mb"] = round(max(r["memory"]["prewarm"]["rss"] - r["memory"]["embedder"]["rss"] for r in reports), 1)
     out["vad_pss_mb"] = round(max(r["memory"]["prewarm"]["pss"] - r["memory"]["embedder"]["pss"] for r in reports), 1)
+    out["vad_uss_mb"] = round(max(r["memory"]["prewarm"]["uss"] - r["memory"]["embedder"]["uss"] for r in reports), 1)
     out["vad_load_s"] = max((r.get("vad_load_s", 0.0) for r in reports), default=0.0)
     out["embedder_load_s"] = max(r["embedder_load_s"] for r in reports)
     out["session_open_s"] = max(r["session_open_s"] for r in reports)
@@ -489,7 +498,7 @@ def summarise(reports: list[dict[str, Any]], *, load_before: tuple[float, float,
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    context = forkserver_context()
+    context = forkserver_context(local_inference=not args.no_preload_models)
     server = FakeLLM()
     await server.start()
     try:
@@ -507,6 +516,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "pace_s": args.pace,
                     "memories": args.memories,
                     "vad": not args.no_vad,
+                    "forkserver_preloads_models": not args.no_preload_models,
                     "database": "sqlite",
                     "seed": args.seed,
                 },  # fmt: skip
@@ -528,6 +538,11 @@ def main() -> None:
     parser.add_argument("--pace", type=float, default=3.0, help="seconds between a user's turns, on average")
     parser.add_argument("--memories", type=int, default=2_000, help="memories per user")
     parser.add_argument("--no-vad", action="store_true", help="prewarm without Silero VAD")
+    parser.add_argument(
+        "--no-preload-models",
+        action="store_true",
+        help="LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE=0: no VAD and end-of-turn model in the forkserver",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--setup-timeout", type=float, default=300.0, help="seconds for the job processes' setup")
     parser.add_argument("--quick", action="store_true", help="1 session, 3 + 3 turns, 200 memories, 0.3 s pace")
