@@ -23,12 +23,15 @@ What is measured, per turn, on the machine's one wall clock (``time.time()``):
 - ``*_on_ms`` / ``*_off_ms``: from just before ``session.run(user_input=...)`` to the reply's chat request reaching
   the fake server (its handler stamps the arrival in a response header); ``send_*``: to the moment httpx sends it
   (a request hook on the pool's HTTP client, which the providers use);
-- ``retrieval_p95_ms``: ``TurnRetrieval``'s own time for the turns with memory; ``miss_rate``: its deadline misses
-  over those turns;
-- RSS and PSS of each job process (``/proc/self/smaps_rollup``) at start (imports done), after the embedder, after
-  prewarm (with the VAD), with the session open (index loaded), and after the turns: the largest process's;
+- ``retrieval_p95_ms``: ``TurnRetrieval``'s own time for the turns with memory, split into ``embed_*`` (the query's
+  embedding calls, timed by a wrapper on the process's embedder) and ``retrieval_rest_*`` (analysis, search,
+  formatting); ``miss_rate``: its deadline misses over those turns;
+- RSS, PSS and USS of each job process (``/proc/self/smaps_rollup``) at start (imports done), after the embedder,
+  after prewarm (with the VAD), with the session open (index loaded), and after the turns (taken when every
+  process has finished its turns and none has exited): the largest process's;
 - ``max_stall_ms``: the longest overshoot of a task that sleeps 5 ms in a loop, during the turns (on a busy 2-core
-  machine this includes time the process waited for a core).
+  machine this includes time the process waited for a core), and ``max_stall_loop_cpu_ms``, the CPU time the
+  loop's own thread used within it; ``cpu_share_per_process``: CPU seconds per wall second during the turns.
 Prints one JSON object.
 """
 
@@ -258,15 +261,56 @@ class SwitchedRetrieval:
 
 @dataclass
 class StallMonitor:
-    """Sleeps 5 ms in a loop and keeps how late it woke up: the event loop's stalls (and waits for a core)."""
+    """Sleeps 5 ms in a loop and keeps how late it woke up: the event loop's stalls (and waits for a core). Beside
+    each, the CPU time the loop's thread spent meanwhile: a stall with little of it was a wait for a core or the
+    GIL, one with as much was the loop's own work."""
 
     stalls_ms: list[float] = field(default_factory=list)
+    busy_ms: list[float] = field(default_factory=list)
 
     async def run(self) -> None:
         while True:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             await asyncio.sleep(STALL_TICK)
             self.stalls_ms.append((time.perf_counter() - started - STALL_TICK) * 1000)
+            self.busy_ms.append((time.thread_time() - cpu) * 1000)
+
+    def summary(self) -> dict[str, float]:
+        if not self.stalls_ms:
+            return {"max": 0.0, "p99": 0.0, "over_50": 0, "busy_at_max": 0.0, "max_busy": 0.0}
+        worst = max(range(len(self.stalls_ms)), key=self.stalls_ms.__getitem__)
+        return {"max": round(self.stalls_ms[worst], 2), "p99": round(_pct(sorted(self.stalls_ms), 0.99), 2),
+                "over_50": sum(1 for s in self.stalls_ms if s > 50), "busy_at_max": round(self.busy_ms[worst], 2),
+                "max_busy": round(max(self.busy_ms), 2)}  # fmt: skip
+
+
+@dataclass
+class Signals:
+    """The orchestrator and its job processes: each says it is ready (set up), all start on ``go``; each says its
+    turns are done, and all measure their memory on ``done``, while every one of them is still alive (PSS splits
+    shared pages among the processes alive at the time)."""
+
+    ready: Any
+    go: Any
+    done: Any
+    results: Any
+
+
+def _time_embeddings(embedder: Any) -> list[float]:
+    """Wall milliseconds of each ``embed`` call on this embedder from now on (a wrapper on the instance, so every
+    holder of it, RagService included, goes through it); the caller clears the list between turns."""
+    times: list[float] = []
+    embed = embedder.embed
+
+    async def timed(texts: Sequence[str]) -> Any:
+        started = time.perf_counter()
+        try:
+            return await embed(texts)
+        finally:
+            times.append((time.perf_counter() - started) * 1000)
+
+    embedder.embed = timed
+    return times
 
 
 def memory_mb() -> dict[str, float]:
@@ -281,7 +325,7 @@ def memory_mb() -> dict[str, float]:
     return {"rss": round(kb["Rss"] / 1024, 1), "pss": round(kb["Pss"] / 1024, 1), "uss": round(uss / 1024, 1)}
 
 
-def job_process(config: JobConfig, ready: Any, go: Any, results: Any) -> None:
+def job_process(config: JobConfig, signals: Signals) -> None:
     """A LiveKit job process's life, in text mode: prewarm, the session, the turns, the session's end."""
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("livekit.agents").setLevel(logging.ERROR)  # deprecation notes, not the bench's business
@@ -308,14 +352,14 @@ def job_process(config: JobConfig, ready: Any, go: Any, results: Any) -> None:
         report["vad_load_s"] = round(time.perf_counter() - started, 3)
     report["memory"]["prewarm"] = memory_mb()
     try:
-        asyncio.run(_job(config, settings, embedder, report, ready, go))
+        asyncio.run(_job(config, settings, embedder, report, signals))
     except Exception as exc:  # the orchestrator reports it; a traceback goes to stderr
         logging.getLogger("bench.turn").exception("job process failed")
         report["error"] = type(exc).__name__
-    results.put(report)
+    signals.results.put(report)
 
 
-async def _job(config: JobConfig, settings: Any, embedder: Any, report: dict[str, Any], ready: Any, go: Any) -> None:
+async def _job(config: JobConfig, settings: Any, embedder: Any, report: dict[str, Any], signals: Signals) -> None:
     from livekit.agents import AgentSession
     from prometheus_client import CollectorRegistry
 
@@ -325,6 +369,7 @@ async def _job(config: JobConfig, settings: Any, embedder: Any, report: dict[str
 
     started = time.perf_counter()
     process = await open_process(settings, embedder=embedder)
+    embeds = _time_embeddings(process.embedder)
     services = await open_session(process, user_id=uuid.UUID(config.user_id))
     report["session_open_s"] = round(time.perf_counter() - started, 3)
     report["memories"] = len(services.memories.index)
@@ -350,12 +395,13 @@ async def _job(config: JobConfig, settings: Any, embedder: Any, report: dict[str
     await start_companion(session, process=process, services=services, turn_metrics=metrics)
     report["memory"]["session"] = memory_mb()
 
-    ready.put(config.index)
-    await asyncio.to_thread(go.wait)
+    signals.ready.put(config.index)
+    await asyncio.to_thread(signals.go.wait)
     rng = random.Random(config.seed)
     monitor = StallMonitor()
     watching = asyncio.create_task(monitor.run(), name="stall-monitor")
     turns = []
+    cpu_started, wall_started = time.process_time(), time.perf_counter()
     try:
         loop = asyncio.get_running_loop()
         due = loop.time() + rng.uniform(0, config.pace)
@@ -364,6 +410,7 @@ async def _job(config: JobConfig, settings: Any, embedder: Any, report: dict[str
             due = max(due, loop.time()) + rng.uniform(0.5, 1.5) * config.pace
             switch.bypassed = mode == "off"
             sent.clear()
+            embeds.clear()
             misses = switch.stats.deadline_misses
             submitted = time.time()
             await session.run(user_input=text)
@@ -373,18 +420,20 @@ async def _job(config: JobConfig, settings: Any, embedder: Any, report: dict[str
                 turn["arrive_ms"] = (sent[0][1] - submitted) * 1000
             if mode == "on":
                 turn["retrieval_ms"] = switch.stats.last_ms
+                turn["embed_ms"] = sum(embeds)
                 turn["missed"] = switch.stats.deadline_misses > misses
             turns.append(turn)
     finally:
         watching.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watching
+    report["cpu_share"] = (time.process_time() - cpu_started) / (time.perf_counter() - wall_started)
+    signals.ready.put(config.index)
+    await asyncio.to_thread(signals.done.wait)
     report["memory"]["after_turns"] = memory_mb()
     report["turns"] = turns
     report["stats"] = asdict(switch.stats)
-    stalls = sorted(monitor.stalls_ms)
-    report["stall_ms"] = {"max": round(stalls[-1], 2) if stalls else 0.0, "p99": round(_pct(stalls, 0.99), 2),
-                          "over_50": sum(1 for s in stalls if s > 50)}  # fmt: skip
+    report["stall_ms"] = monitor.summary()
     await finish_companion(process=process, services=services, providers=providers, session=session, llm_budget=5.0)
 
 
@@ -413,7 +462,7 @@ def forkserver_context(*, local_inference: bool) -> Any:
 async def run_count(sessions: int, args: argparse.Namespace, databases: list[tuple[str, Path]], folder: Path,
                     server: FakeLLM, context: Any) -> dict[str, Any]:  # fmt: skip
     """``sessions`` job processes, started together; their turns pooled."""
-    ready, results, go = context.Queue(), context.Queue(), context.Event()
+    signals = Signals(ready=context.Queue(), go=context.Event(), done=context.Event(), results=context.Queue())
     processes = []
     for n in range(sessions):
         user, template = databases[n]
@@ -424,18 +473,21 @@ async def run_count(sessions: int, args: argparse.Namespace, databases: list[tup
         config = JobConfig(index=n, user_id=user, database=str(database), base_url=server.base_url,
                            turns=list(zip(user_turns(len(modes), rng), modes, strict=True)), pace=args.pace,
                            seed=rng.randrange(1 << 30), vad=not args.no_vad)  # fmt: skip
-        process = context.Process(target=job_process, args=(config, ready, go, results), name=f"job-{n}")
+        process = context.Process(target=job_process, args=(config, signals), name=f"job-{n}")
         process.start()
         processes.append(process)
     load_before = os.getloadavg()
     reports = []
     try:
         for _ in range(sessions):
-            await asyncio.to_thread(ready.get, timeout=args.setup_timeout)
-        go.set()
+            await asyncio.to_thread(signals.ready.get, timeout=args.setup_timeout)
+        signals.go.set()
         deadline = time.monotonic() + args.pace * 2 * args.turns * 2 + 120
+        for _ in range(sessions):
+            await asyncio.to_thread(signals.ready.get, timeout=max(1.0, deadline - time.monotonic()))
+        signals.done.set()
         while len(reports) < sessions:
-            reports.append(await asyncio.to_thread(results.get, timeout=max(1.0, deadline - time.monotonic())))
+            reports.append(await asyncio.to_thread(signals.results.get, timeout=max(1.0, deadline - time.monotonic())))
     except queue.Empty:
         raise SystemExit(f"{sessions} sessions: a job process did not answer in time") from None
     finally:
@@ -472,6 +524,11 @@ def summarise(reports: list[dict[str, Any]], *, load_before: tuple[float, float,
     out["retrieval_p50_ms"] = round(_pct(retrieval, 0.5), 2)
     out["retrieval_p95_ms"] = round(_pct(retrieval, 0.95), 2)
     out["retrieval_p99_ms"] = round(_pct(retrieval, 0.99), 2)
+    embedding = sorted(t["embed_ms"] for t in turns if "embed_ms" in t)
+    rest = sorted(t["retrieval_ms"] - t["embed_ms"] for t in turns if "embed_ms" in t)
+    out["embed_p50_ms"], out["embed_p95_ms"] = round(_pct(embedding, 0.5), 2), round(_pct(embedding, 0.95), 2)
+    out["retrieval_rest_p50_ms"], out["retrieval_rest_p95_ms"] = round(_pct(rest, 0.5), 2), round(_pct(rest, 0.95), 2)
+    out["cpu_share_per_process"] = round(statistics.fmean(r["cpu_share"] for r in reports), 3)
     retrieved = sum(r["stats"]["turns"] for r in reports)
     out["deadline_misses"] = sum(r["stats"]["deadline_misses"] for r in reports)
     out["retrieval_failures"] = sum(r["stats"]["failures"] for r in reports)
@@ -492,6 +549,9 @@ def summarise(reports: list[dict[str, Any]], *, load_before: tuple[float, float,
     out["max_stall_ms"] = max(r["stall_ms"]["max"] for r in reports)
     out["stall_p99_ms"] = max(r["stall_ms"]["p99"] for r in reports)
     out["stalls_over_50ms"] = sum(r["stall_ms"]["over_50"] for r in reports)
+    worst = max(reports, key=lambda r: r["stall_ms"]["max"])
+    out["max_stall_loop_cpu_ms"] = worst["stall_ms"]["busy_at_max"]  # the loop's own CPU within the longest stall
+    out["max_loop_cpu_per_tick_ms"] = max(r["stall_ms"]["max_busy"] for r in reports)
     out["loadavg_before"] = [round(x, 2) for x in load_before]
     out["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     return out
