@@ -97,16 +97,16 @@ class Companion(Agent):
         self._turn: tuple[str, TurnContext] | None = None  # (user message id, its context)
         self._summary: tuple[Compaction, str] | None = None  # written, waiting for the end of a reply
         self._erase_asked_in: str | None = None  # the user message in which forget_everything asked to confirm
-        self._erased: frozenset[str] = frozenset()  # chat items said before everything was erased
+        self._hidden: frozenset[str] = frozenset()  # chat items erased or forgotten: never sent to the LLM again
 
     # Memories, once per user message, on every path ----------------------------------------------------------
 
     async def llm_node(
         self, chat_ctx: llm.ChatContext, tools: list[llm.Tool], model_settings: ModelSettings
     ) -> AsyncIterable[llm.ChatChunk | str]:
-        if self._erased:  # the request of the same turn was built before the erase
+        if self._hidden:  # the request of the same turn was built before they were hidden
             chat_ctx = chat_ctx.copy()
-            chat_ctx.items = [item for item in chat_ctx.items if item.id not in self._erased]
+            chat_ctx.items = [item for item in chat_ctx.items if item.id not in self._hidden]
         chat_ctx = _rewrite_text_of(chat_ctx, self._prompt_text, self._services.forgetting.scrub_arguments)
         context = await self._context_for(chat_ctx)
         notes = self._prompt_text(self._persona.notes(self._profile, context.text if context is not None else ""))
@@ -215,7 +215,13 @@ class Companion(Agent):
         if self._services.forgetting.asks_for_everything(query):
             return await self.forget_everything(context, confirmed=False)
         forgotten = await _speakable(self._services.forgetting.forget(query))
-        if not forgotten:
+        if not forgotten:  # nothing saved: what was said of it in this conversation goes all the same
+            dropped = await self._hide(self._services.forgetting.mentions(query))
+            if await _speakable(self._services.forgetting.forget_said(query)) or dropped:
+                return (
+                    "Nothing like that was saved, and it is gone from this conversation too. Tell the user so, "
+                    "without repeating it."
+                )
             return "There was nothing like that to forget."
         self._profile = await _speakable(self._services.users.get_profile())  # its text, rewritten without it
         self._turn = None  # this turn's memories were found before: find them again for the answer
@@ -251,14 +257,29 @@ class Companion(Agent):
         await _speakable(self._services.forget_everything())
         self._profile = None
         await self.update_instructions(self._persona.instructions(None))
-        chat_ctx = self.chat_ctx.copy()
-        self._erased = frozenset(item.id for item in chat_ctx.items if not _is_instructions(item))
-        chat_ctx.items = [item for item in chat_ctx.items if item.id not in self._erased]
-        await self.update_chat_ctx(chat_ctx)
+        await self._hide(lambda text: True)
         return (
             "Everything is erased: memories, profile and past conversations. Nothing more from this conversation "
             "will be kept either. Tell the user so, briefly."
         )
+
+    async def _hide(self, mentions: Callable[[str], bool]) -> bool:
+        """Take the chat's items (messages, tool calls and their outputs) for which ``mentions`` holds out of the
+        chat and of every later LLM request; the instructions and the newest user message (the request itself)
+        stay. True when any was."""
+        chat_ctx = self.chat_ctx.copy()
+        newest = _newest_user_message(chat_ctx)
+        hidden = {
+            item.id
+            for item in chat_ctx.items
+            if not _is_instructions(item) and (newest is None or item.id != newest.id) and mentions(_text_of(item))
+        }
+        if not hidden:
+            return False
+        self._hidden |= hidden
+        chat_ctx.items = [item for item in chat_ctx.items if item.id not in self._hidden]
+        await self.update_chat_ctx(chat_ctx)
+        return True
 
     @function_tool
     async def update_profile(self, context: RunContext, field: str, value: str) -> str:
@@ -334,6 +355,16 @@ def _says_something(chunk: llm.ChatChunk | str) -> bool:
         return bool(chunk.strip())
     delta = chunk.delta
     return delta is not None and bool((delta.content or "").strip() or delta.tool_calls)
+
+
+def _text_of(item: llm.ChatItem) -> str:
+    if isinstance(item, llm.ChatMessage):
+        return item.text_content or ""
+    if isinstance(item, llm.FunctionCallOutput):
+        return item.output
+    if isinstance(item, llm.FunctionCall):
+        return item.arguments
+    return ""
 
 
 def _is_instructions(item: llm.ChatItem) -> bool:

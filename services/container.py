@@ -196,7 +196,9 @@ async def open_session(process: Process, *, user_id: uuid.UUID | None, load: boo
         extractor=MemoryExtractor(memories=memories, llm=process.llm, embedder=process.embedder),
         budget=ContextBudget(llm=process.llm, max_tokens=process.settings.chat_context_max_tokens),
         retrieval=TurnRetrieval(rag=rag, memories=memories, deadline=deadline),
-        forgetting=ForgettingService(**common, memories=memories, users=users, conversations=conversations),
+        forgetting=ForgettingService(
+            **common, batcher=process.batcher, memories=memories, users=users, conversations=conversations
+        ),  # fmt: skip
     )
     if load:
         await memories.load_index()

@@ -7,6 +7,9 @@ keeps that something was said, not what), this session's transcript (the end-of-
 extraction read it), and, through :meth:`scrub`, every later LLM request of the live session. Which sentence
 "mentions" a memory is decided by :mod:`services.redaction`.
 
+When no memory matches, :meth:`forget_said` takes what the user describes out of this conversation only (its
+transcript and stored messages): a description is vaguer than a memory and would redact too much of the past.
+
 ``forget_everything()`` erases every row of the user and ends the session's memory: nothing said afterwards in this
 session is stored.
 """
@@ -14,9 +17,11 @@ session is stored.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 from core.errors import InvalidInputError
 from core.validators import WriteGuard
+from infrastructure.database_batcher import DatabaseBatcher
 from infrastructure.storage import DeletedCounts, Storage
 from rag_system import IndexedMemory, TextAnalyzer
 from services.conversation_service import ConversationService
@@ -41,6 +46,7 @@ class ForgettingService:
         user_id: uuid.UUID,
         guard: WriteGuard,
         storage: Storage,
+        batcher: DatabaseBatcher,
         memories: MemoryService,
         users: UserService,
         conversations: ConversationService,
@@ -48,6 +54,7 @@ class ForgettingService:
         self.user_id = user_id
         self._guard = guard
         self._storage = storage
+        self._batcher = batcher
         self._memories = memories
         self._users = users
         self._conversations = conversations
@@ -71,6 +78,33 @@ class ForgettingService:
         if forgotten:
             await self._forget_everywhere(forgotten)
         return forgotten
+
+    def mentions(self, description: str) -> Callable[[str], bool]:
+        """Whether a text mentions what ``description`` names (the redaction rule, with its words as the fact)."""
+        fact = ForgottenFact.of("", description, analyzer=self._analyzer)
+        return lambda text: redact(text, [fact], analyzer=self._analyzer) != text
+
+    async def forget_said(self, description: str, *, within: float = 5.0) -> bool:
+        """When no memory matched: redact what ``description`` names from this conversation's transcript and stored
+        messages. True when anything mentioned it."""
+        fact = ForgottenFact.of("", description, analyzer=self._analyzer)
+        if not fact.terms:
+            return False
+        before = self._conversations.transcript
+        self._conversations.redact(lambda text: redact(text, [fact], analyzer=self._analyzer, replacement=FORGOTTEN))
+        changed = self._conversations.transcript != before
+        if self._guard.can_write:
+            await self._batcher.flush(within=within)  # what was said is stored before it is redacted
+            said = await self._storage.recent_messages(
+                self.user_id, conversation_id=self._conversations.conversation_id, limit=MAX_MESSAGES_SCANNED
+            )
+            texts = {}
+            for message in said:
+                content = redact(message.content, [fact], analyzer=self._analyzer, replacement=FORGOTTEN)
+                if content != message.content:
+                    texts[message.id] = content
+            changed = await self._storage.rewrite_texts(self.user_id, messages=texts) > 0 or changed
+        return changed
 
     async def forget_everything(self) -> DeletedCounts:
         """Every row of the user, the index, the cache; then this session stores nothing more."""

@@ -36,6 +36,7 @@ class Script:
             "Forget everything": ToolCall("forget", {"query": "everything"}),
             "Forget all my memories": ToolCall("forget", {"query": "all my memories"}),
             "Yes, erase it all": ToolCall("forget_everything", {"confirmed": True}),
+            "Forget what I said about my PIN": ToolCall("forget", {"query": "my PIN"}),
         }
 
     def __call__(self, body: dict[str, Any]) -> str | ToolCall | None:
@@ -164,3 +165,28 @@ async def test_forget_everything_called_with_a_yes_in_the_same_message_erases_no
     assert (await process.storage.get_profile(user)).name == "Dave"  # type: ignore[union-attr]
     await session.aclose()
     await model.aclose()
+
+
+async def test_what_was_only_said_is_forgotten_from_the_conversation_when_no_memory_holds_it(
+    fake: FakeOpenAIServer, process: Process
+) -> None:
+    user = uuid.uuid4()
+    services = await open_session(process, user_id=user)
+    model = openai.LLM(model="fake", base_url=fake.base_url, api_key="x")
+    session = AgentSession(llm=model)
+    await start_companion(session, process=process, services=services)
+    await session.run(user_input=f"My PIN is {PIN}, by the way. I love tea.")  # said, never saved as a memory
+    await session.run(user_input="Forget what I said about my PIN")
+    [answer] = tool_results(fake.chat_requests[-1])
+    assert "gone from this conversation" in answer
+    start = len(fake.chat_requests) - 1
+    await session.run(user_input="What do you know about me?")
+    leaks = [m for r in fake.chat_requests[start:] for m in r["messages"] if PIN in json.dumps(m)]
+    assert leaks == []
+    await finish_companion(process=process, services=services, session=session)
+    await model.aclose()
+    async with await open_process(process.settings) as later:
+        said = [m.content for m in await later.storage.recent_messages(user, limit=100)]
+        assert not any(PIN in m for m in said)
+        [conversation] = await later.storage.recent_conversations(user)
+        assert PIN not in (conversation.summary or "")
