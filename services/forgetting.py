@@ -91,18 +91,11 @@ class ForgettingService:
         if not fact.terms:
             return False
         before = self._conversations.transcript
-        self._conversations.redact(lambda text: redact(text, [fact], analyzer=self._analyzer, replacement=FORGOTTEN))
+        self._conversations.redact(self._redaction([fact]))
         changed = self._conversations.transcript != before
         if self._guard.can_write:
             await self._batcher.flush(within=within)  # what was said is stored before it is redacted
-            said = await self._storage.recent_messages(
-                self.user_id, conversation_id=self._conversations.conversation_id, limit=MAX_MESSAGES_SCANNED
-            )
-            texts = {}
-            for message in said:
-                content = redact(message.content, [fact], analyzer=self._analyzer, replacement=FORGOTTEN)
-                if content != message.content:
-                    texts[message.id] = content
+            texts = await self._redacted_messages([fact], conversation_id=self._conversations.conversation_id)
             changed = await self._storage.rewrite_texts(self.user_id, messages=texts) > 0 or changed
         return changed
 
@@ -115,19 +108,15 @@ class ForgettingService:
 
     def scrub(self, text: str) -> str:
         """``text`` without what this session forgot (the live chat still holds what was said before)."""
-        return redact(text, self._facts, analyzer=self._analyzer, replacement=FORGOTTEN)
+        return self._redaction(self._facts)(text)
 
     def scrub_arguments(self, arguments: str) -> str:
         return redact_json_strings(arguments, self._facts, analyzer=self._analyzer)
 
-    @property
-    def forgot_anything(self) -> bool:
-        return bool(self._facts)
-
     async def _forget_everywhere(self, memories: list[IndexedMemory]) -> None:
         facts = [ForgottenFact.of(m.key, m.value, analyzer=self._analyzer) for m in memories]
         self._facts.extend(facts)
-        self._conversations.redact(lambda text: redact(text, facts, analyzer=self._analyzer, replacement=FORGOTTEN))
+        self._conversations.redact(self._redaction(facts))
 
         profile = await self._users.get_profile()
         if profile is not None and profile.summary:
@@ -141,9 +130,19 @@ class ForgettingService:
             threads = [t for t in conversation.open_threads if redact(t, facts, analyzer=self._analyzer) == t]
             if summary != conversation.summary or len(threads) != len(conversation.open_threads):
                 notes[conversation.id] = (summary, threads)
-        texts = {}
-        for message in await self._storage.recent_messages(self.user_id, limit=MAX_MESSAGES_SCANNED):
-            content = redact(message.content, facts, analyzer=self._analyzer, replacement=FORGOTTEN)
-            if content != message.content:
-                texts[message.id] = content
+        texts = await self._redacted_messages(facts)
         await self._storage.rewrite_texts(self.user_id, conversations=notes, messages=texts)
+
+    def _redaction(self, facts: list[ForgottenFact]) -> Callable[[str], str]:
+        """What a transcript line or stored message becomes: each mentioning sentence marked ``[forgotten]``."""
+        return lambda text: redact(text, facts, analyzer=self._analyzer, replacement=FORGOTTEN)
+
+    async def _redacted_messages(
+        self, facts: list[ForgottenFact], *, conversation_id: uuid.UUID | None = None
+    ) -> dict[uuid.UUID, str]:
+        """The stored messages (of one conversation, if given) that mention ``facts``, as they become."""
+        rewrite = self._redaction(facts)
+        said = await self._storage.recent_messages(
+            self.user_id, conversation_id=conversation_id, limit=MAX_MESSAGES_SCANNED
+        )
+        return {m.id: rewrite(m.content) for m in said if rewrite(m.content) != m.content}
