@@ -19,6 +19,8 @@ appended to the local outbox file, fsynced, in groups, by a second task; only th
 ``durable()`` returns, which is the caller's acknowledgement. The rows are deleted when the database confirms their
 batch, or refuses it for good; what a dead database leaves at ``aclose()`` stays there, and the next batcher to
 start on the folder replays it, in order, before any new write. A full outbox refuses the write when it is offered.
+A replayed write older than its user's latest forgetting (``Storage.forgotten_at``) is dropped, not stored: it was
+queued before the user asked to forget, and may hold what they asked to forget.
 
 The retry loop is written here rather than with tenacity because it must interleave with the lane's queue (new
 writes keep merging into a batch that waits to be retried) and be cut short by ``aclose``.
@@ -28,9 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -89,6 +93,7 @@ class BatcherStats:
     queue_depth: int
     oldest_pending_s: float
     replayed: int = 0  # writes found in the outbox at start (left by a crash or an outage) and queued again
+    dropped_as_forgotten: int = 0  # replayed writes older than their user's latest forgetting: not stored
     kept_for_next_start: int = 0  # writes the database did not take by aclose(), still in the outbox
 
 
@@ -175,7 +180,8 @@ class DatabaseBatcher:
         self._sync_task: asyncio.Task[None] | None = None
         self._offered = self._synced = 0
         self._durable_waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._replayed = self._kept = 0
+        self._replayed = self._kept = self._dropped_as_forgotten = 0
+        self._replayed_seqs: set[int] = set()
 
     # Lifecycle --------------------------------------------------------------------------------------------
 
@@ -187,6 +193,7 @@ class DatabaseBatcher:
                 for row in self._outbox.take_recovered():  # a future of their own, so that flush() waits for them
                     self._place(row.lane, row.item, futures=[loop.create_future()], seqs=[row.seq])
                     self._replayed += 1
+                    self._replayed_seqs.add(row.seq)
                 self._sync_task = asyncio.create_task(self._sync_loop(), name="database-batcher-outbox")
             self._task = asyncio.create_task(self._run(), name="database-batcher")
 
@@ -283,6 +290,7 @@ class DatabaseBatcher:
             queue_depth=self._depth(),
             oldest_pending_s=self._clock() - min(oldest) if oldest else 0.0,
             replayed=self._replayed,
+            dropped_as_forgotten=self._dropped_as_forgotten,
             kept_for_next_start=self._kept,
         )
 
@@ -474,6 +482,10 @@ class DatabaseBatcher:
                 self._fail(lane, batch, StorageUnavailableError(_NOT_TAKEN if self._outbox is None else _KEPT))
                 return
             try:
+                if self._replayed_seqs and any(seq in self._replayed_seqs for p in batch for seq in p.seqs):
+                    batch = await self._without_forgotten(batch)
+                    if not batch:
+                        return
                 await self._bounded(lane.write([p.item for p in batch]))
             except StorageError as exc:
                 if not exc.retryable:
@@ -505,6 +517,27 @@ class DatabaseBatcher:
                 delay = min(delay, max(0.0, self._close_deadline - self._clock()))
             attempt += 1
             await asyncio.sleep(delay)
+
+    async def _without_forgotten(self, batch: list[_Pending[Any]]) -> list[_Pending[Any]]:
+        """The batch without replayed writes older than their user's latest forgetting; those are resolved (the
+        caller that queued them is long gone) and leave the outbox."""
+        owners = [_owner_and_time(p.item) for p in batch]
+        forgotten = await self._storage.forgotten_at({user for user, _ in owners})
+        kept, dropped = [], []
+        for pending, (user, at) in zip(batch, owners, strict=True):
+            replayed = any(seq in self._replayed_seqs for seq in pending.seqs)
+            (dropped if replayed and user in forgotten and at < forgotten[user] else kept).append(pending)
+        for pending in dropped:
+            for future in pending.futures:
+                if not future.done():
+                    future.set_result(None)
+        if dropped:
+            self._dropped_as_forgotten += len(dropped)
+            logger.info("replayed writes dropped: their user forgot since", extra={"writes": len(dropped)})
+            await self._forget_rows(dropped)
+        for pending in batch:
+            self._replayed_seqs.difference_update(pending.seqs)
+        return kept
 
     async def _isolate(self, lane: _Lane[Any], batch: list[_Pending[Any]], exc: CompanionError) -> None:
         """A batch the database refused for good: write its rows one by one, so one bad row fails alone."""
@@ -559,3 +592,8 @@ def _set_exception(future: asyncio.Future[None], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
         future.exception()  # a caller that fired and forgot must not get "exception never retrieved"
+
+
+def _owner_and_time(item: MemoryWrite | MessageWrite | ConversationEnd) -> tuple[uuid.UUID, dt.datetime]:
+    """Whose write this is, and when it was made: what a forgetting is compared with."""
+    return item.user_id, item.at

@@ -197,7 +197,12 @@ async def open_session(process: Process, *, user_id: uuid.UUID | None, load: boo
         budget=ContextBudget(llm=process.llm, max_tokens=process.settings.chat_context_max_tokens),
         retrieval=TurnRetrieval(rag=rag, memories=memories, deadline=deadline),
         forgetting=ForgettingService(
-            **common, batcher=process.batcher, memories=memories, users=users, conversations=conversations
+            **common,
+            batcher=process.batcher,
+            memories=memories,
+            users=users,
+            conversations=conversations,
+            clock=process.clock,
         ),  # fmt: skip
     )
     if load:

@@ -16,6 +16,7 @@ session is stored.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Callable
 
@@ -50,6 +51,7 @@ class ForgettingService:
         memories: MemoryService,
         users: UserService,
         conversations: ConversationService,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.user_id = user_id
         self._guard = guard
@@ -58,6 +60,7 @@ class ForgettingService:
         self._memories = memories
         self._users = users
         self._conversations = conversations
+        self._clock = clock
         self._facts: list[ForgottenFact] = []  # forgotten in this session: kept out of its LLM requests
 
     @property
@@ -76,6 +79,7 @@ class ForgettingService:
             raise InvalidInputError("to forget everything, use forget_everything")
         forgotten = await self._memories.forget(description)
         if forgotten:
+            await self._storage.record_forgetting(self.user_id, at=self._clock())
             await self._forget_everywhere(forgotten)
         return forgotten
 
@@ -94,6 +98,7 @@ class ForgettingService:
         self._conversations.redact(self._redaction([fact]))
         changed = self._conversations.transcript != before
         if self._guard.can_write:
+            await self._storage.record_forgetting(self.user_id, at=self._clock())
             await self._batcher.flush(within=within)  # what was said is stored before it is redacted
             texts = await self._redacted_messages([fact], conversation_id=self._conversations.conversation_id)
             changed = await self._storage.rewrite_texts(self.user_id, messages=texts) > 0 or changed
@@ -101,6 +106,8 @@ class ForgettingService:
 
     async def forget_everything(self) -> DeletedCounts:
         """Every row of the user, the index, the cache; then this session stores nothing more."""
+        self._guard.check(self.user_id)
+        await self._storage.record_forgetting(self.user_id, at=self._clock())
         counts = await self._memories.forget_everything()
         self._conversations.forget()
         self._guard.revoke()

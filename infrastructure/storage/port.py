@@ -216,6 +216,15 @@ class Storage(abc.ABC):
         """The version of the user's profile and memories: 0 before the first change. Caches key by it."""
         return await self._user_version(parse_user_id(user_id))
 
+    async def record_forgetting(self, user_id: uuid.UUID | str, *, at: dt.datetime) -> None:
+        """Note that something of the user was forgotten at ``at`` (the latest such time is kept)."""
+        await self._record_forgetting(parse_user_id(user_id), utc(at))
+
+    async def forgotten_at(self, user_ids: Iterable[uuid.UUID | str]) -> dict[uuid.UUID, dt.datetime]:
+        """When each of these users last had something forgotten; users who never did are absent."""
+        ids = sorted({parse_user_id(u) for u in user_ids})
+        return await self._forgotten_at(ids) if ids else {}
+
     async def rewrite_texts(
         self,
         user_id: uuid.UUID | str,
@@ -312,6 +321,12 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def _user_version(self, user_id: uuid.UUID) -> int: ...
+
+    @abc.abstractmethod
+    async def _record_forgetting(self, user_id: uuid.UUID, at: dt.datetime) -> None: ...
+
+    @abc.abstractmethod
+    async def _forgotten_at(self, user_ids: list[uuid.UUID]) -> dict[uuid.UUID, dt.datetime]: ...
 
     @abc.abstractmethod
     async def _rewrite_texts(

@@ -356,6 +356,20 @@ class PostgresStorage(Storage):
         version = await self._fetchval("select version from public.user_versions where user_id = $1", user_id)
         return 0 if version is None else int(version)
 
+    async def _record_forgetting(self, user_id: uuid.UUID, at: dt.datetime) -> None:
+        await self._execute(
+            "insert into public.forgettings (user_id, forgotten_at) values ($1, $2) on conflict (user_id) do update "
+            "set forgotten_at = greatest(forgettings.forgotten_at, excluded.forgotten_at)",
+            user_id,
+            at,
+        )
+
+    async def _forgotten_at(self, user_ids: list[uuid.UUID]) -> dict[uuid.UUID, dt.datetime]:
+        rows = await self._fetch(
+            "select user_id, forgotten_at from public.forgettings where user_id = any($1::uuid[])", user_ids
+        )
+        return {r["user_id"]: r["forgotten_at"] for r in rows}
+
     async def _rewrite_texts(
         self,
         user_id: uuid.UUID,

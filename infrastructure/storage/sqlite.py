@@ -350,6 +350,21 @@ class SqliteStorage(Storage):
         row = await self._fetchone("select version from user_versions where user_id = ?", (str(user_id),))
         return 0 if row is None else int(row["version"])
 
+    async def _record_forgetting(self, user_id: uuid.UUID, at: dt.datetime) -> None:
+        async with self._transaction():
+            await self._fetchall(
+                "insert into forgettings (user_id, forgotten_at) values (?, ?) on conflict (user_id) do update "
+                "set forgotten_at = max(forgotten_at, excluded.forgotten_at)",
+                (str(user_id), _time(at)),
+            )
+
+    async def _forgotten_at(self, user_ids: list[uuid.UUID]) -> dict[uuid.UUID, dt.datetime]:
+        marks = ", ".join("?" for _ in user_ids)
+        rows = await self._fetchall(
+            f"select user_id, forgotten_at from forgettings where user_id in ({marks})", [str(u) for u in user_ids]
+        )
+        return {uuid.UUID(r["user_id"]): dt.datetime.fromisoformat(r["forgotten_at"]) for r in rows}
+
     async def _rewrite_texts(
         self,
         user_id: uuid.UUID,

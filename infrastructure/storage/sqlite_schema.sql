@@ -121,3 +121,9 @@ begin
     insert into user_versions (user_id, version) values (old.user_id, 1)
         on conflict (user_id) do update set version = version + 1;
 end;
+
+-- When a user last had something forgotten (see supabase/migrations/0004_forgettings.sql).
+create table if not exists forgettings (
+    user_id      text primary key,
+    forgotten_at text not null
+);

@@ -314,6 +314,22 @@ class SupabaseStorage(Storage):
         rows = await self._rows(self._table("user_versions").select("version").eq("user_id", str(user_id)))
         return int(rows[0]["version"]) if rows else 0
 
+    async def _record_forgetting(self, user_id: uuid.UUID, at: dt.datetime) -> None:
+        # PostgREST's upsert sets what it is sent: times of forgetting only grow, so the last one is the latest.
+        await self._run(
+            self._table("forgettings").upsert(
+                {"user_id": str(user_id), "forgotten_at": wire.time_text(at)},
+                on_conflict="user_id",
+                returning=ReturnMethod.minimal,
+            )
+        )
+
+    async def _forgotten_at(self, user_ids: list[uuid.UUID]) -> dict[uuid.UUID, dt.datetime]:
+        rows = await self._rows(
+            self._table("forgettings").select("user_id, forgotten_at").in_("user_id", [str(u) for u in user_ids])
+        )
+        return {uuid.UUID(r["user_id"]): dt.datetime.fromisoformat(r["forgotten_at"]) for r in rows}
+
     async def _rewrite_texts(
         self,
         user_id: uuid.UUID,

@@ -131,6 +131,10 @@ def _schema() -> dict[str, Table]:
             },  # fmt: skip
             primary_key=("id",),
         ),
+        "forgettings": Table(
+            columns={"user_id": uid, "forgotten_at": Column("timestamptz", nullable=False)},
+            primary_key=("user_id",),
+        ),
         "user_versions": Table(
             columns={"user_id": uid, "version": Column("bigint", nullable=False, default=lambda: 0)},
             primary_key=("user_id",),

@@ -315,3 +315,28 @@ async def test_writes_offered_just_before_aclose_are_kept_and_every_caller_hears
     assert all(isinstance(f.exception(), StorageError) for f in futures)
     assert batcher.stats().kept_for_next_start == 10
     assert len(rows_in(tmp_path / "outbox")) == 10
+
+
+async def test_a_replayed_write_older_than_a_later_forget_is_dropped_not_stored(
+    database: Database, tmp_path: Path
+) -> None:
+    store, user, other, conversation = database.storage, uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    folder = tmp_path / "outbox"
+    dead = await Outbox.open(OutboxParams(folder))  # a process killed while the database was down
+    await kept(dead, MEMORIES, MemoryWrite(user, "FACT", "pin", "Their PIN is 4821", 0.5, "tool", T0))
+    await kept(dead, MESSAGES, MessageWrite(uuid.uuid4(), conversation, user, "user", "My PIN is 4821", T0))
+    await kept(dead, MEMORIES, MemoryWrite(other, "FACT", "city", "Lives in Porto", 0.5, "tool", T0))
+    await dead.aclose()
+    # Meanwhile, in another session, the user asked to forget; a write made after it is theirs to keep.
+    await store.record_forgetting(user, at=T0 + dt.timedelta(minutes=1))
+    outbox = await Outbox.open(OutboxParams(folder))
+    async with DatabaseBatcher(storage=store, params=FAST, outbox=outbox) as batcher:
+        await batcher.flush()
+        assert batcher.stats().dropped_as_forgotten == 2
+        batcher.upsert_memory(MemoryWrite(user, "FACT", "tea", "Loves tea", 0.5, "tool", T0 + dt.timedelta(hours=1)))
+        await batcher.flush()
+    await outbox.aclose()
+    assert [m.value for m in await store.list_memories(user)] == ["Loves tea"]
+    assert await store.recent_messages(user) == []
+    assert [m.value for m in await store.list_memories(other)] == ["Lives in Porto"]  # another user's: stored
+    assert names(folder) == []

@@ -374,3 +374,12 @@ async def test_rewriting_texts_changes_only_the_named_rows_of_that_user(backend:
     [theirs] = await store.recent_conversations(other)
     assert theirs.summary == "Kept."
     assert [m.content for m in await store.recent_messages(other)] == ["My PIN is 1111."]
+
+
+async def test_the_latest_forgetting_of_each_user_is_kept(backend: Backend) -> None:
+    store, user, other = backend.storage, uuid.uuid4(), uuid.uuid4()
+    assert await store.forgotten_at([user, other]) == {}
+    await store.record_forgetting(user, at=T0 + minutes(5))
+    await store.record_forgetting(user, at=T0 + minutes(9))
+    await store.delete_user_data(user)  # the mark outlives the erasure
+    assert await store.forgotten_at([user, other]) == {user: T0 + minutes(9)}
