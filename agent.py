@@ -104,6 +104,9 @@ class Companion(Agent):
     async def llm_node(
         self, chat_ctx: llm.ChatContext, tools: list[llm.Tool], model_settings: ModelSettings
     ) -> AsyncIterable[llm.ChatChunk | str]:
+        newest = _newest_user_message(chat_ctx)
+        if newest is not None and (self._turn is None or self._turn[0] != newest.id) and await self._catch_up():
+            chat_ctx = _with_instructions(chat_ctx, self._persona.instructions(self._profile))  # built before it
         if self._hidden:  # the request of the same turn was built before they were hidden
             chat_ctx = chat_ctx.copy()
             chat_ctx.items = [item for item in chat_ctx.items if item.id not in self._hidden]
@@ -143,6 +146,20 @@ class Companion(Agent):
         context = await self._services.retrieval.context(newest.text_content or "", recent)
         self._turn = (newest.id, context)
         return context
+
+    async def _catch_up(self) -> bool:
+        """Once per user message, before its retrieval: what the user's other sessions changed (memories, a forget,
+        a rename, an erasure) reaches this turn's request. True when the instructions changed."""
+        caught = await self._services.catch_up()
+        if caught is None:
+            return False
+        if caught.erased:
+            await self._hide(lambda text: True)
+        if not caught.profile_changed:
+            return False
+        self._profile = caught.profile
+        await self.update_instructions(self._persona.instructions(caught.profile))  # from the next request on
+        return True
 
     # Long sessions: the oldest turns become a summary, in the background ------------------------------------
 
@@ -197,8 +214,15 @@ class Companion(Agent):
             value: one sentence about the user, in the third person.
             importance: from 0 to 1; leave empty for the category's default.
         """
-        memory = await _speakable(self._services.memories.save_memory(category, key, value, importance))
-        return f"Saved: {memory.value}"
+        saved = await _speakable(self._services.memories.save_memory(category, key, value, importance))
+        if saved.queued:
+            return f"Saved: {saved.memory.value} (kept here while the memory store is away; stored when it is back)"
+        if not saved.won:  # another conversation of the user saved this key first: its value holds
+            return (
+                f"Not saved: meanwhile another conversation remembered this as: {saved.memory.value}. "
+                "Ask the user which is right before saving again."
+            )
+        return f"Saved: {saved.memory.value}"
 
     @function_tool
     async def recall(self, context: RunContext, query: str) -> str:
@@ -369,6 +393,16 @@ def _text_of(item: llm.ChatItem) -> str:
 
 def _is_instructions(item: llm.ChatItem) -> bool:
     return isinstance(item, llm.ChatMessage) and item.role in ("system", "developer")
+
+
+def _with_instructions(chat_ctx: llm.ChatContext, instructions: str) -> llm.ChatContext:
+    """A copy of the context whose instructions message says ``instructions``."""
+    chat_ctx = chat_ctx.copy()
+    for i, item in enumerate(chat_ctx.items):
+        if _is_instructions(item):
+            chat_ctx.items[i] = item.model_copy(update={"content": [instructions]})
+            break
+    return chat_ctx
 
 
 def _newest_user_message(chat_ctx: llm.ChatContext) -> llm.ChatMessage | None:

@@ -5,6 +5,7 @@
     ├── InvalidInputError          a caller passed something unusable (bad UUID, unknown field, oversized text)
     │   └── InvalidUserIdError     a user id that is not a UUID
     ├── WriteForbiddenError        a session tried to write for a user it does not serve
+    ├── WriteCancelledError        background work begun before a forget tried to save; it saves nothing
     ├── StorageError               the database failed (translated from the driver at the backend boundary)
     │   └── StorageUnavailableError  the database could not be reached; retryable
     ├── EmbeddingError             the embedding provider failed
@@ -52,6 +53,11 @@ class InvalidUserIdError(InvalidInputError):
 
 class WriteForbiddenError(CompanionError, PermissionError):
     """A write for a user other than the one the session serves (the write guard)."""
+
+
+class WriteCancelledError(CompanionError):
+    """Background work (an extraction, a profile refresh) begun before the user forgot something tried to save:
+    it may hold what was forgotten, so nothing is saved. Retrying the same work would not help."""
 
 
 class StorageError(CompanionError):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from core.errors import InvalidInputError
 from core.validators import WriteGuard
@@ -26,8 +26,8 @@ from infrastructure.database_batcher import DatabaseBatcher
 from infrastructure.storage import DeletedCounts, Storage
 from rag_system import IndexedMemory, TextAnalyzer
 from services.conversation_service import ConversationService
-from services.memory_service import MemoryService
 from services.redaction import FORGOTTEN, ForgottenFact, redact, redact_json_strings
+from services.user_memory import UserMemory
 from services.user_service import UserService
 
 # How far back stored text is redacted. A user past these has older rows left as they are; forget_everything
@@ -48,7 +48,7 @@ class ForgettingService:
         guard: WriteGuard,
         storage: Storage,
         batcher: DatabaseBatcher,
-        memories: MemoryService,
+        memories: UserMemory,
         users: UserService,
         conversations: ConversationService,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
@@ -65,7 +65,7 @@ class ForgettingService:
 
     @property
     def _analyzer(self) -> TextAnalyzer:
-        return self._memories.index.analyzer
+        return self._memories.analyzer
 
     def asks_for_everything(self, description: str) -> bool:
         """True for "everything", "all my memories", "anything you know": nothing more specific than all of it."""
@@ -112,6 +112,13 @@ class ForgettingService:
         self._conversations.forget()
         self._guard.revoke()
         return counts
+
+    def forgotten_elsewhere(self, memories: Sequence[IndexedMemory]) -> None:
+        """Memories another session of the user deleted (seen by a catch-up): kept out of this session's later LLM
+        requests and transcript too, as if forgotten here. Their stored text was redacted by that session."""
+        facts = [ForgottenFact.of(m.key, m.value, analyzer=self._analyzer) for m in memories]
+        self._facts.extend(facts)
+        self._conversations.redact(self._redaction(facts))
 
     def scrub(self, text: str) -> str:
         """``text`` without what this session forgot (the live chat still holds what was said before)."""
