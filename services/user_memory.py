@@ -280,13 +280,11 @@ class UserMemory:
         for _ in range(2):  # a second attempt only when the key was deleted under the first
             if ticket is not None and not ticket.valid:
                 raise WriteCancelledError("something was forgotten since this work began; it saves nothing")
-            if self._versions.get((category, key)) == _UNKNOWN:
-                await self.catch_up()  # saved through the batcher: learn its stored version first
             write = MemoryWrite(self.user_id, category, key, value, importance, source, self._clock(),
                                 embedding=embedding)  # fmt: skip
-            expected = self._versions.get((category, key)) if (category, key) in self._index else None
             try:
                 async with asyncio.timeout(self._write_timeout):
+                    expected = await self._expected_version(category, key)
                     outcome = await self._storage.save_memory_if(write, expected_version=expected)
             except (StorageUnavailableError, TimeoutError):
                 if not self._batcher.durable_writes:
@@ -299,9 +297,21 @@ class UserMemory:
             if outcome.memory is not None:
                 await self._apply([outcome.memory])
                 await self._invalidate_list()
-                return Saved(_indexed(outcome.memory), won=False)
+                # Another session saved the same value first: what the caller wanted is what holds.
+                same = outcome.memory.value.casefold() == value.casefold()
+                return Saved(_indexed(outcome.memory), won=same)
             self._remove(category, key)  # deleted by another session: try again as a new memory
         raise StorageUnavailableError("the memory kept changing while it was saved; try again")
+
+    async def _expected_version(self, category: str, key: str) -> int | None:
+        """The stored version this index holds of the memory (None: it holds none, so the write must find none)."""
+        if (category, key) not in self._index:
+            return None
+        version = self._versions.get((category, key), _UNKNOWN)
+        if version == _UNKNOWN:  # saved through the batcher: its version is learnt from the database
+            stored = await self._storage.get_memory(self.user_id, category, key)
+            version = stored.version if stored is not None else _UNKNOWN
+        return None if version == _UNKNOWN else version
 
     async def _queue(self, write: MemoryWrite) -> Saved:
         """The database is away: keep the write in the durable outbox; it is stored when the database is back."""

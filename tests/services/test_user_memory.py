@@ -187,3 +187,12 @@ async def test_memories_saved_in_a_batch_take_their_versions_from_the_next_catch
     assert two.get("FACT", "job").value == "Works as a midwife"
     await one.catch_up()  # a session's version moves only by catching up (its own writes too), never skipping one
     assert one.version == two.version
+
+
+async def test_two_sessions_saving_the_same_value_at_once_are_both_told_it_is_saved(workers) -> None:
+    one, two = await two_sessions(workers)
+    outcomes = await asyncio.gather(
+        one.save_memory("PREFERENCE", "drink", "Prefers tea"), two.save_memory("PREFERENCE", "drink", "prefers tea")
+    )
+    assert [o.won for o in outcomes] == [True, True]  # the value each wanted is the one that holds
+    assert len({o.memory.value.casefold() for o in outcomes}) == 1
