@@ -157,8 +157,11 @@ class Companion(Agent):
             await self._hide(lambda text: True)
         if not caught.profile_changed:
             return False
-        self._profile = caught.profile
-        await self.update_instructions(self._persona.instructions(caught.profile))  # from the next request on
+        self._profile = caught.profile  # its written part goes into this turn's notes
+        instructions = self._persona.instructions(caught.profile)
+        if instructions == self.instructions:  # a new empty profile, a new summary: the instructions stay, and so
+            return False  # does LiveKit's preemptive generation, which changed instructions would throw away
+        await self.update_instructions(instructions)  # from the next request on
         return True
 
     # Long sessions: the oldest turns become a summary, in the background ------------------------------------
