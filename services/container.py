@@ -230,6 +230,7 @@ async def open_session(process: Process, *, user_id: uuid.UUID | None, load: boo
             memories=memories,
             users=users,
             conversations=conversations,
+            tasks=process.tasks,
             clock=process.clock,
         ),  # fmt: skip
     )

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 from core.errors import InvalidInputError
 from core.validators import WriteGuard
+from infrastructure.background import BackgroundTasks
 from infrastructure.database_batcher import DatabaseBatcher
 from infrastructure.storage import DeletedCounts, Storage
 from rag_system import IndexedMemory, TextAnalyzer
@@ -51,6 +52,7 @@ class ForgettingService:
         memories: UserMemory,
         users: UserService,
         conversations: ConversationService,
+        tasks: BackgroundTasks | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.user_id = user_id
@@ -60,6 +62,7 @@ class ForgettingService:
         self._memories = memories
         self._users = users
         self._conversations = conversations
+        self._tasks = tasks  # owns the redaction of stored messages after a forget seen from another session
         self._clock = clock
         self._facts: list[ForgottenFact] = []  # forgotten in this session: kept out of its LLM requests
 
@@ -114,11 +117,19 @@ class ForgettingService:
         return counts
 
     def forgotten_elsewhere(self, memories: Sequence[IndexedMemory]) -> None:
-        """Memories another session of the user deleted (seen by a catch-up): kept out of this session's later LLM
-        requests and transcript too, as if forgotten here. Their stored text was redacted by that session."""
+        """Memories another session of the user forgot (seen by a catch-up): out of this session's later LLM
+        requests and its transcript now, and, in the background, out of this conversation's stored messages, which
+        that session could not redact (some were still on their way to the database)."""
         facts = [ForgottenFact.of(m.key, m.value, analyzer=self._analyzer) for m in memories]
         self._facts.extend(facts)
         self._conversations.redact(self._redaction(facts))
+        if self._guard.can_write and self._tasks is not None:
+            self._tasks.spawn(self._redact_stored(facts), name=f"forgotten-elsewhere:{self.user_id}")
+
+    async def _redact_stored(self, facts: list[ForgottenFact], *, within: float = 5.0) -> None:
+        await self._batcher.flush(within=within)  # what this session said is stored before it is redacted
+        texts = await self._redacted_messages(facts, conversation_id=self._conversations.conversation_id)
+        await self._storage.rewrite_texts(self.user_id, messages=texts)
 
     def scrub(self, text: str) -> str:
         """``text`` without what this session forgot (the live chat still holds what was said before)."""
