@@ -12,6 +12,10 @@ transcript and stored messages): a description is vaguer than a memory and would
 
 ``forget_everything()`` erases every row of the user and ends the session's memory: nothing said afterwards in this
 session is stored.
+
+Other live sessions of the user (any worker) learn of a forget at the start of their next turn
+(:meth:`services.container.Session.catch_up`): the memory leaves their index, and :meth:`forgotten_elsewhere` keeps
+it out of their chat, transcript and stored messages the same way. After an erasure they store nothing more.
 """
 
 from __future__ import annotations
