@@ -21,7 +21,7 @@ import threading
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import click
 import httpx
@@ -48,15 +48,17 @@ from livekit.agents.vad import VAD
 from livekit.agents.voice.agent_session import SessionConnectOptions  # not re-exported by livekit.agents in 1.8.9
 from livekit.plugins import openai, silero
 from openai import AsyncOpenAI
+from pydantic import BeforeValidator
 from rich.text import Text
 from threadpoolctl import threadpool_limits
 
+from core.categories import CategoryName, ProfileFieldName
 from core.config import OPENAI_API_URL, PLACEHOLDER_OPENAI_KEY, Settings, get_settings, share_with_job_processes
 from core.errors import CompanionError, ConfigError, WriteForbiddenError
 from core.log_filters import CONSOLE_NOISE, NotForUsFilter
 from core.log_filters import install as install_log_filters
 from core.preflight import EXIT_CONFIG, EXIT_SESSION_FAILED, LLM_COMMANDS, command_of, preflight, preflight_warnings
-from core.validators import clean_text, is_user_id, parse_user_id
+from core.validators import clean_text, is_user_id, parse_category, parse_profile_field, parse_user_id
 from infrastructure.embeddings import preload_embedder
 from infrastructure.metrics_server import MetricsServer
 from infrastructure.startup_probe import probe
@@ -83,6 +85,12 @@ def _log_user_text() -> bool:
 # On LiveKit's loggers, in this process and in each job process (which imports this module): no user text in the
 # logs unless LOG_USER_TEXT=true, and none of LiveKit's warnings about features Companion does not use.
 install_log_filters(allow_user_text=_log_user_text)
+
+
+# Tool arguments: closed sets as JSON-schema enums (from the one declaration in core/categories.py), read in any
+# case; anything else is refused before the tool runs, with the list (the ValueError is the message the LLM sees).
+Category = Annotated[CategoryName, BeforeValidator(lambda v: parse_category(v).value)]
+ProfileFieldArg = Annotated[ProfileFieldName, BeforeValidator(lambda v: parse_profile_field(v).value)]
 
 
 class Companion(Agent):
@@ -187,12 +195,12 @@ class Companion(Agent):
 
     @function_tool
     async def remember(
-        self, context: RunContext, category: str, key: str, value: str, importance: float | None = None
+        self, context: RunContext, category: Category, key: str, value: str, importance: float | None = None
     ) -> str:
         """Save something about the user to remember in later conversations.
 
         Args:
-            category: one of FACT, PREFERENCE, GOAL, RELATIONSHIP, EVENT, HEALTH, ROUTINE, OTHER.
+            category: what the memory is about.
             key: a short topic name, such as "sister city" or "favourite drink".
             value: one sentence about the user, in the third person.
             importance: from 0 to 1; leave empty for the category's default.
@@ -282,15 +290,13 @@ class Companion(Agent):
         return True
 
     @function_tool
-    async def update_profile(self, context: RunContext, field: str, value: str) -> str:
+    async def update_profile(self, context: RunContext, field: ProfileFieldArg, value: str) -> str:
         """Update the user's profile.
 
         Args:
-            field: one of name, preferred_name, timezone (such as Europe/Lisbon), language (such as en).
+            field: which field; a timezone is an IANA name such as Europe/Lisbon, a language a code such as en.
             value: the new value.
         """
-        if field not in ("name", "preferred_name", "timezone", "language"):
-            raise ToolError("I can only change the name, preferred name, timezone or language.")
         profile = await _speakable(self._services.users.update_profile(**{field: value}))
         self._profile = profile
         await self.update_instructions(self._persona.instructions(profile))  # from the next reply on

@@ -186,10 +186,12 @@ async def seed_databases(folder: Path, *, users: int, memories: int, seed: int) 
     """One SQLite file per session, each for a user of its own holding ``memories`` memories: the bundled sets'
     sentences (each user from a different starting point), repeated under new keys, dated over the last two years,
     with their real MiniLM embeddings (each distinct text embedded once)."""
+    from core.categories import MemoryCategory
+    from core.validators import normalize_key
     from infrastructure.embeddings.minilm import MiniLMEmbedder
     from infrastructure.storage import MemoryWrite
     from infrastructure.storage.sqlite import SqliteStorage
-    from services.memory_service import CATEGORIES, DEFAULT_IMPORTANCE, index_text, normalize_key
+    from services.memory_service import index_text
 
     _, _, sentences = spoken_lines()
     needed = sentences[: min(len(sentences), memories + users)]
@@ -207,12 +209,12 @@ async def seed_databases(folder: Path, *, users: int, memories: int, seed: int) 
             for row in range(memories):
                 i = (row + n) % len(needed)
                 category, key, value = needed[i]
-                category = category if category in CATEGORIES else "OTHER"
+                kind = MemoryCategory(category) if category in frozenset(MemoryCategory) else MemoryCategory.OTHER
                 at = now - dt.timedelta(days=rng.uniform(0, 700))
                 key = normalize_key(key)[:50]
-                key = key if (category, key) not in keys else f"{key}_{row}"  # the sets share keys; repeats too
-                keys.add((category, key))
-                writes.append(MemoryWrite(user, category, key, value, DEFAULT_IMPORTANCE[category], "import", at,
+                key = key if (kind, key) not in keys else f"{key}_{row}"  # the sets share keys; repeats too
+                keys.add((kind, key))
+                writes.append(MemoryWrite(user, kind.value, key, value, kind.default_importance, "import", at,
                                           embedding=vectors[i]))  # fmt: skip
             for start in range(0, len(writes), 500):
                 await storage.upsert_memories(writes[start : start + 500], read_back=False)
