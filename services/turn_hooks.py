@@ -153,15 +153,20 @@ class SessionTurns:
     async def _extract_while_asked(self) -> None:
         while self._extract_again and self._guard.can_write:
             self._extract_again = False
+            window = self._extraction_window()
+            if window is None:  # asked for turns a run already read (it started after they were said)
+                return
             self.extraction.runs += 1
-            await self._extractor.extract(self._extraction_window())
+            await self._extractor.extract(window)
 
-    def _extraction_window(self) -> list[tuple[str, str]]:
-        """The messages said since the last extraction, at least the last ``extraction_window`` (the turn needs
-        the one before it to be understood), at most ``max_extraction_window``."""
+    def _extraction_window(self) -> list[tuple[str, str]] | None:
+        """The messages said since the last extraction, at least the last ``extraction_window`` (a turn needs the
+        one before it to be understood), at most ``max_extraction_window``; None when none is new."""
         transcript = self._conversations.transcript
         self._extracted = min(self._extracted, len(transcript))  # a forget-everything empties the transcript
         unread = len(transcript) - self._extracted
+        if unread == 0:
+            return None
         self._extracted = len(transcript)
         return transcript[-min(max(self._window, unread), self._max_window) :]
 
