@@ -14,11 +14,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.categories import MAX_VALUE_LENGTH, MemoryCategory, ProfileField
+from core.categories import MemoryCategory, ProfileField
 from core.errors import InvalidInputError
-from core.validators import WriteGuard, normalize_key
+from core.validators import WriteGuard, clean_value, normalize_key
 from infrastructure.storage import Profile, Storage
-from infrastructure.storage.checks import check_text
 from services.memory_service import MemoryService, NewMemory
 from services.user_service import UserService
 
@@ -102,21 +101,12 @@ def _interpret(answers: Mapping[str, Any]) -> tuple[dict[str, str], list[NewMemo
         text = _as_text(raw)
         if not text:
             continue
-        if name in _PROFILE_FIELDS:
-            try:
-                check_text(text, what="onboarding answer")
-            except InvalidInputError:
-                logger.warning("onboarding answer skipped", extra={"answer": name})
-                continue
+        if name in _PROFILE_FIELDS:  # checked by update_profile, one field at a time
             profile[name] = text
             continue
         category, key, template = _SEEDS.get(name, (MemoryCategory.OTHER, name, "{}"))
-        value = template.format(text)
-        try:
-            key = normalize_key(key)
-            check_text(value, what="onboarding answer")  # NUL, lone surrogates: refused now, not after the claim
-            if len(value) > MAX_VALUE_LENGTH:
-                raise InvalidInputError("onboarding answer too long")
+        try:  # the rules save_many applies, here so that one bad answer is skipped rather than failing them all
+            key, value = normalize_key(key), clean_value(template.format(text))
         except InvalidInputError:
             logger.warning("onboarding answer skipped", extra={"answer_length": len(text)})
             continue
