@@ -27,7 +27,6 @@ import click
 import httpx
 import typer
 from livekit.agents import (
-    NOT_GIVEN,
     Agent,
     AgentServer,
     AgentSession,
@@ -41,11 +40,13 @@ from livekit.agents import (
     TurnHandlingOptions,
     cli,
     function_tool,
+    inference,
     llm,
 )
 from livekit.agents.stt import STT
 from livekit.agents.vad import VAD
 from livekit.agents.voice.agent_session import SessionConnectOptions  # not re-exported by livekit.agents in 1.8.9
+from livekit.agents.voice.turn import TurnDetectionMode
 from livekit.plugins import openai, silero
 from openai import AsyncOpenAI
 from pydantic import BeforeValidator
@@ -656,17 +657,33 @@ LLM_CONNECT_OPTIONS = APIConnectOptions(max_retry=0, timeout=PROVIDER_TIMEOUT.re
 SESSION_CONNECT_OPTIONS = SessionConnectOptions(llm_conn_options=LLM_CONNECT_OPTIONS)
 
 
-def build_session(providers: Providers, *, vad: VAD, turn_handling: TurnHandlingOptions | None = None) -> AgentSession:
-    """The AgentSession: Silero VAD, LiveKit's built-in turn detector (its default, offline), our providers, and
-    the text clean-up before speech. LiveKit's preemptive generation (on by default) starts llm_node, and so our
-    retrieval, on the final transcript, while end-of-turn detection is still deciding."""
+def turn_detection(settings: Settings) -> TurnDetectionMode:
+    """TURN_DETECTOR as LiveKit's turn detection. Always explicit: left to itself, an AgentSession loads the local
+    end-of-turn model (244 MB) even for a text-only session."""
+    if settings.turn_detector == "local":
+        return inference.TurnDetector(version="v1-mini")
+    if settings.turn_detector == "cloud":
+        return inference.TurnDetector(version="v1", local_fallback=False)
+    return "vad"
+
+
+def build_session(
+    providers: Providers,
+    *,
+    vad: VAD,
+    turn_detection: TurnDetectionMode,
+    turn_handling: TurnHandlingOptions | None = None,
+) -> AgentSession:
+    """The AgentSession: Silero VAD, the end-of-turn detection of TURN_DETECTOR, our providers, and the text
+    clean-up before speech. LiveKit's preemptive generation (on by default) starts llm_node, and so our retrieval,
+    on the final transcript, while end-of-turn detection is still deciding."""
     return AgentSession(
         vad=vad,
         stt=providers.stt,
         llm=providers.llm,
         tts=providers.speech.tts,
         tts_text_transforms=TEXT_TRANSFORMS,
-        turn_handling=turn_handling if turn_handling is not None else NOT_GIVEN,
+        turn_handling={"turn_detection": turn_detection, **(turn_handling or {})},
         conn_options=SESSION_CONNECT_OPTIONS,
     )
 
@@ -686,7 +703,7 @@ async def entrypoint(ctx: JobContext) -> None:
     gc.freeze()  # what the session loaded (its index) lives as long as this job process, which exits after it
     language = Persona.from_settings(settings).language_for(await services.users.get_profile())
     providers = build_providers(settings, client=await process.pool.openai(), language=language)
-    session = build_session(providers, vad=ctx.proc.userdata["vad"])
+    session = build_session(providers, vad=ctx.proc.userdata["vad"], turn_detection=turn_detection(settings))
     ctx.add_shutdown_callback(
         lambda: finish_companion(process=process, services=services, providers=providers, session=session)
     )
@@ -719,6 +736,8 @@ def main(argv: list[str]) -> int:
         share_with_job_processes("LIVEKIT_LOG_LEVEL", "WARN")
     for chatty in ("aiosqlite", "asyncio", "httpcore", "openai._base_client"):  # their DEBUG drowns the console
         logging.getLogger(chatty).setLevel(logging.WARNING if quiet_console else logging.INFO)
+    if settings.turn_detector != "local":  # read by the forkserver LiveKit starts: no job maps the local model
+        share_with_job_processes("LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE", "0")
     server.update_options(max_retry=settings.livekit_max_retry)
     outcome = _Outcome.watch(server, console=command == "console")
     status: int | str | None = 0
