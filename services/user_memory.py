@@ -33,8 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.categories import MAX_VALUE_LENGTH
 from core.errors import CompanionError, InvalidInputError, StorageUnavailableError, WriteCancelledError
-from core.validators import WriteGuard, clean_text
+from core.validators import WriteGuard, clean_text, clean_value, normalize_key, parse_category, parse_importance
 from infrastructure.database_batcher import DatabaseBatcher
 from infrastructure.embeddings import Embedder
 from infrastructure.redis_cache import RedisCache
@@ -49,18 +50,7 @@ from infrastructure.storage import (
     memory_key_hash,
 )
 from rag_system import GateParams, IndexedMemory, MemoryIndex, Query, RankingParams, SearchResult, TextAnalyzer, analyze
-from services.memory_service import (
-    LIST_CACHE_KEY,
-    MAX_VALUE_LENGTH,
-    SOURCES,
-    MemoryStats,
-    NewMemory,
-    clean_value,
-    default_importance,
-    index_text,
-    normalize_category,
-    normalize_key,
-)
+from services.memory_service import LIST_CACHE_KEY, SOURCES, MemoryStats, NewMemory, index_text
 
 logger = logging.getLogger("companion.memory")
 
@@ -165,7 +155,7 @@ class UserMemory:
 
     async def list_memories(self, category: str | None = None, *, limit: int | None = None) -> list[IndexedMemory]:
         """Newest first, at most ``limit`` (all when None)."""
-        wanted = None if category is None else normalize_category(category)
+        wanted = None if category is None else parse_category(category).value
         return self._index.newest(limit, category=wanted)
 
     def most_important(self, k: int) -> list[IndexedMemory]:
@@ -190,10 +180,10 @@ class UserMemory:
         return MemoryStats(count=len(self._index), by_category=self._index.count_by_category())
 
     async def get_stored(self, category: str, key: str) -> Memory | None:
-        return await self._storage.get_memory(self.user_id, normalize_category(category), normalize_key(key))
+        return await self._storage.get_memory(self.user_id, parse_category(category).value, normalize_key(key))
 
     async def history(self, category: str, key: str) -> list[MemoryChange]:
-        return await self._storage.memory_history(self.user_id, normalize_category(category), normalize_key(key))
+        return await self._storage.memory_history(self.user_id, parse_category(category).value, normalize_key(key))
 
     def ticket(self) -> WriteTicket:
         """For background work about to write: revoked by the next forget (here or in another session)."""
@@ -271,11 +261,11 @@ class UserMemory:
         """Store (or update) one memory if no other session changed it since this index saw it (see the module
         docstring). A changed value keeps its old one in the history."""
         self._guard.check(self.user_id)
-        category, key = normalize_category(category), normalize_key(key)
-        value = clean_value(value)
+        kind, key = parse_category(category), normalize_key(key)
+        category, value = kind.value, clean_value(value)
         if source not in SOURCES:
             raise InvalidInputError(f"memory source must be one of {sorted(SOURCES)}")
-        importance = default_importance(category, importance)
+        importance = parse_importance(importance, kind)
         embedding = (await self._embedder.embed([index_text(key, value)]))[0]
         for _ in range(2):  # a second attempt only when the key was deleted under the first
             if ticket is not None and not ticket.valid:
@@ -336,9 +326,9 @@ class UserMemory:
         self._guard.check(self.user_id)
         prepared = []
         for item in items:
-            category, key = normalize_category(item.category), normalize_key(item.key)
-            value = clean_value(item.value)
-            importance = default_importance(category, item.importance)
+            kind, key = parse_category(item.category), normalize_key(item.key)
+            category, value = kind.value, clean_value(item.value)
+            importance = parse_importance(item.importance, kind)
             if item.source not in SOURCES:
                 raise InvalidInputError(f"memory source must be one of {sorted(SOURCES)}")
             prepared.append((category, key, value, importance, item.source, item.at or self._clock()))
@@ -380,7 +370,7 @@ class UserMemory:
 
     async def delete(self, category: str, key: str) -> bool:
         self._guard.check(self.user_id)
-        category, key = normalize_category(category), normalize_key(key)
+        category, key = parse_category(category).value, normalize_key(key)
         await self._batcher.flush(within=self._write_timeout)  # a queued upsert of it must not land after
         deleted = await self._storage.delete_memories(self.user_id, [(category, key)]) > 0
         self._remove(category, key)

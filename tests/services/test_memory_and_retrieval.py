@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import EmbeddingError, InvalidInputError, WriteForbiddenError
-from core.validators import WriteGuard
+from core.validators import WriteGuard, normalize_key
 from infrastructure.connection_pool import redis_client
 from infrastructure.database_batcher import BatcherParams, DatabaseBatcher
 from infrastructure.embeddings import CachedEmbedder
@@ -23,7 +23,7 @@ from infrastructure.storage import Storage
 from infrastructure.storage.postgres import PostgresStorage
 from infrastructure.storage.sqlite import SqliteStorage
 from rag_system import analyzer_for
-from services.memory_service import LIST_CACHE_KEY, normalize_key
+from services.memory_service import LIST_CACHE_KEY
 from services.rag_service import RagService
 from services.turn_retrieval import TurnRetrieval
 from services.user_memory import UserMemory
