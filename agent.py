@@ -58,13 +58,14 @@ from core.log_filters import install as install_log_filters
 from core.preflight import EXIT_CONFIG, EXIT_SESSION_FAILED, LLM_COMMANDS, command_of, preflight, preflight_warnings
 from core.validators import clean_text, is_user_id, parse_user_id
 from infrastructure.embeddings import preload_embedder
+from infrastructure.metrics import BatchReading, CacheReading, ClientReading, RetrievalReading, StorageReading
 from infrastructure.metrics_server import MetricsServer
 from infrastructure.startup_probe import probe
 from infrastructure.storage import Profile
 from infrastructure.turn_metrics import TurnMetrics, TurnTimings
 from services.container import Process, Session, open_process, open_session
 from services.context_budget import Compaction, HistoryItem
-from services.health_report import batch_report, cache_report, memory_report, pool_report
+from services.health_report import batch_report, cache_report, clients_report, memory_report
 from services.persona import Persona
 from services.rag_service import TurnContext
 from services.turn_retrieval import RetrievalStats
@@ -296,25 +297,29 @@ class Companion(Agent):
         await self.update_instructions(self._persona.instructions(profile))  # from the next reply on
         return f"Updated the {field.replace('_', ' ')}."
 
+    # The health tools read the process's Prometheus instruments: the numbers /metrics serves for this process.
+
     @function_tool(name="getConnectionPoolStats")
     async def get_connection_pool_stats(self, context: RunContext) -> str:
-        """How the connection pool is doing: each resource, its reuse and its health."""
-        return pool_report(self._process.pool.stats())
+        """How the connections are doing: each client (HTTP, database, Redis), its health and its connections."""
+        await self._process.clients.health_check()
+        return clients_report(ClientReading.read_all(self._process.metrics))
 
     @function_tool(name="getRedisCacheStats")
     async def get_redis_cache_stats(self, context: RunContext) -> str:
         """How the cache is doing: hit rate, mode and latency."""
-        return cache_report(self._process.cache.stats())
+        return cache_report(CacheReading.read(self._process.metrics))
 
     @function_tool(name="getDatabaseBatchStats")
     async def get_database_batch_stats(self, context: RunContext) -> str:
         """How the database write batching is doing."""
-        return batch_report(self._process.batcher.stats())
+        metrics = self._process.metrics
+        return batch_report(BatchReading.read(metrics), StorageReading.read(metrics))
 
     @function_tool(name="getMemoryStats")
     async def get_memory_stats(self, context: RunContext) -> str:
         """How many memories you hold about the user, and how retrieval is doing."""
-        return memory_report(self._services.memories.stats(), self._services.retrieval.stats)
+        return memory_report(self._services.memories.stats(), RetrievalReading.read(self._process.metrics))
 
 
 async def _speakable(work: Any) -> Any:
@@ -431,7 +436,7 @@ def _recent_turns(chat_ctx: llm.ChatContext, *, before: str, limit: int = 3) -> 
 
 def prewarm(proc: JobProcess) -> None:
     """Runs in each job process before it takes a job, before the process has an event loop: the models load here.
-    The pools open at the start of the job (``open_process``), while it waits for the participant, because asyncio
+    The clients open at the start of the job (``open_process``), while it waits for the participant, because asyncio
     clients belong to the loop they were opened on.
 
     One BLAS thread per job process: a worker runs several at once on the machine's cores, and OpenBLAS's threads
@@ -467,7 +472,7 @@ async def start_companion(
     if services.guard.can_write:
         await services.users.ensure_profile_exists()
     await services.conversations.start()
-    turn_metrics = turn_metrics or TurnMetrics()
+    turn_metrics = turn_metrics or TurnMetrics(metrics=process.metrics)
     profile = await services.users.get_profile()
     agent = Companion(services=services, process=process, profile=profile)
 
@@ -629,7 +634,7 @@ async def entrypoint(ctx: JobContext) -> None:
     services = await open_session(process, user_id=user_id)
     gc.freeze()  # what the session loaded (its index) lives as long as this job process, which exits after it
     language = Persona.from_settings(settings).language_for(await services.users.get_profile())
-    providers = build_providers(settings, client=await process.pool.openai(), language=language)
+    providers = build_providers(settings, client=process.clients.openai, language=language)
     session = build_session(providers, vad=ctx.proc.userdata["vad"])
     ctx.add_shutdown_callback(
         lambda: finish_companion(process=process, services=services, providers=providers, session=session)

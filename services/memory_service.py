@@ -1,7 +1,7 @@
 """MemoryService: what the companion knows about one user, kept in the database and in the user's index.
 
 Built once per session for the user it serves. Every write passes the write guard, then goes through the write
-batcher, and updates the user's retrieval index and cache in place, so the next turn's retrieval needs no database
+batcher, and updates the user's retrieval index in place, so the next turn's retrieval needs no database
 round trip. When ``save_memory`` returns, the memory is kept: with the batcher's outbox, once it is fsynced there
 (the database is given ``confirm_within`` more, and takes it later if it is away: a crash or an outage does not
 lose it); without one, once the database stored it. A refused write (outbox full, bad input) raises and is never
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 from core.errors import CompanionError, InvalidInputError, StorageUnavailableError
 from core.validators import WriteGuard, clean_text
+from infrastructure.cache import Cache
 from infrastructure.database_batcher import DatabaseBatcher
 from infrastructure.embeddings import Embedder
-from infrastructure.redis_cache import RedisCache
 from infrastructure.storage import DeletedCounts, Memory, MemoryAccess, MemoryChange, MemoryWrite, Storage
 from rag_system import GateParams, IndexedMemory, MemoryIndex, RankingParams, analyze
 
@@ -45,7 +45,6 @@ DEFAULT_IMPORTANCE = {
     "EVENT": 0.5,
     "OTHER": 0.4,
 }
-LIST_CACHE_KEY = "memories"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +97,7 @@ class MemoryService:
         batcher: DatabaseBatcher,
         embedder: Embedder,
         index: MemoryIndex,
-        cache: RedisCache | None = None,
+        cache: Cache | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         write_timeout: float = 5.0,
         confirm_within: float = 0.5,
@@ -160,7 +159,6 @@ class MemoryService:
         created_at = existing.created_at if existing is not None else at
         indexed = IndexedMemory(category, key, value, importance, created_at=created_at, updated_at=at)
         self.index.upsert(indexed, embedding)
-        await self._invalidate_list()
         return indexed
 
     async def save_many(self, items: Sequence[NewMemory]) -> list[IndexedMemory]:
@@ -200,7 +198,6 @@ class MemoryService:
             indexed = IndexedMemory(write.category, write.key, write.value, write.importance, created_at, write.at)
             self.index.upsert(indexed, write.embedding)  # type: ignore[arg-type]
             saved.append(indexed)
-        await self._invalidate_list()
         if refused is not None:
             raise refused
         for _, future in accepted:
@@ -229,7 +226,6 @@ class MemoryService:
         await self._batcher.flush(within=self._write_timeout)  # a queued upsert of it must not land after
         deleted = await self._storage.delete_memories(self.user_id, [(category, key)]) > 0
         self.index.remove(category, key)
-        await self._invalidate_list()
         return deleted
 
     async def forget(self, description: str, *, limit: int = 1) -> list[IndexedMemory]:
@@ -297,10 +293,6 @@ class MemoryService:
         if not write.done():
             raise StorageUnavailableError("the database is not answering; the memory is queued")
         await write
-
-    async def _invalidate_list(self) -> None:
-        if self._cache is not None:
-            await self._cache.delete(LIST_CACHE_KEY, user_id=self.user_id)
 
 
 def _succeeded(future: asyncio.Future[None]) -> bool:

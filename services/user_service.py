@@ -16,7 +16,7 @@ from typing import Any
 
 from core.errors import InvalidInputError
 from core.validators import WriteGuard
-from infrastructure.redis_cache import RedisCache
+from infrastructure.cache import Cache
 from infrastructure.storage import Profile, Storage, wire
 
 PROFILE_CACHE_KEY = "profile"
@@ -32,7 +32,7 @@ class UserService:
         user_id: uuid.UUID,
         guard: WriteGuard,
         storage: Storage,
-        cache: RedisCache | None = None,
+        cache: Cache | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.user_id = user_id
