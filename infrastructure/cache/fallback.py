@@ -69,7 +69,7 @@ class FallbackCache:
     def name(self) -> str:
         return self._primary.name if self._available else self._fallback.name
 
-    mode = name  # what the tests and the health tools call it
+    mode = name  # which backend serves now: redis, or memory while Redis is away
 
     @property
     def available(self) -> bool:

@@ -28,6 +28,7 @@ def _expires(_key: _Key, value: tuple[float, str], now: float) -> float:
 
 class LocalCache:
     name = "memory"
+    mode = name  # as FallbackCache says which backend serves
 
     def __init__(
         self,
