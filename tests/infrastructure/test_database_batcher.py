@@ -57,7 +57,9 @@ async def test_repeated_upserts_of_one_memory_merge_and_the_last_wins(database: 
 
 async def test_a_batch_that_fails_twice_then_succeeds_is_stored_once(database: Database) -> None:
     store, user, conversation = database.storage, uuid.uuid4(), uuid.uuid4()
-    async with DatabaseBatcher(metrics=Metrics(CollectorRegistry()), storage=store, params=FAST) as batcher:
+    metrics = Metrics(CollectorRegistry())
+    store.metrics = metrics  # what open_clients does: the backend's failed calls count in the process's metrics
+    async with DatabaseBatcher(metrics=metrics, storage=store, params=FAST) as batcher:
         async with database.lock():
             futures = [batcher.append_message(message(user, conversation, n)) for n in range(20)]
             futures.append(batcher.upsert_memory(memory(user, 1)))
@@ -66,7 +68,16 @@ async def test_a_batch_that_fails_twice_then_succeeds_is_stored_once(database: D
 
     assert len(await store.recent_messages(user, limit=100)) == 20
     assert [m.key for m in await store.list_memories(user)] == ["key_1"]
-    assert batcher.stats().failures == 0
+    reading = batcher.stats()
+    assert (reading.failures, reading.queue_depth) == (0, 0)
+    # Each refused attempt is a retryable storage error of the lane's operation, and a retry of the lane.
+    retried = metrics.total("companion_batcher_retries_total")
+    assert retried == metrics.total("companion_storage_errors_total", retryable="true") >= 2
+    assert metrics.total("companion_storage_errors_total", retryable="false") == 0
+    assert set(metrics.label_values("companion_storage_errors_total", "operation")) <= {
+        "append_messages", "upsert_memories"
+    }  # fmt: skip
+    assert metrics.total("companion_batcher_flush_seconds_count") == reading.statements
 
 
 async def test_a_full_queue_refuses_the_write_and_says_so(database: Database) -> None:
