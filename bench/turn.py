@@ -1,12 +1,13 @@
 """Memory's share of a turn: concurrent text sessions, each in a job process of its own, on this machine.
 
     python bench/turn.py                       1, 4 and 8 sessions; 50 turns with memory and 50 without, each
-    python bench/turn.py --sessions 8 --turns 20 --pace 3 --memories 2000 [--no-vad]
+    python bench/turn.py --sessions 8 --turns 20 --pace 3 --memories 2000 [--no-vad] [--turn-detector vad]
     python bench/turn.py --quick               1 session, 3 + 3 turns, 200 memories, a fast pace (for tests)
 
 For each count, every session gets a job process of its own, started together, the way LiveKit starts them on
-Linux: forked from a forkserver that preloaded LiveKit's plugins and its warm-up (``livekit.agents.ipc._preload``).
-A job process does what agent.py's ``prewarm`` and ``entrypoint`` do, in text mode: one BLAS thread, the embedder
+Linux: forked from a forkserver that preloaded LiveKit's plugins and its warm-up (``livekit.agents.ipc._preload``;
+with ``--turn-detector local``, the default, that warm-up loads LiveKit's end-of-turn model, as agent.py lets it for
+TURN_DETECTOR=local, and the sessions' turn detection is that model; with ``vad`` neither). A job process does what agent.py's ``prewarm`` and ``entrypoint`` do, in text mode: one BLAS thread, the embedder
 preloaded, Silero VAD loaded (unless ``--no-vad``), ``open_process`` / ``open_session`` on a SQLite file of its own
 holding its user's memories (seeded beforehand, with their embeddings, from the bundled sets' real sentences,
 repeated to ``--memories``), ``build_providers`` on the process's pooled OpenAI client, a text-mode
@@ -186,10 +187,12 @@ async def seed_databases(folder: Path, *, users: int, memories: int, seed: int) 
     """One SQLite file per session, each for a user of its own holding ``memories`` memories: the bundled sets'
     sentences (each user from a different starting point), repeated under new keys, dated over the last two years,
     with their real MiniLM embeddings (each distinct text embedded once)."""
+    from core.categories import MemoryCategory
+    from core.validators import normalize_key
     from infrastructure.embeddings.minilm import MiniLMEmbedder
     from infrastructure.storage import MemoryWrite
     from infrastructure.storage.sqlite import SqliteStorage
-    from services.memory_service import CATEGORIES, DEFAULT_IMPORTANCE, index_text, normalize_key
+    from services.memory_service import index_text
 
     _, _, sentences = spoken_lines()
     needed = sentences[: min(len(sentences), memories + users)]
@@ -207,12 +210,12 @@ async def seed_databases(folder: Path, *, users: int, memories: int, seed: int) 
             for row in range(memories):
                 i = (row + n) % len(needed)
                 category, key, value = needed[i]
-                category = category if category in CATEGORIES else "OTHER"
+                kind = MemoryCategory(category) if category in frozenset(MemoryCategory) else MemoryCategory.OTHER
                 at = now - dt.timedelta(days=rng.uniform(0, 700))
                 key = normalize_key(key)[:50]
-                key = key if (category, key) not in keys else f"{key}_{row}"  # the sets share keys; repeats too
-                keys.add((category, key))
-                writes.append(MemoryWrite(user, category, key, value, DEFAULT_IMPORTANCE[category], "import", at,
+                key = key if (kind, key) not in keys else f"{key}_{row}"  # the sets share keys; repeats too
+                keys.add((kind, key))
+                writes.append(MemoryWrite(user, kind.value, key, value, kind.default_importance, "import", at,
                                           embedding=vectors[i]))  # fmt: skip
             for start in range(0, len(writes), 500):
                 await storage.upsert_memories(writes[start : start + 500], read_back=False)
@@ -235,6 +238,7 @@ class JobConfig:
     pace: float
     seed: int
     vad: bool
+    turn_detector: str
 
 
 class SwitchedRetrieval:
@@ -336,7 +340,8 @@ def job_process(config: JobConfig, signals: Signals) -> None:
 
     report: dict[str, Any] = {"index": config.index, "memory": {"start": memory_mb()}}
     settings = Settings(_env_file=None, database_url=f"sqlite:///{config.database}",  # type: ignore[call-arg]
-                        openai_base_url=config.base_url, openai_api_key="bench")  # fmt: skip
+                        openai_base_url=config.base_url, openai_api_key="bench",
+                        turn_detector=config.turn_detector)  # fmt: skip
     # What agent.py's prewarm does, step by step, so that each step's memory shows.
     started = time.perf_counter()
     threadpool_limits(limits=1, user_api="blas")
@@ -363,7 +368,7 @@ async def _job(config: JobConfig, settings: Any, embedder: Any, report: dict[str
     from livekit.agents import AgentSession
     from prometheus_client import CollectorRegistry
 
-    from agent import SESSION_CONNECT_OPTIONS, build_providers, finish_companion, start_companion
+    from agent import SESSION_CONNECT_OPTIONS, build_providers, finish_companion, start_companion, turn_detection
     from infrastructure.turn_metrics import TurnMetrics
     from services.container import open_process, open_session
 
@@ -390,7 +395,8 @@ async def _job(config: JobConfig, settings: Any, embedder: Any, report: dict[str
     http.event_hooks["request"].append(on_request)
     http.event_hooks["response"].append(on_response)
     providers = build_providers(settings, client=process.clients.openai)
-    session = AgentSession(llm=providers.llm, conn_options=SESSION_CONNECT_OPTIONS)
+    session = AgentSession(llm=providers.llm, conn_options=SESSION_CONNECT_OPTIONS,
+                           turn_handling={"turn_detection": turn_detection(settings)})  # fmt: skip
     metrics = TurnMetrics(registry=CollectorRegistry())
     await start_companion(session, process=process, services=services, turn_metrics=metrics)
     report["memory"]["session"] = memory_mb()
@@ -472,7 +478,8 @@ async def run_count(sessions: int, args: argparse.Namespace, databases: list[tup
         modes = [mode for _ in range(args.turns) for mode in rng.sample(["on", "off"], 2)]
         config = JobConfig(index=n, user_id=user, database=str(database), base_url=server.base_url,
                            turns=list(zip(user_turns(len(modes), rng), modes, strict=True)), pace=args.pace,
-                           seed=rng.randrange(1 << 30), vad=not args.no_vad)  # fmt: skip
+                           seed=rng.randrange(1 << 30), vad=not args.no_vad,
+                           turn_detector=args.turn_detector)  # fmt: skip
         process = context.Process(target=job_process, args=(config, signals), name=f"job-{n}")
         process.start()
         processes.append(process)
@@ -558,7 +565,7 @@ def summarise(reports: list[dict[str, Any]], *, load_before: tuple[float, float,
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    context = forkserver_context(local_inference=not args.no_preload_models)
+    context = forkserver_context(local_inference=args.turn_detector == "local")  # as agent.py's main decides
     server = FakeLLM()
     await server.start()
     try:
@@ -576,7 +583,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "pace_s": args.pace,
                     "memories": args.memories,
                     "vad": not args.no_vad,
-                    "forkserver_preloads_models": not args.no_preload_models,
+                    "turn_detector": args.turn_detector,
+                    "forkserver_preloads_models": args.turn_detector == "local",
                     "database": "sqlite",
                     "seed": args.seed,
                 },  # fmt: skip
@@ -599,9 +607,10 @@ def main() -> None:
     parser.add_argument("--memories", type=int, default=2_000, help="memories per user")
     parser.add_argument("--no-vad", action="store_true", help="prewarm without Silero VAD")
     parser.add_argument(
-        "--no-preload-models",
-        action="store_true",
-        help="LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE=0: no VAD and end-of-turn model in the forkserver",
+        "--turn-detector",
+        choices=["local", "vad"],
+        default="local",
+        help="TURN_DETECTOR of the sessions; with vad the forkserver preloads no local model, as agent.py's main sets",
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--setup-timeout", type=float, default=300.0, help="seconds for the job processes' setup")

@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     livekit_url: str | None = None
     livekit_api_key: str | None = None
     livekit_api_secret: SecretStr | None = None
+    # End of turn. "local": LiveKit's end-of-turn model (v1-mini) in every job process, offline; the worker's
+    # forkserver loads its weights once (about 214 MB of every job process's RSS, shared). "cloud": LiveKit
+    # Inference's v1 model (needs LIVEKIT_API_KEY and LIVEKIT_API_SECRET), with no local fallback. "vad": the end
+    # of speech alone. With "cloud" or "vad" no job process maps the local model's weights.
+    turn_detector: Literal["local", "cloud", "vad"] = "local"
     # Retries in a row of the connection to LiveKit before `start` / `dev` give up and exit non-zero. LiveKit waits
     # 0, 2, 4, 6, 8, then 10 s before each, so 6 give up after about 30 s of waiting (LiveKit's own default, 16,
     # after about 136 s). The count starts again after each successful connection: it also bounds a reconnection.

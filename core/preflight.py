@@ -53,6 +53,13 @@ def preflight(settings: Settings, argv: Sequence[str]) -> str | None:
             )
     if command in LLM_COMMANDS and not settings.llm_configured:
         paragraphs.append(LLM_MISSING)
+    if command in LLM_COMMANDS and settings.turn_detector == "cloud":
+        missing = [name for name in settings.missing_livekit_variables if name != "LIVEKIT_URL"]
+        if missing:
+            paragraphs.append(
+                f"TURN_DETECTOR=cloud runs LiveKit Inference's end-of-turn model, which needs {' and '.join(missing)} "
+                "in the environment or .env. Set them, or use TURN_DETECTOR=local (the offline model) or vad."
+            )
     return "\n\n".join(paragraphs) or None
 
 

@@ -28,6 +28,7 @@ from infrastructure.llm import FallbackChat, OpenAIChat, TextModel
 from infrastructure.metrics import Metrics
 from infrastructure.outbox import Outbox, OutboxParams
 from infrastructure.storage import DeletedCounts, Profile, Storage
+from infrastructure.turn_metrics import TurnMetrics
 from rag_system import MemoryIndex, analyzer_for
 from services.context_budget import ContextBudget
 from services.conversation_service import ConversationService
@@ -38,6 +39,7 @@ from services.onboarding_service import OnboardingService
 from services.persona import Persona
 from services.profile_service import ProfileService
 from services.rag_service import RagService
+from services.turn_hooks import SessionTurns
 from services.turn_retrieval import TurnRetrieval
 from services.user_service import UserService
 
@@ -212,3 +214,19 @@ async def open_session(process: Process, *, user_id: uuid.UUID | None, load: boo
         await memories.load_index()
         session.retrieval.prefetch()
     return session
+
+
+def session_turns(process: Process, session: Session, *, metrics: TurnMetrics | None = None) -> SessionTurns:
+    """The turn hooks of ``session``'s conversation; ``metrics``: the process's turn metrics unless given."""
+    return SessionTurns(
+        user_id=session.user_id,
+        guard=session.guard,
+        conversations=session.conversations,
+        profiles=session.profiles,
+        extractor=session.extractor,
+        rag=session.rag,
+        retrieval=session.retrieval,
+        budget=session.budget,
+        tasks=process.tasks,
+        metrics=metrics or TurnMetrics(metrics=process.metrics),
+    )

@@ -84,3 +84,14 @@ def test_a_language_the_local_embedder_does_not_know_is_warned_about(tmp_path: P
     assert "EMBEDDING_PROVIDER=openai" in result.stderr
     english = run_agent(["console", "--text"], cwd=tmp_path, env=clean_env(tmp_path))
     assert "EMBEDDING_PROVIDER" not in english.stderr
+
+
+def test_turn_detector_cloud_without_livekit_keys_names_them_before_anything_starts(tmp_path: Path) -> None:
+    env = clean_env(tmp_path, OPENAI_API_KEY="sk-test", TURN_DETECTOR="cloud")
+    result = run_agent(["console", "--text"], cwd=tmp_path, env=env)
+
+    assert result.returncode == EXIT_CONFIG
+    assert "TURN_DETECTOR=cloud" in result.stderr
+    for variable in ("LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
+        assert variable in result.stderr
+    assert "Traceback" not in result.stderr

@@ -340,3 +340,34 @@ async def test_a_slow_llm_at_session_end_does_not_cost_the_transcript(process, f
         [conversation] = await later.storage.recent_conversations(user)
         assert conversation.ended_at is not None  # the end is recorded
         assert conversation.summary is None  # without the summary that came too late
+
+
+@pytest.mark.parametrize(("detector", "loads_model"), [("vad", False), ("local", True)])
+async def test_only_turn_detector_local_loads_the_end_of_turn_model_in_a_job_process(
+    process, fake, monkeypatch, detector: str, loads_model: bool
+) -> None:
+    # LiveKit's local end-of-turn model is 244 MB per process that loads it: a session of TURN_DETECTOR=vad (or
+    # cloud) must never construct it, not even for a typed turn; one of local does, when its session starts.
+    from livekit.agents.inference.eot import transports
+
+    from agent import turn_detection
+
+    built: list[object] = []
+
+    class CountedEOT(transports._EOT):  # LiveKit's own model, observed, not replaced
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            built.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(transports, "_EOT", CountedEOT)
+    settings = process.settings.model_copy(update={"turn_detector": detector})
+    services = await open_session(process, user_id=uuid.uuid4())
+    model = openai.LLM(model="fake", base_url=fake.base_url, api_key="x")
+    session = AgentSession(llm=model, turn_handling={"turn_detection": turn_detection(settings)})
+    try:
+        await start_companion(session, process=process, services=services)
+        await session.run(user_input="I planted tomatoes today")
+    finally:
+        await session.aclose()
+        await model.aclose()
+    assert bool(built) is loads_model

@@ -22,7 +22,7 @@ from livekit.agents import AgentSession, io
 from livekit.agents.utils import http_context
 from livekit.plugins import silero
 
-from agent import Companion, build_providers, build_session, finish_companion, start_companion
+from agent import Companion, build_providers, build_session, finish_companion, start_companion, turn_detection
 from core.config import Settings
 from infrastructure.storage.sqlite import SqliteStorage
 from services.container import Process, Session, open_process, open_session
@@ -120,7 +120,8 @@ async def voice_rig(
             services = await open_session(process, user_id=uuid.uuid4())
             await services.memories.save_memory("RELATIONSHIP", "sister city", MAYA)
             providers = build_providers(settings, client=process.clients.openai)
-            session = build_session(providers, vad=silero.VAD.load(), turn_handling=turn_handling)
+            session = build_session(providers, vad=silero.VAD.load(), turn_detection=turn_detection(settings),
+                                    turn_handling=turn_handling)  # fmt: skip
             speaker = Speaker()
             session.input.audio = Microphone(speech)
             session.output.audio = speaker

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import types
 from pathlib import Path
 
@@ -61,3 +62,13 @@ async def test_providers_share_the_pooled_client_and_add_the_fallback_llm_when_c
     finally:
         await process.aclose()
     assert pooled._client.is_closed
+
+
+def test_the_companion_gets_the_few_collaborators_it_calls_by_keyword_not_the_object_graph() -> None:
+    parameters = inspect.signature(agent.Companion.__init__).parameters
+    given = {name: p for name, p in parameters.items() if name != "self"}
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in given.values())
+    assert set(given) == {"persona", "profile", "turns", "scrubber", "tasks", "tools"}
+    annotations = " ".join(str(p.annotation) for p in given.values())
+    assert "Session" not in annotations.replace("SessionTurns", "")
+    assert "Process" not in annotations

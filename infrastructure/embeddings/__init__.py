@@ -1,4 +1,4 @@
-"""Embeddings: one :class:`Embedder` interface; ``local`` (MiniLM on numpy) and ``openai`` providers."""
+"""Embeddings: one :class:`Embedder` interface; ``local`` (MiniLM in ONNX Runtime) and ``openai`` providers."""
 
 from __future__ import annotations
 

@@ -124,3 +124,11 @@ async def test_concurrent_calls_that_evict_each_other_all_get_their_vectors(embe
     for text_index, matrix in enumerate(results):
         np.testing.assert_allclose(matrix[0], direct[text_index], atol=1e-5)
         np.testing.assert_allclose(matrix[1], direct[0], atol=1e-5)
+
+
+def test_the_committed_graph_is_what_the_builder_builds() -> None:
+    from infrastructure.embeddings import minilm_graph
+
+    assert minilm_graph.GRAPH_PATH.read_bytes() == minilm_graph.build(), (
+        "run python -m infrastructure.embeddings.minilm_graph and commit minilm.onnx"
+    )
