@@ -85,23 +85,15 @@ def fake(brain: ScrapingBrain) -> Iterator[FakeOpenAIServer]:
         yield server
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[OwnRedisServer]:
-    server = OwnRedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
 async def test_metrics_carry_every_series_and_the_health_tools_say_the_scraped_numbers(
-    tmp_path: Path, fake: FakeOpenAIServer, brain: ScrapingBrain, redis_server: OwnRedisServer
+    tmp_path: Path, fake: FakeOpenAIServer, brain: ScrapingBrain, own_redis: OwnRedisServer
 ) -> None:
     database = tmp_path / "companion.db"
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None,
         database_url=f"sqlite:///{database}",
         openai_base_url=fake.base_url,
-        redis_url=redis_server.url,
+        redis_url=own_redis.url,
         batch_max_delay_ms=5_000,  # nothing flushes between a tool's answer and the scrape but what a turn asks
         retrieval_deadline_ms=2_000,
     )

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -37,14 +36,6 @@ async def shared(prefix: str) -> AsyncIterator:
     async for key in client.scan_iter(match=f"{prefix}:*"):
         await client.delete(key)
     await client.aclose()
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[OwnRedisServer]:
-    server = OwnRedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def fallback_on(client, metrics: Metrics, *, prefix: str = "fallback", events: list | None = None) -> FallbackCache:
@@ -132,11 +123,11 @@ async def test_a_load_that_races_a_delete_is_not_cached(shared, prefix, metrics)
     assert await worker_a.get("profile@1", user_id=user) is None
 
 
-async def test_redis_alone_raises_a_retryable_error_when_it_is_gone(own_server: OwnRedisServer, metrics) -> None:
-    client = redis_client(own_server.url, timeout=0.25)
+async def test_redis_alone_raises_a_retryable_error_when_it_is_gone(own_redis: OwnRedisServer, metrics) -> None:
+    client = redis_client(own_redis.url, timeout=0.25)
     cache = RedisCache(redis=client, params=CacheParams(prefix="alone"), metrics=metrics)
     try:
-        own_server.stop()
+        own_redis.stop()
         with pytest.raises(CacheUnavailableError) as raised:
             await cache.get("k")
         assert raised.value.retryable
@@ -159,15 +150,15 @@ async def test_misuse_is_refused_before_any_round_trip_and_no_retry_helps(shared
 
 
 async def test_when_redis_dies_the_fallback_serves_and_returns_when_it_is_back(
-    own_server: OwnRedisServer, metrics: Metrics
+    own_redis: OwnRedisServer, metrics: Metrics
 ) -> None:
-    client = redis_client(own_server.url, timeout=0.25)
+    client = redis_client(own_redis.url, timeout=0.25)
     events: list[AvailabilityChanged] = []
     cache = fallback_on(client, metrics, events=events)
     user = uuid.uuid4()
     try:
         await cache.set("profile@1", {"name": "before"}, user_id=user)
-        own_server.stop()
+        own_redis.stop()
 
         assert await cache.get("profile@1", user_id=user) is None  # no exception reaches the caller
         assert cache.mode == "memory"
@@ -180,7 +171,7 @@ async def test_when_redis_dies_the_fallback_serves_and_returns_when_it_is_back(
         assert metrics.value("companion_cache_fallbacks_total") == 1
         assert metrics.total("companion_cache_errors_total", retryable="true") >= 1
 
-        own_server.start()  # same port, empty: stands for a Redis that kept its old entries too
+        own_redis.start()  # same port, empty: stands for a Redis that kept its old entries too
         await client.set(f"fallback:u:{user}:0:profile@1", '{"name":"stale"}')
         await eventually(lambda: cache.mode == "redis")
 
@@ -196,9 +187,9 @@ async def test_when_redis_dies_the_fallback_serves_and_returns_when_it_is_back(
 
 
 async def test_a_read_only_redis_is_an_outage_and_the_probe_writes_before_trusting_it(
-    own_server: OwnRedisServer, metrics: Metrics
+    own_redis: OwnRedisServer, metrics: Metrics
 ) -> None:
-    client = redis_client(own_server.url, timeout=0.25)
+    client = redis_client(own_redis.url, timeout=0.25)
     cache = fallback_on(client, metrics)
     user = uuid.uuid4()
     try:
@@ -216,16 +207,16 @@ async def test_a_read_only_redis_is_an_outage_and_the_probe_writes_before_trusti
 
 
 async def test_a_load_under_way_when_redis_dies_runs_once_and_is_not_stored(
-    own_server: OwnRedisServer, metrics: Metrics
+    own_redis: OwnRedisServer, metrics: Metrics
 ) -> None:
-    client = redis_client(own_server.url, timeout=0.25)
+    client = redis_client(own_redis.url, timeout=0.25)
     cache = fallback_on(client, metrics)
     loads = 0
 
     async def load_while_redis_dies() -> dict:
         nonlocal loads
         loads += 1
-        own_server.stop()
+        own_redis.stop()
         return {"name": "Ana"}
 
     try:
