@@ -61,22 +61,20 @@ from core.log_filters import install as install_log_filters
 from core.preflight import EXIT_CONFIG, EXIT_SESSION_FAILED, LLM_COMMANDS, command_of, preflight, preflight_warnings
 from core.validators import clean_text, is_user_id, parse_category, parse_profile_field, parse_user_id
 from infrastructure.background import BackgroundTasks
-from infrastructure.connection_pool import ConnectionPool
-from infrastructure.database_batcher import DatabaseBatcher
+from infrastructure.clients import Clients
 from infrastructure.embeddings import preload_embedder
+from infrastructure.metrics import BatchReading, CacheReading, ClientReading, Metrics, RetrievalReading, StorageReading
 from infrastructure.metrics_server import MetricsServer
-from infrastructure.redis_cache import RedisCache
 from infrastructure.startup_probe import probe
 from infrastructure.storage import Profile
 from infrastructure.turn_metrics import TurnMetrics
 from services.container import Process, Session, open_process, open_session, session_turns
 from services.context_budget import HistoryItem
 from services.forgetting import ForgettingService
-from services.health_report import batch_report, cache_report, memory_report, pool_report
+from services.health_report import batch_report, cache_report, clients_report, memory_report
 from services.persona import Persona
 from services.rag_service import RagService, TurnContext
 from services.turn_hooks import SUMMARY_ID, SessionTurns, SummaryReady, begin_conversation, end_conversation
-from services.turn_retrieval import TurnRetrieval
 from services.user_memory import CatchUp, UserMemory
 from services.user_service import UserService
 from tts import TEXT_TRANSFORMS, SpeechOutput, build_tts
@@ -393,43 +391,35 @@ class ProfileTools(llm.Toolset):
 
 
 class HealthTools(llm.Toolset):
-    """How the companion is running, when asked: the pool, the cache, the write batching, the memories."""
+    """How the companion is running, when asked: the clients, the cache, the write batching, the memories. The
+    numbers are the process's Prometheus instruments, the ones /metrics serves for this process."""
 
-    def __init__(
-        self,
-        *,
-        pool: ConnectionPool,
-        cache: RedisCache,
-        batcher: DatabaseBatcher,
-        memories: UserMemory,
-        retrieval: TurnRetrieval,
-    ) -> None:
+    def __init__(self, *, clients: Clients, metrics: Metrics, memories: UserMemory) -> None:
         super().__init__(id="health")
-        self._pool = pool
-        self._cache = cache
-        self._batcher = batcher
+        self._clients = clients
+        self._metrics = metrics
         self._memories = memories
-        self._retrieval = retrieval
 
     @function_tool(name="getConnectionPoolStats")
     async def get_connection_pool_stats(self, context: RunContext) -> str:
-        """How the connection pool is doing: each resource, its reuse and its health."""
-        return pool_report(self._pool.stats())
+        """How the connections are doing: each client (HTTP, database, Redis), its health and its connections."""
+        await self._clients.health_check()
+        return clients_report(ClientReading.read_all(self._metrics))
 
     @function_tool(name="getRedisCacheStats")
     async def get_redis_cache_stats(self, context: RunContext) -> str:
         """How the cache is doing: hit rate, mode and latency."""
-        return cache_report(self._cache.stats())
+        return cache_report(CacheReading.read(self._metrics))
 
     @function_tool(name="getDatabaseBatchStats")
     async def get_database_batch_stats(self, context: RunContext) -> str:
         """How the database write batching is doing."""
-        return batch_report(self._batcher.stats())
+        return batch_report(BatchReading.read(self._metrics), StorageReading.read(self._metrics))
 
     @function_tool(name="getMemoryStats")
     async def get_memory_stats(self, context: RunContext) -> str:
         """How many memories you hold about the user, and how retrieval is doing."""
-        return memory_report(self._memories.stats(), self._retrieval.stats)
+        return memory_report(self._memories.stats(), RetrievalReading.read(self._metrics))
 
 
 async def _speakable(work: Any) -> Any:
@@ -555,7 +545,7 @@ def _recent_turns(chat_ctx: llm.ChatContext, *, before: str, limit: int = 3) -> 
 
 def prewarm(proc: JobProcess) -> None:
     """Runs in each job process before it takes a job, before the process has an event loop: the models load here.
-    The pools open at the start of the job (``open_process``), while it waits for the participant, because asyncio
+    The clients open at the start of the job (``open_process``), while it waits for the participant, because asyncio
     clients belong to the loop they were opened on.
 
     One BLAS thread per job process: a worker runs several at once on the machine's cores, and OpenBLAS's threads
@@ -600,8 +590,7 @@ async def start_companion(
             MemoryTools(memories=services.memories, rag=services.rag, forgetting=services.forgetting,
                         users=services.users),
             ProfileTools(users=services.users),
-            HealthTools(pool=process.pool, cache=process.cache, batcher=process.batcher, memories=services.memories,
-                        retrieval=services.retrieval),
+            HealthTools(clients=process.clients, metrics=process.metrics, memories=services.memories),
         ],
     )  # fmt: skip
     session.on("conversation_item_added", agent.on_conversation_item)
@@ -737,7 +726,7 @@ async def entrypoint(ctx: JobContext) -> None:
     services = await open_session(process, user_id=user_id)
     gc.freeze()  # what the session loaded (its index) lives as long as this job process, which exits after it
     language = Persona.from_settings(settings).language_for(await services.users.get_profile())
-    providers = build_providers(settings, client=await process.pool.openai(), language=language)
+    providers = build_providers(settings, client=process.clients.openai, language=language)
     session = build_session(providers, vad=ctx.proc.userdata["vad"], turn_detection=turn_detection(settings))
     ctx.add_shutdown_callback(
         lambda: finish_companion(process=process, services=services, providers=providers, session=session)

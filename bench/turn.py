@@ -391,10 +391,10 @@ async def _job(config: JobConfig, settings: Any, embedder: Any, report: dict[str
         if ARRIVED in response.headers and "bench_sent" in response.request.extensions:
             sent.append((response.request.extensions["bench_sent"], float(response.headers[ARRIVED])))
 
-    http = await process.pool.http()
+    http = process.clients.http
     http.event_hooks["request"].append(on_request)
     http.event_hooks["response"].append(on_response)
-    providers = build_providers(settings, client=await process.pool.openai())
+    providers = build_providers(settings, client=process.clients.openai)
     session = AgentSession(llm=providers.llm, conn_options=SESSION_CONNECT_OPTIONS,
                            turn_handling={"turn_detection": turn_detection(settings)})  # fmt: skip
     metrics = TurnMetrics(registry=CollectorRegistry())

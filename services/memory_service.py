@@ -12,7 +12,6 @@ import datetime as dt
 from dataclasses import dataclass
 
 SOURCES = frozenset({"tool", "extraction", "onboarding", "import"})
-LIST_CACHE_KEY = "memories"
 
 
 @dataclass(frozen=True, slots=True)

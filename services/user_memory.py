@@ -36,9 +36,9 @@ import numpy as np
 from core.categories import MAX_VALUE_LENGTH
 from core.errors import CompanionError, InvalidInputError, StorageUnavailableError, WriteCancelledError
 from core.validators import WriteGuard, clean_text, clean_value, normalize_key, parse_category, parse_importance
+from infrastructure.cache import Cache
 from infrastructure.database_batcher import DatabaseBatcher
 from infrastructure.embeddings import Embedder
-from infrastructure.redis_cache import RedisCache
 from infrastructure.storage import (
     DeletedCounts,
     Memory,
@@ -50,7 +50,7 @@ from infrastructure.storage import (
     memory_key_hash,
 )
 from rag_system import GateParams, IndexedMemory, MemoryIndex, Query, RankingParams, SearchResult, TextAnalyzer, analyze
-from services.memory_service import LIST_CACHE_KEY, SOURCES, MemoryStats, NewMemory, index_text
+from services.memory_service import SOURCES, MemoryStats, NewMemory, index_text
 
 logger = logging.getLogger("companion.memory")
 
@@ -108,7 +108,7 @@ class UserMemory:
         batcher: DatabaseBatcher,
         embedder: Embedder,
         analyzer: TextAnalyzer,
-        cache: RedisCache | None = None,
+        cache: Cache | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         write_timeout: float = 5.0,
         confirm_within: float = 0.5,
@@ -228,8 +228,6 @@ class UserMemory:
             changed = await self._apply(changes.memories)
             profile_changed = erased or (changes.profile is not None and changes.profile.version > self.version)
             self.version = max(self.version, changes.version)
-        if changed or removed:
-            await self._invalidate_list()
         return CatchUp(version=self.version, changed=changed, removed=tuple(removed), profile=changes.profile,
                        profile_changed=profile_changed, erased=erased)  # fmt: skip
 
@@ -282,11 +280,9 @@ class UserMemory:
                 return await self._queue(write)
             if outcome.won and outcome.memory is not None:
                 indexed = self._put(_indexed(outcome.memory), embedding, version=outcome.memory.version)
-                await self._invalidate_list()
                 return Saved(indexed)
             if outcome.memory is not None:
                 await self._apply([outcome.memory])
-                await self._invalidate_list()
                 # Another session saved the same value first: what the caller wanted is what holds.
                 same = outcome.memory.value.casefold() == value.casefold()
                 return Saved(_indexed(outcome.memory), won=same)
@@ -316,7 +312,6 @@ class UserMemory:
         created_at = existing.created_at if existing is not None else write.at
         indexed = IndexedMemory(write.category, write.key, write.value, write.importance, created_at, write.at)
         self._put(indexed, write.embedding, version=_UNKNOWN)  # type: ignore[arg-type]
-        await self._invalidate_list()
         return Saved(indexed, queued=True)
 
     async def save_many(self, items: Sequence[NewMemory]) -> list[IndexedMemory]:
@@ -356,7 +351,6 @@ class UserMemory:
             created_at = existing.created_at if existing is not None else write.at
             indexed = IndexedMemory(write.category, write.key, write.value, write.importance, created_at, write.at)
             saved.append(self._put(indexed, write.embedding, version=_UNKNOWN))  # type: ignore[arg-type]
-        await self._invalidate_list()
         if refused is not None:
             raise refused
         for _, future in accepted:
@@ -374,7 +368,6 @@ class UserMemory:
         await self._batcher.flush(within=self._write_timeout)  # a queued upsert of it must not land after
         deleted = await self._storage.delete_memories(self.user_id, [(category, key)]) > 0
         self._remove(category, key)
-        await self._invalidate_list()
         return deleted
 
     async def forget(self, description: str, *, limit: int = 1) -> list[IndexedMemory]:
@@ -450,10 +443,6 @@ class UserMemory:
         for ticket in list(self._tickets):
             ticket.revoke()
         self._tickets.clear()
-
-    async def _invalidate_list(self) -> None:
-        if self._cache is not None:
-            await self._cache.delete(LIST_CACHE_KEY, user_id=self.user_id)
 
 
 def _succeeded(future: asyncio.Future[None]) -> bool:

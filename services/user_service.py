@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core.validators import WriteGuard, profile_change
-from infrastructure.redis_cache import RedisCache
+from infrastructure.cache import Cache
 from infrastructure.storage import Profile, Storage, wire
 
 PROFILE_CACHE_KEY = "profile"
@@ -26,7 +26,7 @@ class UserService:
         user_id: uuid.UUID,
         guard: WriteGuard,
         storage: Storage,
-        cache: RedisCache | None = None,
+        cache: Cache | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.user_id = user_id

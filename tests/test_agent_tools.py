@@ -28,8 +28,7 @@ async def toolsets(tmp_path: Path) -> AsyncIterator[list[llm.Toolset]]:
     yield [
         MemoryTools(memories=services.memories, rag=services.rag, forgetting=services.forgetting, users=services.users),
         ProfileTools(users=services.users),
-        HealthTools(pool=process.pool, cache=process.cache, batcher=process.batcher, memories=services.memories,
-                    retrieval=services.retrieval),
+        HealthTools(clients=process.clients, metrics=process.metrics, memories=services.memories),
     ]  # fmt: skip
     await process.aclose()
 

@@ -48,7 +48,7 @@ async def test_providers_share_the_pooled_client_and_add_the_fallback_llm_when_c
     both = Settings(**base, fallback_llm_base_url="http://127.0.0.1:8/v1", fallback_llm_model="m")  # type: ignore[arg-type]
     process = await open_process(alone)
     try:
-        pooled = await process.pool.openai()
+        pooled = process.clients.openai
         single = agent.build_providers(alone, client=pooled)
         double = agent.build_providers(both, client=pooled)
         assert not isinstance(single.llm, llm.FallbackAdapter)

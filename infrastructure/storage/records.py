@@ -253,8 +253,8 @@ class DeletedCounts:
 
 @dataclass(slots=True)
 class StorageStats:
-    """Counters every backend keeps; ``queries`` counts database round trips (HTTP requests for Supabase)."""
+    """Round trips of one backend (HTTP requests for Supabase): a warm turn is expected to make none. Errors are
+    Prometheus counters (``companion_storage_errors_total``)."""
 
     backend: str
     queries: int = 0
-    errors: int = 0
