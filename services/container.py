@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 import uuid
 import zoneinfo
 from collections.abc import Callable
@@ -161,19 +162,26 @@ class Session:
     retrieval: TurnRetrieval
     forgetting: ForgettingService
     catch_up_within: float = 0.15  # seconds; past it the turn goes on with what the index holds
+    metrics: Metrics | None = None  # where catch-ups are counted: the process's instruments unless given
 
     async def catch_up(self) -> CatchUp | None:
         """At the start of each turn: apply what the user's other sessions (on any worker) changed since the last
         turn, within ``catch_up_within``. What they forgot is kept out of this session's chat from now on; after an
         erasure elsewhere, this session stores nothing more either. None when nothing changed, or when the database
         did not answer in time (the turn goes on; the next one catches up)."""
+        metrics = self.metrics or Metrics.process()
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self.catch_up_within):
                 caught = await self.memories.catch_up()
         except (TimeoutError, CompanionError) as exc:
+            metrics.catch_ups.labels(outcome="failed").inc()
             logger.warning("catching up with other sessions failed; using what this one holds",
                            extra={"error": type(exc).__name__})  # fmt: skip
             return None
+        finally:
+            metrics.catch_up_seconds.observe(time.perf_counter() - started)
+        metrics.catch_ups.labels(outcome="unchanged" if caught is None else "applied").inc()
         if caught is None:
             return None
         if caught.removed:
@@ -229,6 +237,7 @@ async def open_session(process: Process, *, user_id: uuid.UUID | None, load: boo
         budget=ContextBudget(llm=process.llm, max_tokens=process.settings.chat_context_max_tokens),
         retrieval=TurnRetrieval(rag=rag, memories=memories, deadline=deadline),
         catch_up_within=deadline,
+        metrics=process.metrics,
         forgetting=ForgettingService(
             **common,
             batcher=process.batcher,

@@ -192,6 +192,8 @@ async def test_a_user_message_catches_up_with_the_users_other_sessions_once(
 ) -> None:
     other = await open_session(process, user_id=session.user_id)  # another session of the user, elsewhere
     await other.memories.save_memory("PREFERENCE", "drink", "Prefers green tea")
+    applied = process.metrics.value("companion_catch_ups_total", outcome="applied")
+    checks = process.metrics.value("companion_catch_up_seconds_count")
 
     caught = await turns.catch_up("message-1")
 
@@ -201,3 +203,5 @@ async def test_a_user_message_catches_up_with_the_users_other_sessions_once(
     await other.memories.save_memory("FACT", "job", "Works as a nurse")
     assert await turns.catch_up("message-1") is None  # a second generation of the same turn: already caught up
     assert (await turns.catch_up("message-2")).changed == 1
+    assert process.metrics.value("companion_catch_ups_total", outcome="applied") == applied + 2  # counted, timed
+    assert process.metrics.value("companion_catch_up_seconds_count") == checks + 2
