@@ -183,21 +183,48 @@ def _event(payload: dict[str, Any]) -> bytes:
 # Seeding: a user's memories, stored with their embeddings, before any job process starts ---------------------
 
 
-async def seed_databases(folder: Path, *, users: int, memories: int, seed: int) -> list[tuple[str, Path]]:
-    """One SQLite file per session, each for a user of its own holding ``memories`` memories: the bundled sets'
-    sentences (each user from a different starting point), repeated under new keys, dated over the last two years,
-    with their real MiniLM embeddings (each distinct text embedded once)."""
-    from core.categories import MemoryCategory
+async def seed_embeddings(*, users: int, memories: int) -> tuple[list[tuple[str, str, str]], Any]:
+    """The bundled sets' memories the users' seeds are drawn from, and their real MiniLM embeddings (each distinct
+    text embedded once)."""
     from core.validators import normalize_key
     from infrastructure.embeddings.minilm import MiniLMEmbedder
-    from infrastructure.storage import MemoryWrite
-    from infrastructure.storage.sqlite import SqliteStorage
     from services.memory_service import index_text
 
     _, _, sentences = spoken_lines()
     needed = sentences[: min(len(sentences), memories + users)]
     model = MiniLMEmbedder.load()
-    vectors = await model.embed([index_text(normalize_key(k), v) for _, k, v in needed])
+    return needed, await model.embed([index_text(normalize_key(k), v) for _, k, v in needed])
+
+
+def seed_writes(user: uuid.UUID, n: int, *, needed: Sequence[tuple[str, str, str]], vectors: Any, memories: int,
+                rng: random.Random, now: dt.datetime) -> list[Any]:  # fmt: skip
+    """User number ``n``'s ``memories`` memories (as ``MemoryWrite`` rows): the sentences from a starting point of
+    its own, repeated under new keys, dated over the last two years."""
+    from core.categories import MemoryCategory
+    from core.validators import normalize_key
+    from infrastructure.storage import MemoryWrite
+
+    writes, keys = [], set()
+    for row in range(memories):
+        i = (row + n) % len(needed)
+        category, key, value = needed[i]
+        kind = MemoryCategory(category) if category in frozenset(MemoryCategory) else MemoryCategory.OTHER
+        at = now - dt.timedelta(days=rng.uniform(0, 700))
+        key = normalize_key(key)[:50]
+        key = key if (kind, key) not in keys else f"{key}_{row}"  # the sets share keys; repeats too
+        keys.add((kind, key))
+        writes.append(MemoryWrite(user, kind.value, key, value, kind.default_importance, "import", at,
+                                  embedding=vectors[i]))  # fmt: skip
+    return writes
+
+
+async def seed_databases(folder: Path, *, users: int, memories: int, seed: int) -> list[tuple[str, Path]]:
+    """One SQLite file per session, each for a user of its own holding ``memories`` memories: the bundled sets'
+    sentences (each user from a different starting point), repeated under new keys, dated over the last two years,
+    with their real MiniLM embeddings (each distinct text embedded once)."""
+    from infrastructure.storage.sqlite import SqliteStorage
+
+    needed, vectors = await seed_embeddings(users=users, memories=memories)
     rng = random.Random(seed)
     now = dt.datetime.now(dt.UTC)
     out = []
@@ -206,17 +233,7 @@ async def seed_databases(folder: Path, *, users: int, memories: int, seed: int) 
         storage = await SqliteStorage.open(path)
         try:
             await storage.update_profile(user, {"name": f"Bench User {n}", "timezone": "Europe/London"}, at=now)
-            writes, keys = [], set()
-            for row in range(memories):
-                i = (row + n) % len(needed)
-                category, key, value = needed[i]
-                kind = MemoryCategory(category) if category in frozenset(MemoryCategory) else MemoryCategory.OTHER
-                at = now - dt.timedelta(days=rng.uniform(0, 700))
-                key = normalize_key(key)[:50]
-                key = key if (kind, key) not in keys else f"{key}_{row}"  # the sets share keys; repeats too
-                keys.add((kind, key))
-                writes.append(MemoryWrite(user, kind.value, key, value, kind.default_importance, "import", at,
-                                          embedding=vectors[i]))  # fmt: skip
+            writes = seed_writes(user, n, needed=needed, vectors=vectors, memories=memories, rng=rng, now=now)
             for start in range(0, len(writes), 500):
                 await storage.upsert_memories(writes[start : start + 500], read_back=False)
         finally:
