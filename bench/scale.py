@@ -31,7 +31,8 @@ memory's share of a turn is the difference of their message-to-LLM-request times
 
 Database connections: the server's view, ``pg_stat_activity`` for the bench database every 100 ms during the run
 (each job process names its connections by ``application_name``), and each pool's own (size and connections in
-use, every 50 ms). Memory: RSS, PSS and USS of every job process (prewarmed, session open, after the turns).
+use, every 50 ms); Redis connections the same way (each process's redis-py pool, and the server's client count,
+which counts other users of a shared Redis too). Memory: RSS, PSS and USS of every job process (prewarmed, session open, after the turns).
 Prints one JSON object.
 """
 
@@ -297,8 +298,8 @@ async def _job(job: ScaleJob, settings: Any, embedder: Any, report: dict[str, An
     held: list[dict[str, Any]] = []
     listening = asyncio.create_task(_listen(job, signals, observer, heard, held), name="bench-inbox")
     pool = getattr(process.storage, "pool", None)
-    pool_samples: list[tuple[int, int]] = []
-    sampling = asyncio.create_task(_sample_pool(pool, pool_samples), name="bench-pool-sampler")
+    pool_samples: list[tuple[int, int, int]] = []
+    sampling = asyncio.create_task(_sample_pools(pool, process.clients.redis, pool_samples), name="bench-pools")
 
     signals.ready.put(job.name)
     await asyncio.to_thread(signals.go.wait)
@@ -385,11 +386,16 @@ async def _listen(job: ScaleJob, signals: Signals, observer: Any, heard: asyncio
         heard.put_nowait(notice)
 
 
-async def _sample_pool(pool: Any, samples: list[tuple[int, int]]) -> None:
-    """The asyncpg pool's size and connections in use, every 50 ms."""
-    while pool is not None:
-        size = pool.get_size()
-        samples.append((size, size - pool.get_idle_size()))
+async def _sample_pools(pool: Any, redis: Any, samples: list[tuple[int, int, int]]) -> None:
+    """Every 50 ms: the asyncpg pool's size and connections in use, and the connections redis-py's pool holds."""
+    while True:
+        size = pool.get_size() if pool is not None else 0
+        used = size - pool.get_idle_size() if pool is not None else 0
+        held = 0
+        if redis is not None:
+            connections = redis.connection_pool
+            held = len(connections._available_connections) + len(connections._in_use_connections)
+        samples.append((size, used, held))
         await asyncio.sleep(0.05)
 
 
@@ -533,6 +539,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             polling = asyncio.create_task(poll_connections(admin, cache, database, samples, stop), name="bench-pg-poll")
             signals.open.set()
             await wait_all("session open")
+            opening_samples = len(samples)
             signals.go.set()
             deadline = time.monotonic() + args.pace * 2 * (2 * args.turns + 2 * args.probes) + 180
             await wait_all("turns")
@@ -590,7 +597,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "worker_start_to_prewarmed_s": round(prewarmed - started, 2),
     }
-    report |= summarise(reports, samples, workers=args.workers)
+    report |= summarise(reports, samples, workers=args.workers, opening_samples=opening_samples)
     report["llm_requests"] = server.requests
     report["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     return report
@@ -600,7 +607,10 @@ def _ms(values: Sequence[float], q: float) -> float:
     return round(_pct(sorted(values), q), 2)
 
 
-def summarise(reports: list[dict[str, Any]], samples: list[dict[str, int]], *, workers: int) -> dict[str, Any]:
+def summarise(
+    reports: list[dict[str, Any]], samples: list[dict[str, int]], *, workers: int, opening_samples: int
+) -> dict[str, Any]:
+    """``samples[:opening_samples]`` were taken while the sessions opened, the rest during the turns."""
     out: dict[str, Any] = {}
     # Session opens: all at once; sessions per second from the first open's start to the last one's end.
     opens = [r["open"] for r in reports]
@@ -642,12 +652,15 @@ def summarise(reports: list[dict[str, Any]], samples: list[dict[str, int]], *, w
         "median": statistics.median(totals) if totals else 0,
         "active_max": max((s.get("_active", 0) for s in samples), default=0),
         "active_median": statistics.median(s.get("_active", 0) for s in samples) if samples else 0,
+        "active_max_opening": max((s.get("_active", 0) for s in samples[:opening_samples]), default=0),
+        "active_max_turns": max((s.get("_active", 0) for s in samples[opening_samples:]), default=0),
         "per_process_max": max(per_process, default=0),
         "per_process_median_of_max": statistics.median(per_process) if per_process else 0,
-        "pool_size_max": max((size for p in pools for size, _ in p), default=0),
-        "pool_in_use_max": max((used for p in pools for _, used in p), default=0),
-        "pool_in_use_p95": _ms([used for p in pools for _, used in p], 0.95),
-        "redis_clients_max": max((s.get("_redis", 0) for s in samples), default=0),
+        "pool_size_max": max((size for p in pools for size, _, _ in p), default=0),
+        "pool_in_use_max": max((used for p in pools for _, used, _ in p), default=0),
+        "pool_in_use_p95": _ms([used for p in pools for _, used, _ in p], 0.95),
+        "redis_connections_per_process_max": max((held for p in pools for _, _, held in p), default=0),
+        "redis_server_clients_max": max((s.get("_redis", 0) for s in samples), default=0),  # others' clients too
     }
     # Memory per job process.
     memory: dict[str, Any] = {}
@@ -675,6 +688,12 @@ def summarise(reports: list[dict[str, Any]], samples: list[dict[str, int]], *, w
         "notice_p50_ms": _ms([(h["heard"] - h["saved_ended"]) * 1000 for h in held], 0.5),
         "catch_up_p50_ms": _ms([(h["held_at"] - h["heard"]) * 1000 for h in held], 0.5),
         "catch_up_p95_ms": _ms([(h["held_at"] - h["heard"]) * 1000 for h in held], 0.95),
+        "save_and_catch_up_p50_ms": _ms(
+            [(h["saved_ended"] - h["saved_started"] + h["held_at"] - h["heard"]) * 1000 for h in held], 0.5
+        ),
+        "save_and_catch_up_p95_ms": _ms(
+            [(h["saved_ended"] - h["saved_started"] + h["held_at"] - h["heard"]) * 1000 for h in held], 0.95
+        ),
         "asked": len(asks),
         "carried": len(to_request),
         "misses": sum(1 for t in asks if not t["carried"]),

@@ -45,6 +45,7 @@ def test_a_quick_run_opens_sessions_on_two_workers_and_a_saved_fact_reaches_the_
     assert connections["samples"] > 0
     assert 1 <= connections["per_process_max"] <= connections["max"]  # each job process's pool, seen by the server
     assert 1 <= connections["pool_size_max"] <= report["config"]["pool_max_size"]
+    assert connections["redis_connections_per_process_max"] >= 1  # the profile, read through the shared cache
     memory = report["memory_per_job_process"]
     assert memory["rss_mb_after_turns_max"] >= memory["pss_mb_after_turns_max"] > 0
     propagation = report["propagation"]
