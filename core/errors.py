@@ -4,6 +4,8 @@
     ├── ConfigError                the environment or .env is wrong; the message names the variable and the fix
     ├── InvalidInputError          a caller passed something unusable (bad UUID, unknown field, oversized text)
     │   └── InvalidUserIdError     a user id that is not a UUID
+    ├── NotFoundError              no such user or memory (the inspector answers 404)
+    ├── UnauthorizedError          no valid token or sign-in (the inspector answers 401)
     ├── WriteForbiddenError        a session tried to write for a user it does not serve
     ├── StorageError               the database failed (translated from the driver at the backend boundary)
     │   └── StorageUnavailableError  the database could not be reached; retryable
@@ -48,6 +50,14 @@ class InvalidInputError(CompanionError, ValueError):
 
 class InvalidUserIdError(InvalidInputError):
     """A user id is not a valid UUID."""
+
+
+class NotFoundError(CompanionError, LookupError):
+    """No such user or memory: nothing to show, change or forget."""
+
+
+class UnauthorizedError(CompanionError):
+    """The caller has no valid token (or the sign-in service could not check it: then ``retryable``)."""
 
 
 class WriteForbiddenError(CompanionError, PermissionError):

@@ -26,7 +26,7 @@ from infrastructure.database_batcher import DatabaseBatcher
 from infrastructure.storage import DeletedCounts, Storage
 from rag_system import IndexedMemory, TextAnalyzer
 from services.conversation_service import ConversationService
-from services.memory_service import MemoryService
+from services.memory_service import MemoryService, normalize_category, normalize_key
 from services.redaction import FORGOTTEN, ForgottenFact, redact, redact_json_strings
 from services.user_service import UserService
 
@@ -82,6 +82,18 @@ class ForgettingService:
             await self._storage.record_forgetting(self.user_id, at=self._clock())
             await self._forget_everywhere(forgotten)
         return forgotten
+
+    async def forget_memory(self, category: str, key: str) -> IndexedMemory | None:
+        """Forget one memory named by its category and key (the inspector's "forget"), everywhere, as :meth:`forget`
+        does; None when there is no such memory."""
+        memory = self._memories.index.get(normalize_category(category), normalize_key(key))
+        if memory is None:
+            return None
+        await self._storage.record_forgetting(self.user_id, at=self._clock())
+        forgotten = await self._memories.forget_matching([memory])
+        if forgotten:
+            await self._forget_everywhere(forgotten)
+        return forgotten[0] if forgotten else None
 
     def mentions(self, description: str) -> Callable[[str], bool]:
         """Whether a text mentions what ``description`` names (the redaction rule, with its words as the fact)."""

@@ -33,7 +33,7 @@ logger = logging.getLogger("companion.memory")
 MAX_VALUE_LENGTH = 1_000  # characters: a memory is a fact, not a document
 MAX_KEY_LENGTH = 64
 CATEGORIES = ("FACT", "PREFERENCE", "GOAL", "RELATIONSHIP", "EVENT", "HEALTH", "ROUTINE", "OTHER")
-SOURCES = frozenset({"tool", "extraction", "onboarding", "import"})
+SOURCES = frozenset({"tool", "extraction", "onboarding", "import", "inspector"})
 # When the caller gives no importance: health and people matter more than passing events.
 DEFAULT_IMPORTANCE = {
     "HEALTH": 0.8,
@@ -219,6 +219,12 @@ class MemoryService:
         """From the index: no database round trip. Newest first, at most ``limit`` (all when None)."""
         wanted = None if category is None else normalize_category(category)
         return self.index.newest(limit, category=wanted)
+
+    async def stored(self, category: str | None = None) -> list[Memory]:
+        """The stored rows, with what the index does not keep (source, last use, use count); newest first. One
+        query: for the inspector, never on a turn's path."""
+        wanted = None if category is None else normalize_category(category)
+        return await self._storage.list_memories(self.user_id, category=wanted, include_embeddings=False)
 
     async def history(self, category: str, key: str) -> list[MemoryChange]:
         return await self._storage.memory_history(self.user_id, normalize_category(category), normalize_key(key))

@@ -93,6 +93,12 @@ class Storage(abc.ABC):
                 check_text(value, what=f"profile {name}")
         return await self._update_profile(uid, dict(changes), utc(at))
 
+    async def recent_profiles(self, *, limit: int = 100) -> list[Profile]:
+        """Every user's profile, most recently updated first: the operators' list of users (never a session's)."""
+        if limit < 1:
+            raise InvalidInputError("limit must be at least 1")
+        return await self._recent_profiles(limit)
+
     # Onboarding -------------------------------------------------------------------------------------------
 
     async def save_onboarding(
@@ -258,6 +264,9 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def _update_profile(self, user_id: uuid.UUID, changes: dict[str, str | None], at: dt.datetime) -> Profile: ...
+
+    @abc.abstractmethod
+    async def _recent_profiles(self, limit: int) -> list[Profile]: ...
 
     @abc.abstractmethod
     async def _save_onboarding(

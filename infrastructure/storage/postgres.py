@@ -149,6 +149,10 @@ class PostgresStorage(Storage):
         row = await self._fetchrow("select * from public.profiles where user_id = $1", user_id)
         return None if row is None else wire.profile_from_row(row)
 
+    async def _recent_profiles(self, limit: int) -> list[Profile]:
+        rows = await self._fetch("select * from public.profiles order by updated_at desc, user_id limit $1", limit)
+        return [wire.profile_from_row(r) for r in rows]
+
     async def _update_profile(self, user_id: uuid.UUID, changes: dict[str, str | None], at: dt.datetime) -> Profile:
         names = sorted(changes)  # validated against PROFILE_FIELDS by the port
         columns = ", ".join(names)

@@ -147,6 +147,10 @@ class SqliteStorage(Storage):
         row = await self._fetchone("select * from profiles where user_id = ?", (str(user_id),))
         return None if row is None else wire.profile_from_row(_decoded(row))
 
+    async def _recent_profiles(self, limit: int) -> list[Profile]:
+        rows = await self._fetchall("select * from profiles order by updated_at desc, user_id limit ?", (limit,))
+        return [wire.profile_from_row(_decoded(r)) for r in rows]
+
     async def _update_profile(self, user_id: uuid.UUID, changes: dict[str, str | None], at: dt.datetime) -> Profile:
         names = sorted(changes)  # validated against PROFILE_FIELDS by the port
         stamp = _time(at)

@@ -233,6 +233,18 @@ async def test_update_profile_changes_only_the_fields_given(backend: Backend) ->
         await store.update_profile(user, {"is_admin": "yes"}, at=T0)
 
 
+async def test_recent_profiles_lists_every_user_newest_first(backend: Backend) -> None:
+    store, first, second = backend.storage, uuid.uuid4(), uuid.uuid4()
+    await store.update_profile(first, {"name": "Ana"}, at=T0 + minutes(1))
+    await store.update_profile(second, {"name": "Bo"}, at=T0 + minutes(2))
+
+    listed = [p.user_id for p in await store.recent_profiles(limit=1_000) if p.user_id in (first, second)]
+    assert listed == [second, first]
+    assert len(await store.recent_profiles(limit=1)) == 1
+    with pytest.raises(InvalidInputError, match="limit"):
+        await store.recent_profiles(limit=0)
+
+
 async def test_onboarding_is_claimed_by_exactly_one_of_several_racing_sessions(backend: Backend) -> None:
     store, user = backend.storage, uuid.uuid4()
     assert await store.claim_onboarding(user, at=T0) is False  # nothing to claim yet
