@@ -31,7 +31,7 @@ from inspector.render import STYLE, Html, join, page, render, when
 USER = "/users/{user_id}"
 MEMORY = USER + "/memories/{category}/{key}"
 DONE = {
-    "edited": "Saved. The companion uses the new value from its next turn.",
+    "edited": "Saved. The old value is kept in the memory's history.",
     "forgotten": "Forgotten: gone from the memories, the profile text, past summaries and stored messages.",
     "erased": "Everything was erased.",
 }
@@ -307,7 +307,7 @@ def _erase_form(user_id: uuid.UUID, csrf: str) -> Html:
     return render(
         """<section class="danger-zone">
 <h2>Erase everything</h2>
-<p>Every memory, the profile and every conversation of this user go, for good, in every live session too.
+<p>Every memory, the profile and every conversation of this user go, for good.
 Type the user id <code>{user_id}</code> to confirm.</p>
 <form method="post" action="/users/{user_id}/erase" class="edit">
 <input type="hidden" name="csrf" value="{csrf}">
