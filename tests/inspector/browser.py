@@ -17,6 +17,8 @@ from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -68,10 +70,20 @@ class Browser:
     async def click(self, css: str) -> None:
         await asyncio.to_thread(lambda: self.driver.find_element(By.CSS_SELECTOR, css).click())
 
+    async def submit(self, css: str) -> None:
+        """Click a form's button and wait for the page it leads to (the old page gone)."""
+
+        def submit() -> None:
+            button = self.driver.find_element(By.CSS_SELECTOR, css)
+            button.click()
+            WebDriverWait(self.driver, 30).until(expected_conditions.staleness_of(button))
+
+        await asyncio.to_thread(submit)
+
     async def sign_in(self, token: str) -> None:
         await self.open("/login")
         await self.fill("#token", token)
-        await self.click("form[action='/login'] button")
+        await self.submit("form[action='/login'] button")
 
     async def path(self) -> str:
         """Where the browser is (waits for a navigation under way, so never on the event loop the server needs)."""

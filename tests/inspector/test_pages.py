@@ -111,7 +111,7 @@ async def test_a_memory_said_in_a_session_is_on_the_page_and_an_edit_reaches_the
     assert MAYA in await browser.text(card)
     await browser.click(f"{card} details:last-of-type summary")  # "Edit or forget"
     await browser.fill(f"{card} textarea[name=value]", PORTO)
-    await browser.click(f"{card} form.edit button[type=submit]")
+    await browser.submit(f"{card} form.edit button[type=submit]")
 
     assert await browser.path() == f"/users/{user}?done=edited"
     assert PORTO in await browser.text(card)
@@ -130,11 +130,11 @@ async def test_erase_with_the_typed_user_id_leaves_the_export_empty(
     await browser.open(f"/users/{user}")
 
     await browser.fill("input[name=confirm]", "yes please")
-    await browser.click(".danger-zone button")
+    await browser.submit(".danger-zone button")
     assert "type the user id" in await browser.text()
     await browser.open(f"/users/{user}")
     await browser.fill("input[name=confirm]", str(user))
-    await browser.click(".danger-zone button")
+    await browser.submit(".danger-zone button")
 
     assert "Everything was erased." in await browser.text()
     assert "Nothing is remembered." in await browser.text()
