@@ -13,6 +13,7 @@ import sys
 from core.config import Settings, load_settings
 from core.errors import ConfigError
 from core.preflight import EXIT_CONFIG
+from inspector.logs import configure as configure_logs
 from inspector.server import serve
 
 NEEDS_A_TOKEN = (
@@ -47,6 +48,7 @@ def main() -> int:
     if found is not None:
         print(found, file=sys.stderr)
         return EXIT_CONFIG
+    configure_logs()
     asyncio.run(_run(settings))
     return 0
 
