@@ -30,6 +30,10 @@ from inspector.render import STYLE, Html, join, page, render, when
 
 USER = "/users/{user_id}"
 MEMORY = USER + "/memories/{category}/{key}"
+READ_ONLY = (
+    '<p class="muted">To change or erase what is remembered, ask the companion ("forget my ...", "forget '
+    'everything"), or an operator.</p>'
+)
 DONE = {
     "edited": "Saved. The old value is kept in the memory's history.",
     "forgotten": "Forgotten: gone from the memories, the profile text, past summaries and stored messages.",
@@ -144,12 +148,13 @@ async def memories_page(request: web.Request) -> web.Response:
         found = await user.memories()
         profile = (await user.profile()).profile
     csrf = _csrf(request, session)
+    changes = isinstance(principal, Operator)  # an app user's JWT may read their rows, not write them
     name = (profile.preferred_name or profile.name) if profile is not None else None
     sections = []
     for category in CATEGORIES:
         mine = [m for m in found if m.category == category]
         if mine:
-            cards = join(_memory_card(user.user_id, m, csrf) for m in mine)
+            cards = join(_memory_card(user.user_id, m, csrf if changes else None) for m in mine)
             sections.append(render("<h2>{c} ({n})</h2>\n{cards}", c=category.title(), n=len(mine), cards=cards))
     body = render(
         '{done}<p class="muted">{count} memories{about}. Each shows how important it is, when it was learned, when '
@@ -158,7 +163,7 @@ async def memories_page(request: web.Request) -> web.Response:
         count=len(found),
         about=f" about {name}" if name else "",
         sections=join(sections) if sections else Html('<p class="muted">Nothing is remembered.</p>'),
-        erase=_erase_form(user.user_id, csrf),
+        erase=_erase_form(user.user_id, csrf) if changes else Html(READ_ONLY),
     )
     return _html(page(title=name or "Memories", body=body, nav=_nav(user.user_id, "memories", principal),
                       signed_in=True, csrf=csrf))  # fmt: skip
@@ -246,7 +251,8 @@ def error_page(status: int, sentence: str) -> str:
 # Pieces ----------------------------------------------------------------------------------------------------
 
 
-def _memory_card(user_id: uuid.UUID, memory: MemoryView, csrf: str) -> Html:
+def _memory_card(user_id: uuid.UUID, memory: MemoryView, csrf: str | None) -> Html:
+    """One memory; with ``csrf``, its edit and forget forms too."""
     action = f"/users/{user_id}/memories/{quote(memory.category)}/{quote(memory.key)}"
     history = (
         render(
@@ -274,19 +280,7 @@ def _memory_card(user_id: uuid.UUID, memory: MemoryView, csrf: str) -> Html:
 <data class="importance" value="{importance}">{importance}</data> · learned {learned} · changed {updated}
 · last used {used}{uses} · from {source}</div>
 {history}
-<details><summary>Edit or forget</summary>
-<form method="post" action="{action}" class="edit">
-<input type="hidden" name="csrf" value="{csrf}">
-<label>Value <textarea name="value" rows="2" maxlength="1000" required>{value}</textarea></label>
-<label>Importance (0 to 1) <input type="number" name="importance" min="0" max="1" step="0.05" value="{importance}">
-</label>
-<div class="row"><button type="submit" class="primary">Save</button></div>
-</form>
-<form method="post" action="{action}/forget" class="inline">
-<input type="hidden" name="csrf" value="{csrf}">
-<button type="submit" class="danger">Forget this</button>
-</form>
-</details>
+{forms}
 </article>""",
         category=memory.category,
         key=memory.key,
@@ -298,8 +292,29 @@ def _memory_card(user_id: uuid.UUID, memory: MemoryView, csrf: str) -> Html:
         uses=f" ({uses})" if memory.access_count else "",
         source=memory.source,
         history=history,
+        forms=_memory_forms(action, memory, csrf) if csrf is not None else Html(""),
+    )
+
+
+def _memory_forms(action: str, memory: MemoryView, csrf: str) -> Html:
+    return render(
+        """<details><summary>Edit or forget</summary>
+<form method="post" action="{action}" class="edit">
+<input type="hidden" name="csrf" value="{csrf}">
+<label>Value <textarea name="value" rows="2" maxlength="1000" required>{value}</textarea></label>
+<label>Importance (0 to 1) <input type="number" name="importance" min="0" max="1" step="0.05" value="{importance}">
+</label>
+<div class="row"><button type="submit" class="primary">Save</button></div>
+</form>
+<form method="post" action="{action}/forget" class="inline">
+<input type="hidden" name="csrf" value="{csrf}">
+<button type="submit" class="danger">Forget this</button>
+</form>
+</details>""",
         action=action,
         csrf=csrf,
+        value=memory.value,
+        importance=f"{memory.importance:.2f}",
     )
 
 

@@ -111,3 +111,22 @@ def test_supabase_sign_in_lets_the_inspector_start_without_an_operator_token(tmp
         **base, supabase_url="https://p.supabase.co", supabase_service_role_key="s", supabase_anon_key="a"
     )
     assert problem(supabase) is None
+
+
+async def test_an_app_user_signs_in_to_the_pages_with_their_jwt_and_sees_only_their_own(project: Project) -> None:
+    async with httpx.AsyncClient(base_url=project.url, timeout=30) as browser:
+        form = (await browser.get("/login")).text
+        assert "access token (a Supabase JWT)" in form
+        csrf = form.split('name="csrf" value="')[1].split('"')[0]
+        signed = await browser.post("/login", data={"csrf": csrf, "token": "jwt-of-ana"})
+        home = await browser.get("/")
+        own = await browser.get(f"/users/{project.ana}")
+        other = await browser.get(f"/users/{project.bo}")
+
+    assert signed.status_code == 303
+    assert home.headers["location"] == f"/users/{project.ana}"  # no list of users
+    assert "Ana&#x27;s sister Maya lives in Lisbon" in own.text
+    assert "Edit or forget" not in own.text  # read-only: no forms that could only fail
+    assert "ask the companion" in own.text
+    assert other.status_code == 404
+    assert "Bo keeps bees" not in other.text
