@@ -154,7 +154,10 @@ class UserAccess:
     async def memories(self) -> list[MemoryView]:
         """Every memory with its history, by category (in :data:`CATEGORIES`' order), most important first."""
         stored = await self._session.memories.stored()
-        views = [await self._view(m) for m in stored]
+        changes: dict[tuple[str, str], list[MemoryChange]] = {}
+        for change in await self._session.memories.all_history():
+            changes.setdefault((change.category, change.key), []).append(change)
+        views = [_view(m, changes.get((m.category, m.key), [])) for m in stored]
         order = {c: i for i, c in enumerate(CATEGORIES)}
         return sorted(views, key=lambda v: (order.get(v.category, len(order)), -v.importance, v.key))
 
@@ -162,7 +165,7 @@ class UserAccess:
         stored = await self._session.memories.get(category, key)
         if stored is None:
             raise NotFoundError("no such memory")
-        return await self._view(stored)
+        return _view(stored, await self._session.memories.history(stored.category, stored.key))
 
     async def recall(self, query: str) -> RecallView:
         """What the agent would recall for ``query`` as a user's turn: the ranking, each score's parts, the gate's
@@ -251,12 +254,6 @@ class UserAccess:
 
     # ------------------------------------------------------------------------------------------------------
 
-    async def _view(self, memory: Memory) -> MemoryView:
-        history = await self._session.memories.history(memory.category, memory.key)
-        return MemoryView(memory.category, memory.key, memory.value, memory.importance, memory.source,
-                          memory.created_at, memory.updated_at, memory.last_accessed_at, memory.access_count,
-                          tuple(history))  # fmt: skip
-
     def _writable(self) -> None:
         if self._read_only:
             raise WriteForbiddenError("an app user's inspector reads; changes go through an operator or the companion")
@@ -272,6 +269,12 @@ class UserAccess:
                 "actor": self._actor,
             },  # fmt: skip
         )
+
+
+def _view(memory: Memory, history: list[MemoryChange]) -> MemoryView:
+    return MemoryView(memory.category, memory.key, memory.value, memory.importance, memory.source,
+                      memory.created_at, memory.updated_at, memory.last_accessed_at, memory.access_count,
+                      tuple(history))  # fmt: skip
 
 
 def _importance(raw: object) -> float:

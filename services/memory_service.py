@@ -226,6 +226,10 @@ class MemoryService:
         wanted = None if category is None else normalize_category(category)
         return await self._storage.list_memories(self.user_id, category=wanted, include_embeddings=False)
 
+    async def all_history(self) -> list[MemoryChange]:
+        """Every earlier value of every memory of the user, oldest first: one query."""
+        return await self._storage.all_memory_history(self.user_id)
+
     async def history(self, category: str, key: str) -> list[MemoryChange]:
         return await self._storage.memory_history(self.user_id, normalize_category(category), normalize_key(key))
 

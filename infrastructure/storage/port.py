@@ -168,6 +168,11 @@ class Storage(abc.ABC):
         """Earlier values of one memory, oldest first."""
         return await self._memory_history(parse_user_id(user_id), category, key)
 
+    async def all_memory_history(self, user_id: uuid.UUID | str) -> list[MemoryChange]:
+        """Every earlier value of all the user's memories in one round trip, oldest first (an export, the
+        inspector's page)."""
+        return await self._all_memory_history(parse_user_id(user_id))
+
     # Conversations ----------------------------------------------------------------------------------------
 
     async def start_conversation(
@@ -298,6 +303,9 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def _memory_history(self, user_id: uuid.UUID, category: str, key: str) -> list[MemoryChange]: ...
+
+    @abc.abstractmethod
+    async def _all_memory_history(self, user_id: uuid.UUID) -> list[MemoryChange]: ...
 
     @abc.abstractmethod
     async def _start_conversation(

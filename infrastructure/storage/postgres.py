@@ -267,6 +267,14 @@ class PostgresStorage(Storage):
         )
         return [wire.memory_change_from_row(r) for r in rows]
 
+    async def _all_memory_history(self, user_id: uuid.UUID) -> list[MemoryChange]:
+        rows = await self._fetch(
+            "select user_id, category, key, old_value, new_value, changed_at from public.memory_history "
+            "where user_id = $1 order by changed_at, id",
+            user_id,
+        )
+        return [wire.memory_change_from_row(r) for r in rows]
+
     # Conversations ----------------------------------------------------------------------------------------
 
     async def _start_conversation(

@@ -264,6 +264,14 @@ class SqliteStorage(Storage):
         )
         return [wire.memory_change_from_row(r) for r in rows]
 
+    async def _all_memory_history(self, user_id: uuid.UUID) -> list[MemoryChange]:
+        rows = await self._fetchall(
+            "select user_id, category, key, old_value, new_value, changed_at from memory_history "
+            "where user_id = ? order by changed_at, id",
+            (str(user_id),),
+        )
+        return [wire.memory_change_from_row(r) for r in rows]
+
     # Conversations ----------------------------------------------------------------------------------------
 
     async def _start_conversation(

@@ -238,6 +238,16 @@ class SupabaseStorage(Storage):
         )
         return [wire.memory_change_from_row(r) for r in rows]
 
+    async def _all_memory_history(self, user_id: uuid.UUID) -> list[MemoryChange]:
+        rows = await self._rows(
+            self._table("memory_history")
+            .select("user_id,category,key,old_value,new_value,changed_at")
+            .eq("user_id", str(user_id))
+            .order("changed_at")
+            .order("id")
+        )
+        return [wire.memory_change_from_row(r) for r in rows]
+
     # Conversations ----------------------------------------------------------------------------------------
 
     async def _start_conversation(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
@@ -74,8 +74,14 @@ class Browser:
         """Click a form's button and wait for the page it leads to (the old page gone)."""
 
         def submit() -> None:
-            button = self.driver.find_element(By.CSS_SELECTOR, css)
-            button.click()
+            for attempt in range(3):
+                button = self.driver.find_element(By.CSS_SELECTOR, css)
+                try:
+                    button.click()
+                    break
+                except WebDriverException:  # chromedriver now and then loses a node it just found: find it again
+                    if attempt == 2:
+                        raise
             WebDriverWait(self.driver, 30).until(expected_conditions.staleness_of(button))
 
         await asyncio.to_thread(submit)

@@ -56,6 +56,22 @@ async def test_a_changed_value_is_kept_in_the_memory_history(backend: Backend) -
     assert [(h.old_value, h.new_value, h.changed_at) for h in history] == [("nurse", "midwife", T0 + minutes(2))]
 
 
+async def test_all_of_a_users_memory_history_comes_in_one_call_oldest_first(backend: Backend) -> None:
+    store, user, other = backend.storage, uuid.uuid4(), uuid.uuid4()
+    await store.upsert_memories([memory(user, "city", "Lisbon"), memory(user, "drink", "tea"), memory(other, "x", "a")])
+    await store.upsert_memories([memory(user, "city", "Porto", at=T0 + minutes(1))])
+    await store.upsert_memories([memory(user, "drink", "coffee", at=T0 + minutes(2))])
+    await store.upsert_memories([memory(other, "x", "b", at=T0 + minutes(3))])
+
+    changes = await store.all_memory_history(user)
+
+    assert [(c.key, c.old_value, c.new_value) for c in changes] == [
+        ("city", "Lisbon", "Porto"),
+        ("drink", "tea", "coffee"),
+    ]
+    assert await store.all_memory_history(uuid.uuid4()) == []
+
+
 async def test_embeddings_come_back_as_the_same_float32_vectors(backend: Backend) -> None:
     store, user = backend.storage, uuid.uuid4()
     vector = np.random.default_rng(7).standard_normal(384).astype(np.float32)
