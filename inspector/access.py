@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import httpx
+
 from core.errors import InvalidInputError, NotFoundError, WriteForbiddenError
 from infrastructure.storage import Conversation, DeletedCounts, Memory, MemoryChange, Message, Profile
 from infrastructure.storage.supabase import SupabaseStorage
@@ -269,6 +271,11 @@ class UserAccess:
                 "actor": self._actor,
             },  # fmt: skip
         )
+
+
+async def shared_http(process: Process) -> httpx.AsyncClient:
+    """The process's pooled HTTP client (Supabase Auth's requests ride it)."""
+    return await process.pool.http()
 
 
 def _view(memory: Memory, history: list[MemoryChange]) -> MemoryView:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from core.config import Settings
-from inspector.access import Access
+from inspector.access import Access, shared_http
 from inspector.app import build_app
 from inspector.auth import Authenticator, SupabaseAuth
 from inspector.ratelimit import RateLimiter
@@ -20,7 +20,7 @@ async def inspector_app(settings: Settings, process: Process) -> web.Application
     """The app over an open ``process`` (the caller closes it)."""
     app_users = None
     if settings.supabase_url and settings.supabase_anon_key:
-        app_users = SupabaseAuth(settings.supabase_url, settings.supabase_anon_key, await process.pool.http())
+        app_users = SupabaseAuth(settings.supabase_url, settings.supabase_anon_key, await shared_http(process))
     return build_app(
         access=Access(process=process, persona=Persona.from_settings(settings), app_users=app_users),
         auth=Authenticator(operator_token=settings.inspector_token, supabase=app_users),
