@@ -18,10 +18,10 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Protocol
 
 import click
 import httpx
@@ -49,26 +49,34 @@ from livekit.agents.voice.agent_session import SessionConnectOptions  # not re-e
 from livekit.agents.voice.turn import TurnDetectionMode
 from livekit.plugins import openai, silero
 from openai import AsyncOpenAI
+from pydantic import BeforeValidator
 from rich.text import Text
 from threadpoolctl import threadpool_limits
 
+from core.categories import CategoryName, ProfileFieldName
 from core.config import OPENAI_API_URL, PLACEHOLDER_OPENAI_KEY, Settings, get_settings, share_with_job_processes
 from core.errors import CompanionError, ConfigError, WriteForbiddenError
 from core.log_filters import CONSOLE_NOISE, NotForUsFilter
 from core.log_filters import install as install_log_filters
 from core.preflight import EXIT_CONFIG, EXIT_SESSION_FAILED, LLM_COMMANDS, command_of, preflight, preflight_warnings
-from core.validators import clean_text, is_user_id, parse_user_id
+from core.validators import clean_text, is_user_id, parse_category, parse_profile_field, parse_user_id
+from infrastructure.background import BackgroundTasks
+from infrastructure.clients import Clients
 from infrastructure.embeddings import preload_embedder
+from infrastructure.metrics import BatchReading, CacheReading, ClientReading, Metrics, RetrievalReading, StorageReading
 from infrastructure.metrics_server import MetricsServer
 from infrastructure.startup_probe import probe
 from infrastructure.storage import Profile
-from infrastructure.turn_metrics import TurnMetrics, TurnTimings
-from services.container import Process, Session, open_process, open_session
-from services.context_budget import Compaction, HistoryItem
-from services.health_report import batch_report, cache_report, memory_report, pool_report
+from infrastructure.turn_metrics import TurnMetrics
+from services.container import Process, Session, open_process, open_session, session_turns
+from services.context_budget import HistoryItem
+from services.forgetting import ForgettingService
+from services.health_report import batch_report, cache_report, clients_report, memory_report
+from services.memory_service import MemoryService
 from services.persona import Persona
-from services.rag_service import TurnContext
-from services.turn_retrieval import RetrievalStats
+from services.rag_service import RagService, TurnContext
+from services.turn_hooks import SUMMARY_ID, SessionTurns, SummaryReady, begin_conversation, end_conversation
+from services.user_service import UserService
 from tts import TEXT_TRANSFORMS, SpeechOutput, build_tts
 
 logger = logging.getLogger("companion.agent")
@@ -86,18 +94,42 @@ def _log_user_text() -> bool:
 install_log_filters(allow_user_text=_log_user_text)
 
 
-class Companion(Agent):
-    """The companion persona, its per-turn memories and its tools."""
+# Tool arguments: closed sets as JSON-schema enums (from the one declaration in core/categories.py), read in any
+# case; anything else is refused before the tool runs, with the list (the ValueError is the message the LLM sees).
+Category = Annotated[CategoryName, BeforeValidator(lambda v: parse_category(v).value)]
+ProfileFieldArg = Annotated[ProfileFieldName, BeforeValidator(lambda v: parse_profile_field(v).value)]
 
-    def __init__(self, *, services: Session, process: Process, profile: Profile | None = None) -> None:
-        self._persona = Persona.from_settings(process.settings)
+
+class PromptScrubber(Protocol):
+    """What this session forgot, taken out of any text before it reaches the LLM (``ForgettingService``)."""
+
+    def scrub(self, text: str) -> str: ...
+
+    def scrub_arguments(self, arguments: str) -> str: ...
+
+
+class Companion(Agent):
+    """LiveKit's side of one conversation: the persona's instructions, the turn's memories added to each generation
+    (``llm_node``), the chat edits that forgetting and summaries ask for, and the tools, grouped by purpose
+    (``tools``: :class:`MemoryTools`, :class:`ProfileTools`, :class:`HealthTools`). What a turn does around it is
+    :class:`services.turn_hooks.SessionTurns`'s."""
+
+    def __init__(
+        self,
+        *,
+        persona: Persona,
+        profile: Profile | None,
+        turns: SessionTurns,
+        scrubber: PromptScrubber,
+        tasks: BackgroundTasks,
+        tools: Sequence[llm.Toolset] = (),
+    ) -> None:
+        super().__init__(instructions=persona.instructions(profile), tools=list(tools))
+        self._persona = persona
         self._profile = profile
-        super().__init__(instructions=self._persona.instructions(profile))
-        self._services = services
-        self._process = process
-        self._turn: tuple[str, TurnContext] | None = None  # (user message id, its context)
-        self._summary: tuple[Compaction, str] | None = None  # written, waiting for the end of a reply
-        self._erase_asked_in: str | None = None  # the user message in which forget_everything asked to confirm
+        self._turns = turns
+        self._scrubber = scrubber
+        self._tasks = tasks
         self._hidden: frozenset[str] = frozenset()  # chat items erased or forgotten: never sent to the LLM again
 
     # Memories, once per user message, on every path ----------------------------------------------------------
@@ -108,7 +140,7 @@ class Companion(Agent):
         if self._hidden:  # the request of the same turn was built before they were hidden
             chat_ctx = chat_ctx.copy()
             chat_ctx.items = [item for item in chat_ctx.items if item.id not in self._hidden]
-        chat_ctx = _rewrite_text_of(chat_ctx, self._prompt_text, self._services.forgetting.scrub_arguments)
+        chat_ctx = _rewrite_text_of(chat_ctx, self._prompt_text, self._scrubber.scrub_arguments)
         context = await self._context_for(chat_ctx)
         notes = self._prompt_text(self._persona.notes(self._profile, context.text if context is not None else ""))
         if notes:  # this generation only, as the assistant's own quoted notes: never with a system prompt's authority
@@ -132,139 +164,70 @@ class Companion(Agent):
 
     def _prompt_text(self, text: str) -> str:
         """Any text of the chat as it may reach the LLM: encodable, and without what this session forgot."""
-        return self._services.forgetting.scrub(clean_text(text))
+        return self._scrubber.scrub(clean_text(text))
 
     async def _context_for(self, chat_ctx: llm.ChatContext) -> TurnContext | None:
         newest = _newest_user_message(chat_ctx)
         if newest is None:
             return None
-        if self._turn is not None and self._turn[0] == newest.id:
-            return self._turn[1]  # a second llm_node call in the same turn (after a tool call)
         recent = _recent_turns(chat_ctx, before=newest.id)
-        context = await self._services.retrieval.context(newest.text_content or "", recent)
-        self._turn = (newest.id, context)
-        return context
+        return await self._turns.memories_for(newest.id, newest.text_content or "", recent)
 
-    # Long sessions: the oldest turns become a summary, in the background ------------------------------------
+    # LiveKit's events to the turn hooks ----------------------------------------------------------------------
 
-    def keep_history_within_budget(self) -> None:
-        """At the end of each reply, when the agent is about to listen (no preemptive generation under way that a
-        changed context would throw away): swap in the summary written since the last reply, then, past the
-        token budget, start writing the next one in the background."""
-        if self._summary is not None:
-            (plan, text), self._summary = self._summary, None
-            self._swap_in_summary(plan, text)
-            return  # the next reply plans on the swapped history
-        name = f"history-summary:{self._services.user_id}"
-        if self._process.tasks.running(name):
+    def on_conversation_item(self, event: ConversationItemAddedEvent) -> None:
+        item = event.item
+        if not isinstance(item, llm.ChatMessage) or item.role not in ("user", "assistant") or not item.text_content:
             return
-        plan = self._services.budget.plan(_history_items(self.chat_ctx))
-        if plan is not None:
-            self._process.tasks.spawn(self._summarise(plan), name=name)
+        if item.role == "user":
+            self._turns.on_user_message(item.text_content, metrics=dict(item.metrics))
+            return
+        ready = self._turns.on_reply(
+            item.text_content, metrics=dict(item.metrics), history=lambda: _history_items(self.chat_ctx)
+        )
+        if ready is not None:
+            self._swap_in_summary(ready)
 
-    async def _summarise(self, plan: Compaction) -> None:
-        try:
-            self._summary = (plan, await self._services.budget.summarise(plan))
-        except CompanionError as exc:  # the history stays whole; the next reply tries again
-            logger.warning("history summary failed; keeping the turns", extra={"error": type(exc).__name__})
-
-    def _swap_in_summary(self, plan: Compaction, text: str) -> None:
+    def _swap_in_summary(self, ready: SummaryReady) -> None:
         """Replace exactly the items the summary read; whatever was added since stays. The summary is an assistant
         message (the user's words in it must not gain a system prompt's authority) dated like the last item it
         replaces, so the history stays in time order."""
         chat_ctx = self.chat_ctx.copy()
-        folded = [item for item in chat_ctx.items if item.id in plan.ids]
+        folded = [item for item in chat_ctx.items if item.id in ready.plan.ids]
         if not folded:
             return
-        chat_ctx.items = [item for item in chat_ctx.items if item.id not in plan.ids]
-        summary_id = f"{SUMMARY_ID}{self._services.budget.compactions}"
+        chat_ctx.items = [item for item in chat_ctx.items if item.id not in ready.plan.ids]
         chat_ctx.insert(
-            llm.ChatMessage(id=summary_id, role="assistant", content=[text], created_at=folded[-1].created_at)
+            llm.ChatMessage(id=ready.id, role="assistant", content=[ready.text], created_at=folded[-1].created_at)
         )
-        self._process.tasks.spawn(self.update_chat_ctx(chat_ctx), name=f"history-swap:{self._services.user_id}")
-        logger.info("history summarised", extra={"folded_items": len(folded), "tokens_before": plan.history_tokens})
+        self._tasks.spawn(self.update_chat_ctx(chat_ctx), name=f"history-swap:{ready.id}")
+        logger.info(
+            "history summarised", extra={"folded_items": len(folded), "tokens_before": ready.plan.history_tokens}
+        )
 
-    # Tools ---------------------------------------------------------------------------------------------------
+    # What the tools change in the live chat -------------------------------------------------------------------
 
-    @function_tool
-    async def remember(
-        self, context: RunContext, category: str, key: str, value: str, importance: float | None = None
-    ) -> str:
-        """Save something about the user to remember in later conversations.
+    @property
+    def newest_user_message_id(self) -> str:
+        newest = _newest_user_message(self.chat_ctx)
+        return newest.id if newest is not None else ""
 
-        Args:
-            category: one of FACT, PREFERENCE, GOAL, RELATIONSHIP, EVENT, HEALTH, ROUTINE, OTHER.
-            key: a short topic name, such as "sister city" or "favourite drink".
-            value: one sentence about the user, in the third person.
-            importance: from 0 to 1; leave empty for the category's default.
-        """
-        memory = await _speakable(self._services.memories.save_memory(category, key, value, importance))
-        return f"Saved: {memory.value}"
+    async def show_profile(self, profile: Profile | None) -> None:
+        """The profile changed: its plain fields are in the instructions from the next reply on, its text in the
+        notes."""
+        self._profile = profile
+        await self.update_instructions(self._persona.instructions(profile))
 
-    @function_tool
-    async def recall(self, context: RunContext, query: str) -> str:
-        """Look up what you remember about the user on a topic."""
-        found = await _speakable(self._services.rag.recall(query))
-        if not found:
-            return "Nothing remembered about that."
-        return " ".join(f"{r.memory.value}." for r in found)
-
-    @function_tool
-    async def forget(self, context: RunContext, query: str) -> str:
-        """Forget one thing the user asks you to forget, described in their words (such as "my bank PIN").
-        To forget everything, use forget_everything instead."""
-        if self._services.forgetting.asks_for_everything(query):
-            return await self.forget_everything(context, confirmed=False)
-        forgotten = await _speakable(self._services.forgetting.forget(query))
-        if not forgotten:  # nothing saved: what was said of it in this conversation goes all the same
-            dropped = await self._hide(self._services.forgetting.mentions(query))
-            if await _speakable(self._services.forgetting.forget_said(query)) or dropped:
-                return (
-                    "Nothing like that was saved, and it is gone from this conversation too. Tell the user so, "
-                    "without repeating it."
-                )
-            return "There was nothing like that to forget."
-        self._profile = await _speakable(self._services.users.get_profile())  # its text, rewritten without it
-        self._turn = None  # this turn's memories were found before: find them again for the answer
+    async def scrub_chat(self, profile: Profile | None) -> None:
+        """Something was forgotten: the chat (and ``profile``, rewritten without it) no longer carry it, and this
+        turn's memories are searched again for the answer."""
+        self._profile = profile
+        self._turns.forget_turn_memories()
         await self.update_chat_ctx(
-            _rewrite_text_of(self.chat_ctx.copy(), self._prompt_text, self._services.forgetting.scrub_arguments)
-        )
-        # Says what was done, never what it was: this answer stays in the chat, which must not hold it again.
-        things = "one thing" if len(forgotten) == 1 else f"{len(forgotten)} things"
-        return (
-            f"Forgotten {things}: gone from your memories, your notes, past conversations and this one. "
-            "Tell the user it is forgotten, without repeating it."
+            _rewrite_text_of(self.chat_ctx.copy(), self._prompt_text, self._scrubber.scrub_arguments)
         )
 
-    @function_tool
-    async def forget_everything(self, context: RunContext, confirmed: bool = False) -> str:
-        """Erase everything you know about the user: memories, profile and past conversations. Use it when they ask
-        to forget everything or delete all their data. Call it first with confirmed false; then ask them to confirm
-        out loud, and call it again with confirmed true only after they said yes.
-
-        Args:
-            confirmed: true only after the user confirmed, in their latest message, that everything should go.
-        """
-        asked_in = _newest_user_message(self.chat_ctx)
-        turn = asked_in.id if asked_in is not None else ""
-        if not confirmed or self._erase_asked_in is None or self._erase_asked_in == turn:
-            # The yes must come in a later message than the request: a model cannot confirm on its own.
-            self._erase_asked_in = turn
-            return (
-                "Nothing is erased yet. Ask the user to confirm: everything you remember about them, their profile "
-                "and your past conversations will be erased for good. Erase only if they say yes."
-            )
-        self._erase_asked_in = None
-        await _speakable(self._services.forget_everything())
-        self._profile = None
-        await self.update_instructions(self._persona.instructions(None))
-        await self._hide(lambda text: True)
-        return (
-            "Everything is erased: memories, profile and past conversations. Nothing more from this conversation "
-            "will be kept either. Tell the user so, briefly."
-        )
-
-    async def _hide(self, mentions: Callable[[str], bool]) -> bool:
+    async def hide(self, mentions: Callable[[str], bool]) -> bool:
         """Take the chat's items (messages, tool calls and their outputs) for which ``mentions`` holds out of the
         chat and of every later LLM request; the instructions and the newest user message (the request itself)
         stay. True when any was."""
@@ -282,40 +245,156 @@ class Companion(Agent):
         await self.update_chat_ctx(chat_ctx)
         return True
 
+
+def _companion(context: RunContext) -> Companion:
+    """The agent a tool was called by: the tools change its chat (LiveKit's ``RunContext`` knows the session)."""
+    agent = context.session.current_agent
+    if not isinstance(agent, Companion):
+        raise ToolError("That can't be done in this conversation.")
+    return agent
+
+
+# Tools, by purpose ---------------------------------------------------------------------------------------------
+
+
+class MemoryTools(llm.Toolset):
+    """Remember, recall and forget: what the user asks the companion to keep or let go of."""
+
+    def __init__(
+        self, *, memories: MemoryService, rag: RagService, forgetting: ForgettingService, users: UserService
+    ) -> None:
+        super().__init__(id="memory")
+        self._memories = memories
+        self._rag = rag
+        self._forgetting = forgetting
+        self._users = users
+        self._erase_asked_in: str | None = None  # the user message in which forget_everything asked to confirm
+
     @function_tool
-    async def update_profile(self, context: RunContext, field: str, value: str) -> str:
+    async def remember(
+        self, context: RunContext, category: Category, key: str, value: str, importance: float | None = None
+    ) -> str:
+        """Save something about the user to remember in later conversations.
+
+        Args:
+            category: what the memory is about.
+            key: a short topic name, such as "sister city" or "favourite drink".
+            value: one sentence about the user, in the third person.
+            importance: from 0 to 1; leave empty for the category's default.
+        """
+        memory = await _speakable(self._memories.save_memory(category, key, value, importance))
+        return f"Saved: {memory.value}"
+
+    @function_tool
+    async def recall(self, context: RunContext, query: str) -> str:
+        """Look up what you remember about the user on a topic."""
+        found = await _speakable(self._rag.recall(query))
+        if not found:
+            return "Nothing remembered about that."
+        return " ".join(f"{r.memory.value}." for r in found)
+
+    @function_tool
+    async def forget(self, context: RunContext, query: str) -> str:
+        """Forget one thing the user asks you to forget, described in their words (such as "my bank PIN").
+        To forget everything, use forget_everything instead."""
+        if self._forgetting.asks_for_everything(query):
+            return await self.forget_everything(context, confirmed=False)
+        chat = _companion(context)
+        forgotten = await _speakable(self._forgetting.forget(query))
+        if not forgotten:  # nothing saved: what was said of it in this conversation goes all the same
+            dropped = await chat.hide(self._forgetting.mentions(query))
+            if await _speakable(self._forgetting.forget_said(query)) or dropped:
+                return (
+                    "Nothing like that was saved, and it is gone from this conversation too. Tell the user so, "
+                    "without repeating it."
+                )
+            return "There was nothing like that to forget."
+        await chat.scrub_chat(await _speakable(self._users.get_profile()))  # its text, rewritten without it
+        # Says what was done, never what it was: this answer stays in the chat, which must not hold it again.
+        things = "one thing" if len(forgotten) == 1 else f"{len(forgotten)} things"
+        return (
+            f"Forgotten {things}: gone from your memories, your notes, past conversations and this one. "
+            "Tell the user it is forgotten, without repeating it."
+        )
+
+    @function_tool
+    async def forget_everything(self, context: RunContext, confirmed: bool = False) -> str:
+        """Erase everything you know about the user: memories, profile and past conversations. Use it when they ask
+        to forget everything or delete all their data. Call it first with confirmed false; then ask them to confirm
+        out loud, and call it again with confirmed true only after they said yes.
+
+        Args:
+            confirmed: true only after the user confirmed, in their latest message, that everything should go.
+        """
+        chat = _companion(context)
+        turn = chat.newest_user_message_id
+        if not confirmed or self._erase_asked_in is None or self._erase_asked_in == turn:
+            # The yes must come in a later message than the request: a model cannot confirm on its own.
+            self._erase_asked_in = turn
+            return (
+                "Nothing is erased yet. Ask the user to confirm: everything you remember about them, their profile "
+                "and your past conversations will be erased for good. Erase only if they say yes."
+            )
+        self._erase_asked_in = None
+        await _speakable(self._forgetting.forget_everything())
+        await chat.show_profile(None)
+        await chat.hide(lambda text: True)
+        return (
+            "Everything is erased: memories, profile and past conversations. Nothing more from this conversation "
+            "will be kept either. Tell the user so, briefly."
+        )
+
+
+class ProfileTools(llm.Toolset):
+    """The profile's plain fields, which the user may set by asking."""
+
+    def __init__(self, *, users: UserService) -> None:
+        super().__init__(id="profile")
+        self._users = users
+
+    @function_tool
+    async def update_profile(self, context: RunContext, field: ProfileFieldArg, value: str) -> str:
         """Update the user's profile.
 
         Args:
-            field: one of name, preferred_name, timezone (such as Europe/Lisbon), language (such as en).
+            field: which field; a timezone is an IANA name such as Europe/Lisbon, a language a code such as en.
             value: the new value.
         """
-        if field not in ("name", "preferred_name", "timezone", "language"):
-            raise ToolError("I can only change the name, preferred name, timezone or language.")
-        profile = await _speakable(self._services.users.update_profile(**{field: value}))
-        self._profile = profile
-        await self.update_instructions(self._persona.instructions(profile))  # from the next reply on
+        profile = await _speakable(self._users.update_profile(**{field: value}))
+        await _companion(context).show_profile(profile)  # from the next reply on
         return f"Updated the {field.replace('_', ' ')}."
+
+
+class HealthTools(llm.Toolset):
+    """How the companion is running, when asked: the clients, the cache, the write batching, the memories. The
+    numbers are the process's Prometheus instruments, the ones /metrics serves for this process."""
+
+    def __init__(self, *, clients: Clients, metrics: Metrics, memories: MemoryService) -> None:
+        super().__init__(id="health")
+        self._clients = clients
+        self._metrics = metrics
+        self._memories = memories
 
     @function_tool(name="getConnectionPoolStats")
     async def get_connection_pool_stats(self, context: RunContext) -> str:
-        """How the connection pool is doing: each resource, its reuse and its health."""
-        return pool_report(self._process.pool.stats())
+        """How the connections are doing: each client (HTTP, database, Redis), its health and its connections."""
+        await self._clients.health_check()
+        return clients_report(ClientReading.read_all(self._metrics))
 
     @function_tool(name="getRedisCacheStats")
     async def get_redis_cache_stats(self, context: RunContext) -> str:
         """How the cache is doing: hit rate, mode and latency."""
-        return cache_report(self._process.cache.stats())
+        return cache_report(CacheReading.read(self._metrics))
 
     @function_tool(name="getDatabaseBatchStats")
     async def get_database_batch_stats(self, context: RunContext) -> str:
         """How the database write batching is doing."""
-        return batch_report(self._process.batcher.stats())
+        return batch_report(BatchReading.read(self._metrics), StorageReading.read(self._metrics))
 
     @function_tool(name="getMemoryStats")
     async def get_memory_stats(self, context: RunContext) -> str:
         """How many memories you hold about the user, and how retrieval is doing."""
-        return memory_report(self._services.memories.stats(), self._services.retrieval.stats)
+        return memory_report(self._memories.stats(), RetrievalReading.read(self._metrics))
 
 
 async def _speakable(work: Any) -> Any:
@@ -328,7 +407,6 @@ async def _speakable(work: Any) -> Any:
         raise ToolError(exc.message if not exc.retryable else "That didn't work just now; try again soon.") from None
 
 
-SUMMARY_ID = "companion.history-summary."
 # Spoken when no language model answers: the session goes on, and the user knows to try again.
 APOLOGY = "Sorry, I lost my train of thought for a moment. Could you say that again?"
 
@@ -432,7 +510,7 @@ def _recent_turns(chat_ctx: llm.ChatContext, *, before: str, limit: int = 3) -> 
 
 def prewarm(proc: JobProcess) -> None:
     """Runs in each job process before it takes a job, before the process has an event loop: the models load here.
-    The pools open at the start of the job (``open_process``), while it waits for the participant, because asyncio
+    The clients open at the start of the job (``open_process``), while it waits for the participant, because asyncio
     clients belong to the loop they were opened on.
 
     One BLAS thread per job process: a worker runs several at once on the machine's cores, and OpenBLAS's threads
@@ -462,58 +540,30 @@ async def start_companion(
     room: Any = None,
     turn_metrics: TurnMetrics | None = None,
 ) -> Companion:
-    """Start ``session`` with the Companion for ``services``' user: onboarding, greeting, transcript logging,
-    one metrics line per turn."""
-    await services.onboarding.run()
-    if services.guard.can_write:
-        await services.users.ensure_profile_exists()
-    await services.conversations.start()
-    turn_metrics = turn_metrics or TurnMetrics()
-    profile = await services.users.get_profile()
-    agent = Companion(services=services, process=process, profile=profile)
-
-    last_user: dict[str, Any] = {}
-
-    def on_item(event: ConversationItemAddedEvent) -> None:
-        item = event.item
-        if not isinstance(item, llm.ChatMessage) or item.role not in ("user", "assistant") or not item.text_content:
-            return
-        services.conversations.log_message(item.role, item.text_content)  # type: ignore[arg-type]
-        if item.role == "user":
-            last_user.clear()
-            last_user.update(item.metrics, said=True)
-            services.profiles.on_user_turn()
-            return
-        if last_user:  # an answer to the user (the greeting is not a turn)
-            turn_metrics.record(_timings(last_user, dict(item.metrics), services.retrieval.stats))
-            last_user.clear()
-        # The next turn may point back to this reply: its vector is ready by then, computed while the user talks.
-        process.tasks.spawn(services.rag.prepare(item.text_content), name=f"embed-reply:{services.user_id}")
-        agent.keep_history_within_budget()
-        if services.guard.can_write:  # the turn is answered: learn from it without competing with the reply
-            recent = services.conversations.transcript[-4:]
-            process.tasks.spawn(services.extractor.extract(recent), name=f"extract:{services.user_id}")
-
-    session.on("conversation_item_added", on_item)
+    """Start ``session`` with the Companion for ``services``' user: the conversation begins (onboarding, profile),
+    LiveKit's events go to the turn hooks, and the agent greets the user."""
+    profile = await begin_conversation(
+        guard=services.guard, onboarding=services.onboarding, users=services.users, conversations=services.conversations
+    )
+    agent = Companion(
+        persona=Persona.from_settings(process.settings),
+        profile=profile,
+        turns=session_turns(process, services, metrics=turn_metrics),
+        scrubber=services.forgetting,
+        tasks=process.tasks,
+        tools=[
+            MemoryTools(memories=services.memories, rag=services.rag, forgetting=services.forgetting,
+                        users=services.users),
+            ProfileTools(users=services.users),
+            HealthTools(clients=process.clients, metrics=process.metrics, memories=services.memories),
+        ],
+    )  # fmt: skip
+    session.on("conversation_item_added", agent.on_conversation_item)
     await (session.start(agent=agent) if room is None else session.start(agent=agent, room=room))
     opening = await services.conversations.opening(profile)
     await session.say(opening.text)
     _show_in_console(opening.text)  # the console prints replies, not what the agent says unprompted
     return agent
-
-
-def _timings(user: dict[str, Any], assistant: dict[str, Any], retrieval: RetrievalStats) -> TurnTimings:
-    return TurnTimings(
-        end_of_turn_delay=user.get("end_of_turn_delay"),
-        transcription_delay=user.get("transcription_delay"),
-        retrieval=retrieval.last_ms / 1000 if retrieval.turns else None,
-        retrieval_in_time=retrieval.last_in_time if retrieval.turns else None,
-        retrieval_failed=retrieval.last_failed if retrieval.turns else None,
-        memory_source=retrieval.last_source if retrieval.turns else None,
-        llm_ttft=assistant.get("llm_node_ttft"),
-        tts_ttfb=assistant.get("tts_node_ttfb"),
-        e2e_latency=assistant.get("e2e_latency"),
-    )
 
 
 async def finish_companion(
@@ -525,21 +575,16 @@ async def finish_companion(
     llm_budget: float = SESSION_END_LLM_BUDGET,
 ) -> None:
     """Session end (the job's shutdown callback), within LiveKit's ``shutdown_process_timeout``: the session closes
-    first, so that LiveKit commits what the user said before hanging up; the transcript is stored before any LLM
-    work; the summary and the profile refresh get ``llm_budget`` seconds each; the process closes last, whatever
-    failed before it (its batcher holds the writes)."""
+    first, so that LiveKit commits what the user said before hanging up; then the conversation ends
+    (:func:`services.turn_hooks.end_conversation`); the process closes last, whatever failed before it (its batcher
+    holds the writes)."""
     try:
         if session is not None:
             await session.aclose()
-        await process.batcher.flush(within=SESSION_END_FLUSH)
-        finished = await services.conversations.finish(summary_within=llm_budget)
-        if finished is not None and services.guard.can_write:
-            async with asyncio.timeout(llm_budget):
-                await services.profiles.generate()
-    except TimeoutError:
-        logger.warning("profile refresh took too long at session end; skipped")
-    except CompanionError as exc:
-        logger.warning("session end work failed", extra={"error": type(exc).__name__})
+        await end_conversation(
+            guard=services.guard, batcher=process.batcher, conversations=services.conversations,
+            profiles=services.profiles, flush_within=SESSION_END_FLUSH, llm_budget=llm_budget,
+        )  # fmt: skip
     finally:
         try:
             if providers is not None:
@@ -646,7 +691,7 @@ async def entrypoint(ctx: JobContext) -> None:
     services = await open_session(process, user_id=user_id)
     gc.freeze()  # what the session loaded (its index) lives as long as this job process, which exits after it
     language = Persona.from_settings(settings).language_for(await services.users.get_profile())
-    providers = build_providers(settings, client=await process.pool.openai(), language=language)
+    providers = build_providers(settings, client=process.clients.openai, language=language)
     session = build_session(providers, vad=ctx.proc.userdata["vad"], turn_detection=turn_detection(settings))
     ctx.add_shutdown_callback(
         lambda: finish_companion(process=process, services=services, providers=providers, session=session)

@@ -1,6 +1,11 @@
-"""Infrastructure benchmark: write batching, the Redis cache, the connection pool, the local embedder.
+"""Infrastructure benchmark: write batching, the cache, the shared HTTP client, the local embedder.
 
-    python bench/infrastructure.py [--n 10000] [--users 20] [--turns 100] [--requests 200]
+    python bench/infrastructure.py [--n 10000] [--users 20] [--sessions 50] [--requests 200]
+
+The cache holds what a session start reads through it: the user's profile (``UserService.get_profile``, three
+times per session start: ``open_session``, ``start_companion`` and the entrypoint's language). A turn reads nothing
+through it (the index is in process). So the cache part times session starts with no cache, the in-process cache
+and Redis, every fifth session of a user first changing the profile (a new version: the next read misses).
 
 Runs against real PostgreSQL and Redis on loopback, started (or reused) exactly as the test command does
 (scripts/test-services.sh), in a database of its own that it drops afterwards. Prints one JSON object.
@@ -28,15 +33,21 @@ import asyncpg  # noqa: E402
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 from aiohttp import web  # noqa: E402
+from prometheus_client import CollectorRegistry  # noqa: E402
 
-from infrastructure.connection_pool import redis_client  # noqa: E402
+from core.validators import WriteGuard  # noqa: E402
+from infrastructure.cache import Cache, CacheParams, LocalCache, open_cache  # noqa: E402
+from infrastructure.clients import redis_client  # noqa: E402
 from infrastructure.database_batcher import BatcherParams, DatabaseBatcher  # noqa: E402
 from infrastructure.embeddings.minilm import MiniLMEmbedder  # noqa: E402
-from infrastructure.redis_cache import CacheParams, RedisCache  # noqa: E402
+from infrastructure.metrics import BatchReading, CacheReading, Metrics  # noqa: E402
 from infrastructure.storage import MemoryWrite, Storage  # noqa: E402
 from infrastructure.storage.migrations import apply_migrations  # noqa: E402
 from infrastructure.storage.postgres import PostgresStorage  # noqa: E402
 from infrastructure.storage.sqlite import SqliteStorage  # noqa: E402
+from services.user_service import UserService  # noqa: E402
+
+READS_PER_SESSION_START = 3
 
 T0 = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 SENTENCES = [
@@ -92,7 +103,8 @@ async def bench_batching(storage: Storage, n: int) -> dict[str, float]:
     single_s, single_trips = time.perf_counter() - started, storage.stats.queries - before
 
     before, started = storage.stats.queries, time.perf_counter()
-    batcher = DatabaseBatcher(storage=storage, params=BatcherParams())  # the defaults: 50 rows or 100 ms
+    metrics = Metrics(CollectorRegistry())
+    batcher = DatabaseBatcher(storage=storage, params=BatcherParams(), metrics=metrics)  # 50 rows or 100 ms
     batcher.start()
     for write in batched:
         batcher.upsert_memory(write)
@@ -100,6 +112,7 @@ async def bench_batching(storage: Storage, n: int) -> dict[str, float]:
     batched_s, batched_trips = time.perf_counter() - started, storage.stats.queries - before
     stored = len(await storage.list_memories(batched[0].user_id, include_embeddings=False))
     assert stored == n, f"batched run stored {stored} of {n}"
+    reading = BatchReading.read(metrics)  # what the health tool would say, from the same instruments
     return {
         "n": n,
         "roundtrips_one_by_one": single_trips,
@@ -108,61 +121,70 @@ async def bench_batching(storage: Storage, n: int) -> dict[str, float]:
         "seconds_one_by_one": round(single_s, 3),
         "seconds_batched": round(batched_s, 3),
         "speedup": round(single_s / batched_s, 2),
+        "flush_mean_ms": round(reading.flush_mean_ms, 2),
+        "statements_by_the_instruments": reading.statements,
     }
 
 
-async def bench_cache(storage: Storage, redis_url: str, users: int, turns: int) -> dict[str, object]:
-    """Each turn reads the profile and the memory list through the cache; every fifth turn saves a memory,
-    which invalidates that user's list, so the next read is a miss."""
-    client = redis_client(redis_url, timeout=1.0)
-    prefix = f"bench{secrets.token_hex(4)}"
-    cache = RedisCache(redis=client, params=CacheParams(prefix=prefix))
+async def session_starts(storage: Storage, cache: Cache | None, people: list[uuid.UUID], sessions: int):
+    """Per get_profile call, seconds; and storage round trips per session start."""
+    timings: list[float] = []
+    queries = 0
+    for session in range(sessions):
+        for person in people:
+            users = UserService(user_id=person, guard=WriteGuard(user_id=person), storage=storage, cache=cache)
+            if session % 5 == 4:
+                await users.update_profile(name=f"name {session}")  # between sessions: the next start misses
+            before = storage.stats.queries
+            for _ in range(READS_PER_SESSION_START):
+                started = time.perf_counter()
+                await users.get_profile()
+                timings.append(time.perf_counter() - started)
+            queries += storage.stats.queries - before
+    return timings, queries
+
+
+def _summary(timings: list[float], queries: int, starts: int) -> dict[str, float]:
+    timings = sorted(timings)
+    return {
+        "get_profile_p50_ms": round(statistics.median(timings) * 1000, 3),
+        "get_profile_p95_ms": round(timings[int(0.95 * len(timings))] * 1000, 3),
+        "storage_queries_per_session_start": round(queries / starts, 2),
+    }
+
+
+async def bench_cache(storage: Storage, redis_url: str, users: int, sessions: int) -> dict[str, object]:
     people = [uuid.uuid4() for _ in range(users)]
     for person in people:
-        await storage.update_profile(person, {"name": "someone"}, at=T0)
-        await storage.upsert_memories([MemoryWrite(person, "FACT", "seed", "a seed memory", 0.5, "onboarding", T0)])
-    loads = 0
-    storage_before = storage.stats.queries
+        await storage.update_profile(person, {"name": "someone", "timezone": "Europe/Lisbon"}, at=T0)
+    starts = users * sessions
+    result: dict[str, object] = {"users": users, "sessions_per_user": sessions, "reads": 3 * starts}
+    timings, queries = await session_starts(storage, None, people, sessions)
+    result["none"] = _summary(timings, queries, starts)
 
-    async def profile_of(person: uuid.UUID) -> object:
-        nonlocal loads
-        loads += 1
-        profile = await storage.get_profile(person)
-        return None if profile is None else {"name": profile.name}
+    metrics = Metrics(CollectorRegistry())
+    local = LocalCache(params=CacheParams(), metrics=metrics)
+    timings, queries = await session_starts(storage, local, people, sessions)
+    reading = CacheReading.read(metrics)
+    result["memory"] = {**_summary(timings, queries, starts), "hit_rate": round(reading.hit_rate, 4),
+                        "cache_mean_ms": round(reading.mean_ms, 4)}  # fmt: skip
 
-    async def memories_of(person: uuid.UUID) -> object:
-        nonlocal loads
-        loads += 1
-        return [m.key for m in await storage.list_memories(person, include_embeddings=False)]
-
+    client = redis_client(redis_url, timeout=1.0)
+    prefix = f"bench{secrets.token_hex(4)}"
+    metrics = Metrics(CollectorRegistry())
+    cache = open_cache(redis=client, params=CacheParams(prefix=prefix), metrics=metrics)
     try:
-        for turn in range(turns):
-            for person in people:
-                await cache.get_or_load("profile", lambda p=person: profile_of(p), user_id=person)
-                await cache.get_or_load("memories", lambda p=person: memories_of(p), user_id=person)
-                if turn % 5 == 4:
-                    await storage.upsert_memories(
-                        [MemoryWrite(person, "FACT", f"turn_{turn}", "said this turn", 0.5, "extraction", T0)]
-                    )
-                    await cache.delete("memories", user_id=person)
-        stats = cache.stats()
+        timings, queries = await session_starts(storage, cache, people, sessions)
+        reading = CacheReading.read(metrics)
+        result["redis"] = {**_summary(timings, queries, starts), "hit_rate": round(reading.hit_rate, 4),
+                           "cache_mean_ms": round(reading.mean_ms, 4), "mode": reading.mode,
+                           "fallbacks": reading.fallbacks}  # fmt: skip
     finally:
         async for key in client.scan_iter(match=f"{prefix}:*"):
             await client.delete(key)
         await cache.aclose()
         await client.aclose()
-    reads = 2 * users * turns
-    return {
-        "users": users,
-        "turns": turns,
-        "reads": reads,
-        "hit_rate": round(stats.hit_rate, 4),
-        "p50_ms": round(stats.p50_ms, 3),
-        "p95_ms": round(stats.p95_ms, 3),
-        "mode": stats.mode,
-        "database_reads_saved": round(1 - loads / reads, 4),
-        "storage_queries": storage.stats.queries - storage_before,
-    }
+    return result
 
 
 async def bench_pool(requests: int) -> dict[str, float]:
@@ -236,7 +258,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         await conn.close()
         async with await PostgresStorage.open(dsn, migrate=False) as postgres:
             result["batching"] = {"postgres": await bench_batching(postgres, args.n)}
-            result["cache"] = await bench_cache(postgres, urls["TEST_REDIS_URL"], args.users, args.turns)
+            result["cache"] = await bench_cache(postgres, urls["TEST_REDIS_URL"], args.users, args.sessions)
         with tempfile.TemporaryDirectory() as tmp:
             async with await SqliteStorage.open(Path(tmp) / "bench.db") as sqlite:
                 result["batching"]["sqlite"] = await bench_batching(sqlite, args.n)  # type: ignore[index]
@@ -253,6 +275,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=10_000, help="upserts per batching run")
     parser.add_argument("--users", type=int, default=20)
-    parser.add_argument("--turns", type=int, default=100)
+    parser.add_argument("--sessions", type=int, default=50, help="session starts per user")
     parser.add_argument("--requests", type=int, default=200)
     print(json.dumps(asyncio.run(main(parser.parse_args()))))

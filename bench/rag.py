@@ -46,13 +46,14 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from bench.locomo import DEV as LOCOMO_DEV  # noqa: E402
 from bench.locomo import convert as convert_locomo  # noqa: E402
-from core.validators import WriteGuard  # noqa: E402
+from core.categories import MemoryCategory  # noqa: E402
+from core.validators import WriteGuard, normalize_key  # noqa: E402
 from infrastructure.database_batcher import DatabaseBatcher  # noqa: E402
 from infrastructure.embeddings import CachedEmbedder  # noqa: E402
 from infrastructure.embeddings.minilm import MiniLMEmbedder  # noqa: E402
 from infrastructure.storage.sqlite import SqliteStorage  # noqa: E402
 from rag_system import IndexedMemory, MemoryIndex, analyze, analyzer_for  # noqa: E402
-from services.memory_service import CATEGORIES, MemoryService, NewMemory, index_text, normalize_key  # noqa: E402
+from services.memory_service import MemoryService, NewMemory, index_text  # noqa: E402
 from services.rag_service import RagService  # noqa: E402
 
 DATA = REPO / "bench" / "data"
@@ -111,7 +112,7 @@ async def load_set(data: dict[str, Any], embedder: CachedEmbedder, folder: Path)
         first, later = [], []
         for item in data["memories"]:
             category = str(item.get("category", "OTHER")).upper()
-            category = category if category in CATEGORIES else "OTHER"
+            category = category if category in frozenset(MemoryCategory) else MemoryCategory.OTHER.value
             created = parse_time(item.get("created_at") or data["now"])
             updated = parse_time(item.get("updated_at") or item.get("created_at") or data["now"])
             importance = item.get("importance")

@@ -187,10 +187,12 @@ async def seed_databases(folder: Path, *, users: int, memories: int, seed: int) 
     """One SQLite file per session, each for a user of its own holding ``memories`` memories: the bundled sets'
     sentences (each user from a different starting point), repeated under new keys, dated over the last two years,
     with their real MiniLM embeddings (each distinct text embedded once)."""
+    from core.categories import MemoryCategory
+    from core.validators import normalize_key
     from infrastructure.embeddings.minilm import MiniLMEmbedder
     from infrastructure.storage import MemoryWrite
     from infrastructure.storage.sqlite import SqliteStorage
-    from services.memory_service import CATEGORIES, DEFAULT_IMPORTANCE, index_text, normalize_key
+    from services.memory_service import index_text
 
     _, _, sentences = spoken_lines()
     needed = sentences[: min(len(sentences), memories + users)]
@@ -208,12 +210,12 @@ async def seed_databases(folder: Path, *, users: int, memories: int, seed: int) 
             for row in range(memories):
                 i = (row + n) % len(needed)
                 category, key, value = needed[i]
-                category = category if category in CATEGORIES else "OTHER"
+                kind = MemoryCategory(category) if category in frozenset(MemoryCategory) else MemoryCategory.OTHER
                 at = now - dt.timedelta(days=rng.uniform(0, 700))
                 key = normalize_key(key)[:50]
-                key = key if (category, key) not in keys else f"{key}_{row}"  # the sets share keys; repeats too
-                keys.add((category, key))
-                writes.append(MemoryWrite(user, category, key, value, DEFAULT_IMPORTANCE[category], "import", at,
+                key = key if (kind, key) not in keys else f"{key}_{row}"  # the sets share keys; repeats too
+                keys.add((kind, key))
+                writes.append(MemoryWrite(user, kind.value, key, value, kind.default_importance, "import", at,
                                           embedding=vectors[i]))  # fmt: skip
             for start in range(0, len(writes), 500):
                 await storage.upsert_memories(writes[start : start + 500], read_back=False)
@@ -389,10 +391,10 @@ async def _job(config: JobConfig, settings: Any, embedder: Any, report: dict[str
         if ARRIVED in response.headers and "bench_sent" in response.request.extensions:
             sent.append((response.request.extensions["bench_sent"], float(response.headers[ARRIVED])))
 
-    http = await process.pool.http()
+    http = process.clients.http
     http.event_hooks["request"].append(on_request)
     http.event_hooks["response"].append(on_response)
-    providers = build_providers(settings, client=await process.pool.openai())
+    providers = build_providers(settings, client=process.clients.openai)
     session = AgentSession(llm=providers.llm, conn_options=SESSION_CONNECT_OPTIONS,
                            turn_handling={"turn_detection": turn_detection(settings)})  # fmt: skip
     metrics = TurnMetrics(registry=CollectorRegistry())

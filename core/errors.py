@@ -11,7 +11,9 @@
     │   └── StorageUnavailableError  the database could not be reached; retryable
     ├── EmbeddingError             the embedding provider failed
     ├── LLMError                   the language model failed or answered with something unusable
-    ├── CacheError                 a value the cache cannot hold (Redis failures are never raised: it falls back)
+    ├── CacheError                 Redis refused an operation (``retryable`` says whether it may succeed later)
+    │   ├── CacheUnavailableError  Redis unreachable, timed out or read-only; retryable (the fallback cache serves)
+    │   └── CacheValueError        a value or TTL the cache cannot hold (also an InvalidInputError)
     ├── BatcherFullError           the write batcher refused a write because its queue is full; retryable
     ├── OutboxError                the local outbox file cannot be opened or written (unwritable, corrupt)
     │   └── OutboxFullError        the outbox is at its bound (rows, bytes or disk): the write was refused; retryable
@@ -83,7 +85,18 @@ class LLMError(CompanionError):
 
 
 class CacheError(CompanionError):
-    """Raised only for misuse of the cache (a value that is not JSON); Redis failures fall back silently."""
+    """A cache backend failed. Behind :class:`~infrastructure.cache.FallbackCache` only a CacheValueError reaches
+    a caller: an outage moves the cache to the in-process one, another refusal counts as a miss."""
+
+
+class CacheUnavailableError(CacheError):
+    """Redis is unreachable, timed out, or refused a write (a read-only replica after a failover)."""
+
+    retryable = True
+
+
+class CacheValueError(CacheError, InvalidInputError):
+    """Misuse: a value that is not JSON, a TTL that is not positive. No retry helps."""
 
 
 class BatcherFullError(CompanionError):

@@ -1,16 +1,29 @@
-"""Input validation shared by every layer: user ids, the write guard, and text as it enters.
+"""Input validation, one definition of each rule: user ids, the write guard, text as it enters, and a memory's and
+a profile's fields.
 
-The write guard is the design's rule that a session writes only for the user it serves. It is checked before any
-query is built, so a refused write never reaches the database.
+Each rule is applied once, where input enters: a tool's arguments (the agent's argument types call these), or a
+service's public method for every other caller. The write guard is the design's rule that a session writes only
+for the user it serves. It is checked before any query is built, so a refused write never reaches the database.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
+import zoneinfo
 from collections.abc import Iterable
 
-from core.errors import InvalidUserIdError, WriteForbiddenError
+from core.categories import (
+    MAX_KEY_LENGTH,
+    MAX_VALUE_LENGTH,
+    SUMMARY_FIELD,
+    MemoryCategory,
+    ProfileField,
+    category_names,
+    profile_field_names,
+)
+from core.errors import InvalidInputError, InvalidUserIdError, WriteForbiddenError
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -96,3 +109,84 @@ class WriteGuard:
     def check_all(self, user_ids: Iterable[uuid.UUID | str]) -> None:
         for user_id in user_ids:
             self.check(user_id)
+
+
+# Memories -----------------------------------------------------------------------------------------------------------
+
+
+def parse_category(category: object) -> MemoryCategory:
+    """One of :class:`MemoryCategory`, any case; anything else is an InvalidInputError listing them."""
+    try:
+        return MemoryCategory(str(category).strip().upper())
+    except ValueError:
+        raise InvalidInputError(f"category must be one of {category_names()}") from None
+
+
+def normalize_key(key: object) -> str:
+    """``"Sister's City"`` -> ``"sisters_city"``: lower-case ASCII words joined by underscores."""
+    ascii_text = unicodedata.normalize("NFKD", str(key)).encode("ascii", "ignore").decode()
+    normalized = re.sub(r"[^a-z0-9]+", "_", ascii_text.lower().replace("'", "")).strip("_")
+    if not normalized:
+        raise InvalidInputError("memory key must contain letters or digits")
+    if len(normalized) > MAX_KEY_LENGTH:
+        raise InvalidInputError(f"memory key must be at most {MAX_KEY_LENGTH} characters")
+    return normalized
+
+
+def clean_value(value: object) -> str:
+    """A memory's value: one line of storable text, not empty, at most :data:`MAX_VALUE_LENGTH` characters."""
+    text = " ".join(clean_text(str(value)).split())
+    if not text:
+        raise InvalidInputError("memory value is empty")
+    if len(text) > MAX_VALUE_LENGTH:
+        raise InvalidInputError(f"memory value is longer than {MAX_VALUE_LENGTH} characters; say it shorter")
+    return text
+
+
+def parse_importance(importance: object, category: MemoryCategory) -> float:
+    """From 0 to 1; None is the category's default."""
+    if importance is None:
+        return category.default_importance
+    if isinstance(importance, bool):
+        raise InvalidInputError("memory importance must be a number from 0 to 1")
+    try:
+        value = float(importance)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InvalidInputError("memory importance must be a number from 0 to 1") from None
+    if not 0 <= value <= 1:
+        raise InvalidInputError("memory importance must be a number from 0 to 1")
+    return value
+
+
+# Profiles -----------------------------------------------------------------------------------------------------------
+
+MAX_NAME_LENGTH = 80
+_LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")  # BCP 47, as "en", "pt-BR"
+
+
+def parse_profile_field(name: object) -> ProfileField:
+    try:
+        return ProfileField(str(name).strip().lower())
+    except ValueError:
+        raise InvalidInputError(f"profile field must be one of {profile_field_names()}") from None
+
+
+def profile_change(name: object, value: str | None) -> tuple[str, str | None]:
+    """A profile field and its value as stored: None clears it; a name's length, an IANA time zone, a language code
+    are checked. ``name`` is a :class:`ProfileField` (any case) or ``summary`` (the written profile)."""
+    field = SUMMARY_FIELD if name == SUMMARY_FIELD else parse_profile_field(name).value
+    if value is None:
+        return field, None
+    value = " ".join(str(value).split())
+    if not value:
+        return field, None
+    if field in (ProfileField.NAME, ProfileField.PREFERRED_NAME) and len(value) > MAX_NAME_LENGTH:
+        raise InvalidInputError(f"{field} must be at most {MAX_NAME_LENGTH} characters")
+    if field == ProfileField.TIMEZONE:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise InvalidInputError("timezone must be an IANA name such as Europe/Lisbon") from None
+    if field == ProfileField.LANGUAGE and not _LANGUAGE.match(value):
+        raise InvalidInputError("language must be a language code such as en or pt-BR")
+    return field, value

@@ -1,1 +1,2 @@
-"""Infrastructure: storage backends, and (next) the connection pool, the Redis cache and the write batcher."""
+"""Infrastructure: storage backends, the process's clients, the cache, the write batcher and outbox, embeddings,
+the metrics."""

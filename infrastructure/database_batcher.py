@@ -22,6 +22,9 @@ start on the folder replays it, in order, before any new write. A full outbox re
 A replayed write older than its user's latest forgetting (``Storage.forgotten_at``) is dropped, not stored: it was
 queued before the user asked to forget, and may hold what they asked to forget.
 
+Metrics. Queue depth, outbox rows, flush latency per lane, writes, statements, failures, retries and refusals are
+Prometheus instruments (``infrastructure/metrics.py``); ``stats()`` reads them back, as the health tool does.
+
 The retry loop is written here rather than with tenacity because it must interleave with the lane's queue (new
 writes keep merging into a batch that waits to be retried) and be cut short by ``aclose``.
 """
@@ -48,6 +51,7 @@ from core.errors import (
     StorageError,
     StorageUnavailableError,
 )
+from infrastructure.metrics import BatchReading, Metrics, flag
 from infrastructure.outbox import CONVERSATION_ENDS, KEPT_LANES, MEMORIES, MESSAGES, Outbox, encode
 from infrastructure.storage import ConversationEnd, MemoryAccess, MemoryWrite, MessageWrite, Storage
 
@@ -78,23 +82,6 @@ class BatcherParams:
             raise ValueError("max_rows and max_pending must be at least 1")
         if self.max_delay < 0 or self.retry_initial <= 0 or self.retry_max < self.retry_initial:
             raise ValueError("delays must be positive, with retry_max >= retry_initial")
-
-
-@dataclass(frozen=True, slots=True)
-class BatcherStats:
-    accepted: int
-    statements: int  # statements that stored a batch (retries are counted apart)
-    rows_written: int
-    merged: int
-    roundtrip_saving: float  # 1 - statements / accepted: the share of round trips batching saved
-    failures: int
-    retries: int
-    rejected: int
-    queue_depth: int
-    oldest_pending_s: float
-    replayed: int = 0  # writes found in the outbox at start (left by a crash or an outage) and queued again
-    dropped_as_forgotten: int = 0  # replayed writes older than their user's latest forgetting: not stored
-    kept_for_next_start: int = 0  # writes the database did not take by aclose(), still in the outbox
 
 
 def backoff_delay(attempt: int, *, initial: float, ceiling: float, rng: random.Random) -> float:
@@ -147,8 +134,10 @@ class DatabaseBatcher:
         outbox: Outbox | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._storage = storage
+        self._metrics = metrics or Metrics.process()
         self._outbox = outbox
         self._params = params or BatcherParams()
         self._clock = clock
@@ -172,15 +161,13 @@ class DatabaseBatcher:
         self._closing = False
         self._dead = False
         self._close_deadline: float | None = None
-        self._accepted = self._statements = self._rows = self._merged = 0
-        self._failures = self._retries = self._rejected = 0
         # The outbox side: writes waiting for their fsync, and callers waiting for everything they offered.
         self._unsynced: list[_Unsynced] = []
         self._sync_wakeup = asyncio.Event()
         self._sync_task: asyncio.Task[None] | None = None
         self._offered = self._synced = 0
         self._durable_waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._replayed = self._kept = self._dropped_as_forgotten = 0
+        self._kept = 0  # this batcher's, for its close warning
         self._replayed_seqs: set[int] = set()
 
     # Lifecycle --------------------------------------------------------------------------------------------
@@ -192,8 +179,9 @@ class DatabaseBatcher:
                 loop = asyncio.get_running_loop()
                 for row in self._outbox.take_recovered():  # a future of their own, so that flush() waits for them
                     self._place(row.lane, row.item, futures=[loop.create_future()], seqs=[row.seq])
-                    self._replayed += 1
+                    self._metrics.batcher_replayed.inc()
                     self._replayed_seqs.add(row.seq)
+                self._gauge_outbox()
                 self._sync_task = asyncio.create_task(self._sync_loop(), name="database-batcher-outbox")
             self._task = asyncio.create_task(self._run(), name="database-batcher")
 
@@ -238,8 +226,8 @@ class DatabaseBatcher:
         """Refuse new writes, flush the rest (retrying up to ``close_timeout``), stop the task. Idempotent.
 
         What the database has not taken by the deadline fails with StorageUnavailableError; with an outbox those
-        writes stay in it for the next start (``stats().kept_for_next_start``). Cancelling the caller does not
-        cancel the flush. The outbox itself is its opener's to close, after this."""
+        writes stay in it for the next start (``companion_batcher_kept_for_next_start_total``). Cancelling the
+        caller does not cancel the flush. The outbox itself is its opener's to close, after this."""
         if self._task is None:
             self._closing = True
             self._fail_all(ClosedError("batcher closed before it started"))
@@ -276,23 +264,9 @@ class DatabaseBatcher:
     def finish_conversation(self, end: ConversationEnd) -> asyncio.Future[None]:
         return self._offer(CONVERSATION_ENDS, end)
 
-    def stats(self) -> BatcherStats:
-        oldest = [o for o in (lane.oldest() for lane in self._lanes.values()) if o is not None]
-        return BatcherStats(
-            accepted=self._accepted,
-            statements=self._statements,
-            rows_written=self._rows,
-            merged=self._merged,
-            roundtrip_saving=max(0.0, 1.0 - self._statements / self._accepted) if self._accepted else 0.0,
-            failures=self._failures,
-            retries=self._retries,
-            rejected=self._rejected,
-            queue_depth=self._depth(),
-            oldest_pending_s=self._clock() - min(oldest) if oldest else 0.0,
-            replayed=self._replayed,
-            dropped_as_forgotten=self._dropped_as_forgotten,
-            kept_for_next_start=self._kept,
-        )
+    def stats(self) -> BatchReading:
+        """What the instruments say (the process's, unless this batcher was given its own ``metrics``)."""
+        return BatchReading.read(self._metrics)
 
     def _offer(self, lane_name: str, item: Any) -> asyncio.Future[None]:
         """Accept one write; the future resolves when it is stored (or fails). Raises when it cannot accept."""
@@ -306,10 +280,11 @@ class DatabaseBatcher:
             try:
                 self._outbox.reserve(len(body))
             except OutboxFullError:
-                self._rejected += 1
+                self._metrics.batcher_rejected.labels(reason="outbox_full").inc()
                 logger.warning("outbox full, write refused", extra={"lane": lane_name})
                 raise
             self._unsynced.append(_Unsynced(lane_name, item, key, body, future))
+            self._gauge_depth()
             self._offered += 1
             self._sync_wakeup.set()
             return future
@@ -320,7 +295,7 @@ class DatabaseBatcher:
 
     def _check_room(self, lane_name: str) -> None:
         if self._depth() >= self._params.max_pending:
-            self._rejected += 1
+            self._metrics.batcher_rejected.labels(reason="queue_full").inc()
             logger.warning("write batcher queue full, write refused", extra={"lane": lane_name})
             raise BatcherFullError(f"the write queue is full ({self._params.max_pending} pending)")
 
@@ -333,10 +308,11 @@ class DatabaseBatcher:
             existing.item = item
             existing.futures += futures
             existing.seqs += seqs
-            self._merged += 1
+            self._metrics.batcher_merged.inc()
         else:
             lane.pending[key] = _Pending(item=item, accepted_at=self._clock(), futures=futures, seqs=seqs)
-        self._accepted += 1
+        self._metrics.batcher_writes.labels(lane=lane_name).inc()
+        self._gauge_depth()
         if len(lane.pending) >= self._params.max_rows or len(lane.pending) == 1:
             self._wakeup.set()
 
@@ -366,7 +342,8 @@ class DatabaseBatcher:
                     seqs = await self._outbox.append([(u.lane, u.key, u.body) for u in group])
                 except CompanionError as exc:  # unwritable or full: refused, never acknowledged
                     del self._unsynced[: len(group)]
-                    self._rejected += len(group)
+                    self._gauge_depth()
+                    self._metrics.batcher_rejected.labels(reason="outbox_error").inc(len(group))
                     logger.error("outbox append failed, writes refused",
                                  extra={"rows": len(group), "error": type(exc).__name__})  # fmt: skip
                     for u in group:
@@ -375,6 +352,7 @@ class DatabaseBatcher:
                     del self._unsynced[: len(group)]
                     for u, seq in zip(group, seqs, strict=True):
                         self._place(u.lane, u.item, futures=[u.future], seqs=[seq])
+                    self._gauge_outbox()
                 self._synced += len(group)
                 group = []
                 self._resolve_durable()
@@ -409,6 +387,7 @@ class DatabaseBatcher:
         for u in group:
             _set_exception(u.future, exc)
         self._synced += len(group)
+        self._gauge_depth()
         self._resolve_durable()
 
     async def _forget_rows(self, batch: list[_Pending[Any]]) -> None:
@@ -420,6 +399,7 @@ class DatabaseBatcher:
             await self._outbox.remove(seqs)
         except CompanionError as exc:  # they stay and replay idempotently; nothing is lost
             logger.warning("outbox rows not removed", extra={"rows": len(seqs), "error": type(exc).__name__})
+        self._gauge_outbox()
 
     # The task ---------------------------------------------------------------------------------------------
 
@@ -469,6 +449,7 @@ class DatabaseBatcher:
 
     async def _write_batch(self, lane: _Lane[Any]) -> None:
         self._in_flight, self._in_flight_lane = lane.take(self._params.max_rows), lane
+        self._gauge_depth()
         try:
             await self._write_with_retry(lane, self._in_flight)
         finally:
@@ -476,9 +457,12 @@ class DatabaseBatcher:
 
     async def _write_with_retry(self, lane: _Lane[Any], batch: list[_Pending[Any]]) -> None:
         attempt = 0
+        started = time.perf_counter()
         while True:
             if self._close_deadline is not None and self._clock() >= self._close_deadline:
-                self._kept += sum(1 for p in batch if p.seqs)
+                kept = sum(1 for p in batch if p.seqs)
+                self._kept += kept
+                self._metrics.batcher_kept.inc(kept)
                 self._fail(lane, batch, StorageUnavailableError(_NOT_TAKEN if self._outbox is None else _KEPT))
                 return
             try:
@@ -502,15 +486,16 @@ class DatabaseBatcher:
                 await self._forget_rows(batch)
                 return
             else:
-                self._statements += 1
-                self._rows += len(batch)
+                self._metrics.batcher_statements.labels(lane=lane.name).inc()
+                self._metrics.batcher_rows.labels(lane=lane.name).inc(len(batch))
+                self._metrics.batcher_flush_seconds.labels(lane=lane.name).observe(time.perf_counter() - started)
                 for pending in batch:
                     for future in pending.futures:
                         if not future.done():
                             future.set_result(None)
                 await self._forget_rows(batch)
                 return
-            self._retries += 1
+            self._metrics.batcher_retries.labels(lane=lane.name).inc()
             delay = backoff_delay(attempt, initial=self._params.retry_initial, ceiling=self._params.retry_max,
                                   rng=self._rng)  # fmt: skip
             if self._close_deadline is not None:
@@ -532,7 +517,7 @@ class DatabaseBatcher:
                 if not future.done():
                     future.set_result(None)
         if dropped:
-            self._dropped_as_forgotten += len(dropped)
+            self._metrics.batcher_dropped_forgotten.inc(len(dropped))
             logger.info("replayed writes dropped: their user forgot since", extra={"writes": len(dropped)})
             await self._forget_rows(dropped)
         for pending in batch:
@@ -554,7 +539,7 @@ class DatabaseBatcher:
         return await asyncio.wait_for(write, timeout=max(0.0, self._close_deadline - self._clock()))
 
     def _fail(self, lane: _Lane[Any], batch: list[_Pending[Any]], exc: CompanionError) -> None:
-        self._failures += len(batch)
+        self._metrics.batcher_failures.labels(lane=lane.name, retryable=flag(exc.retryable)).inc(len(batch))
         logger.error(
             "write batch failed",
             extra={"lane": lane.name, "rows": len(batch), "error": type(exc).__name__, "retryable": exc.retryable},
@@ -572,12 +557,20 @@ class DatabaseBatcher:
         for lane in self._lanes.values():
             if lane.pending:
                 self._fail(lane, lane.take(len(lane.pending)), exc)
+        self._gauge_depth()
 
     def _outstanding(self) -> list[_Pending[Any]]:
         return [*self._in_flight, *(p for lane in self._lanes.values() for p in lane.pending.values())]
 
     def _depth(self) -> int:
         return len(self._unsynced) + sum(len(lane.pending) for lane in self._lanes.values())
+
+    def _gauge_depth(self) -> None:
+        self._metrics.batcher_queue_depth.set(self._depth())
+
+    def _gauge_outbox(self) -> None:
+        if self._outbox is not None:
+            self._metrics.batcher_outbox_rows.set(self._outbox.stats().rows)
 
     def _next_sequence(self) -> int:
         self._sequence += 1

@@ -1,4 +1,5 @@
-"""Our Prometheus endpoint (``METRICS_PORT``): the per-turn histograms of every session this worker runs.
+"""Our Prometheus endpoint (``METRICS_PORT``): the instruments of every session this worker runs (turns, retrieval,
+the batcher, the cache, storage errors, client health: ``infrastructure/metrics.py``).
 
 LiveKit runs each session in a job process of its own, and its ``prometheus_port`` serves only the worker's
 gauges. So the worker's main process serves ``/metrics`` here, from one of two sources:
@@ -41,9 +42,17 @@ class MetricsServer:
         self._thread = thread
 
     @classmethod
-    def start(cls, *, port: int, host: str = "0.0.0.0", multiprocess_dir: Path | None = None) -> MetricsServer:
-        """Serve ``http://host:port/metrics``; ``port=0`` takes a free one (see :attr:`port`)."""
-        registry = REGISTRY
+    def start(
+        cls,
+        *,
+        port: int,
+        host: str = "0.0.0.0",
+        multiprocess_dir: Path | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> MetricsServer:
+        """Serve ``http://host:port/metrics``; ``port=0`` takes a free one (see :attr:`port`). ``registry``: this
+        process's own instruments by default (a test passes the one its process records into)."""
+        registry = registry or REGISTRY
         if multiprocess_dir is not None:
             multiprocess_dir.mkdir(parents=True, exist_ok=True)
             registry = CollectorRegistry()

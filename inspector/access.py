@@ -24,13 +24,14 @@ from typing import Any, Literal
 
 import httpx
 
+from core.categories import MemoryCategory
 from core.errors import InvalidInputError, NotFoundError, WriteForbiddenError
+from core.validators import normalize_key, parse_category
 from infrastructure.storage import Conversation, DeletedCounts, Memory, MemoryChange, Message, Profile
 from infrastructure.storage.supabase import SupabaseStorage
 from inspector.auth import AppUser, SupabaseAuth
 from services.container import Process, Session, open_session
 from services.directory import UserDirectory
-from services.memory_service import CATEGORIES, normalize_category, normalize_key
 from services.persona import Persona
 
 audit_log = logging.getLogger("companion.inspector.audit")
@@ -154,13 +155,13 @@ class UserAccess:
     # Reads ------------------------------------------------------------------------------------------------
 
     async def memories(self) -> list[MemoryView]:
-        """Every memory with its history, by category (in :data:`CATEGORIES`' order), most important first."""
+        """Every memory with its history, by category (in :class:`MemoryCategory`'s order), most important first."""
         stored = await self._session.memories.stored()
         changes: dict[tuple[str, str], list[MemoryChange]] = {}
         for change in await self._session.memories.all_history():
             changes.setdefault((change.category, change.key), []).append(change)
         views = [_view(m, changes.get((m.category, m.key), [])) for m in stored]
-        order = {c: i for i, c in enumerate(CATEGORIES)}
+        order = {c.value: i for i, c in enumerate(MemoryCategory)}
         return sorted(views, key=lambda v: (order.get(v.category, len(order)), -v.importance, v.key))
 
     async def memory(self, category: str, key: str) -> MemoryView:
@@ -222,7 +223,7 @@ class UserAccess:
         """Change a memory's value and/or importance, as the agent's ``remember`` would (a changed value keeps the
         old one in the history)."""
         self._writable()
-        category, key = normalize_category(category), normalize_key(key)
+        category, key = parse_category(category).value, normalize_key(key)
         current = await self._session.memories.get(category, key)
         if current is None:
             raise NotFoundError("no such memory")
@@ -240,7 +241,7 @@ class UserAccess:
     async def forget(self, category: str, key: str) -> None:
         """Forget one memory everywhere: the index, the cache, the profile text, summaries and stored messages."""
         self._writable()
-        category, key = normalize_category(category), normalize_key(key)
+        category, key = parse_category(category).value, normalize_key(key)
         if await self._session.forgetting.forget_memory(category, key) is None:
             raise NotFoundError("no such memory")
         self._audit("forget", category, key)
@@ -275,7 +276,7 @@ class UserAccess:
 
 async def shared_http(process: Process) -> httpx.AsyncClient:
     """The process's pooled HTTP client (Supabase Auth's requests ride it)."""
-    return await process.pool.http()
+    return process.clients.http
 
 
 def _view(memory: Memory, history: list[MemoryChange]) -> MemoryView:

@@ -21,9 +21,10 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from core.categories import MemoryCategory
 from core.errors import InvalidInputError, UnauthorizedError
 from core.validators import is_user_id
-from inspector.access import CATEGORIES, ConversationView, MemoryView, ProfileView, RecallView, UserSummary
+from inspector.access import ConversationView, MemoryView, ProfileView, RecallView, UserSummary
 from inspector.auth import AppUser, BrowserSession, Operator, Principal
 from inspector.context import SESSION_COOKIE, inspector_of, user_access
 from inspector.render import STYLE, Html, join, page, render, when
@@ -151,7 +152,7 @@ async def memories_page(request: web.Request) -> web.Response:
     changes = isinstance(principal, Operator)  # an app user's JWT may read their rows, not write them
     name = (profile.preferred_name or profile.name) if profile is not None else None
     sections = []
-    for category in CATEGORIES:
+    for category in (c.value for c in MemoryCategory):
         mine = [m for m in found if m.category == category]
         if mine:
             cards = join(_memory_card(user.user_id, m, csrf if changes else None) for m in mine)

@@ -8,6 +8,7 @@ services). agent.py calls these; so does a Python shell.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
 import zoneinfo
@@ -19,13 +20,15 @@ import openai
 from core.config import OPENAI_API_URL, PLACEHOLDER_OPENAI_KEY, Settings
 from core.validators import WriteGuard
 from infrastructure.background import BackgroundTasks
-from infrastructure.connection_pool import ConnectionPool
+from infrastructure.cache import Cache, CacheParams, open_cache
+from infrastructure.clients import Clients, open_clients
 from infrastructure.database_batcher import BatcherParams, DatabaseBatcher
 from infrastructure.embeddings import CachedEmbedder, Embedder, open_embedder
 from infrastructure.llm import FallbackChat, OpenAIChat, TextModel
+from infrastructure.metrics import Metrics
 from infrastructure.outbox import Outbox, OutboxParams
-from infrastructure.redis_cache import CacheParams, RedisCache
 from infrastructure.storage import DeletedCounts, Profile, Storage
+from infrastructure.turn_metrics import TurnMetrics
 from rag_system import MemoryIndex, analyzer_for
 from services.context_budget import ContextBudget
 from services.conversation_service import ConversationService
@@ -36,6 +39,7 @@ from services.onboarding_service import OnboardingService
 from services.persona import Persona
 from services.profile_service import ProfileService
 from services.rag_service import RagService
+from services.turn_hooks import SessionTurns
 from services.turn_retrieval import TurnRetrieval
 from services.user_service import UserService
 
@@ -55,25 +59,25 @@ def _zone(profile: Profile | None) -> dt.tzinfo | None:
 
 @dataclass
 class Process:
-    """What every session of one job process shares. ``aclose()`` flushes the batcher before anything closes."""
+    """What every session of one job process shares. ``aclose()`` closes it all through one exit stack, in the
+    reverse order of opening: background tasks, then the batcher (which flushes), the outbox, the cache, and last
+    the clients."""
 
     settings: Settings
-    pool: ConnectionPool
+    clients: Clients
     storage: Storage
-    cache: RedisCache
+    cache: Cache
     batcher: DatabaseBatcher
     outbox: Outbox
     embedder: CachedEmbedder
     llm: TextModel
     tasks: BackgroundTasks
+    metrics: Metrics
+    stack: contextlib.AsyncExitStack
     clock: Callable[[], dt.datetime] = _utc_now
 
     async def aclose(self) -> None:
-        await self.tasks.aclose()
-        await self.batcher.aclose()
-        await self.outbox.aclose()  # what the database did not take stays in the file for the next start
-        await self.cache.aclose()
-        await self.pool.aclose()
+        await self.stack.aclose()  # idempotent: a closed stack has nothing left to close
 
     async def __aenter__(self) -> Process:
         return self
@@ -86,48 +90,49 @@ async def open_process(
     settings: Settings,
     *,
     clock: Callable[[], dt.datetime] = _utc_now,
-    pool: ConnectionPool | None = None,
     embedder: Embedder | None = None,
+    metrics: Metrics | None = None,
 ) -> Process:
-    """Open the pools, load the embedder (unless prewarm ``preload_embedder`` did), open the outbox and start the
+    """Open the clients, load the embedder (unless prewarm ``preload_embedder`` did), open the outbox and start the
     batcher, which first replays what the outbox kept from a crash or an outage (the database may still be away:
-    the replay then waits in the batcher like any write)."""
-    pool = pool or ConnectionPool(settings=settings)
-    batcher: DatabaseBatcher | None = None
-    outbox: Outbox | None = None
+    the replay then waits in the batcher like any write). ``metrics``: the process's instruments by default."""
+    metrics = metrics or Metrics.process()
+    stack = contextlib.AsyncExitStack()
     try:
-        await pool.open_all()
-        storage = await pool.storage()
-        cache = RedisCache(redis=await pool.redis(), params=CacheParams.from_settings(settings))
+        clients = await open_clients(settings, stack, metrics=metrics)
+        cache = open_cache(redis=clients.redis, params=CacheParams.from_settings(settings), metrics=metrics)
+        stack.push_async_callback(cache.aclose)
         outbox = await Outbox.open(OutboxParams.from_settings(settings))
-        batcher = DatabaseBatcher(storage=storage, params=BatcherParams.from_settings(settings), outbox=outbox)
+        stack.push_async_callback(outbox.aclose)  # what the database did not take stays for the next start
+        batcher = DatabaseBatcher(storage=clients.storage, params=BatcherParams.from_settings(settings),
+                                  outbox=outbox, metrics=metrics)  # fmt: skip
+        stack.push_async_callback(batcher.aclose)
         batcher.start()
-        cached = await open_embedder(settings, openai_client=await pool.openai(), preloaded=embedder)
+        cached = await open_embedder(settings, openai_client=clients.openai, preloaded=embedder)
         if settings.embedding_provider == "local" and embedder is None:
             await cached.embed(["warm up"])  # the first run pays for BLAS threads; no user turn should
-        llm = await _background_llm(settings, pool)
+        llm = _background_llm(settings, clients)
+        tasks = BackgroundTasks()
+        stack.push_async_callback(tasks.aclose)
     except BaseException:
-        if batcher is not None:
-            await batcher.aclose()
-        if outbox is not None:
-            await outbox.aclose()
-        await pool.aclose()
+        await stack.aclose()
         raise
-    return Process(settings=settings, pool=pool, storage=storage, cache=cache, batcher=batcher, outbox=outbox,
-                   embedder=cached, llm=llm, tasks=BackgroundTasks(), clock=clock)  # fmt: skip
+    return Process(settings=settings, clients=clients, storage=clients.storage, cache=cache, batcher=batcher,
+                   outbox=outbox, embedder=cached, llm=llm, tasks=tasks, metrics=metrics, stack=stack,
+                   clock=clock)  # fmt: skip
 
 
-async def _background_llm(settings: Settings, pool: ConnectionPool) -> TextModel:
+def _background_llm(settings: Settings, clients: Clients) -> TextModel:
     """The services' own model: the primary, then the fallback provider when one is configured (as the voice
-    pipeline's LLM does), both on the pool's HTTP client."""
-    primary = OpenAIChat(client=await pool.openai(), model=settings.llm_model)
+    pipeline's LLM does), both on the process's HTTP client."""
+    primary = OpenAIChat(client=clients.openai, model=settings.llm_model)
     if not settings.fallback_llm_configured:
         return primary
     key = settings.fallback_llm_api_key
     client = openai.AsyncOpenAI(
         base_url=settings.fallback_llm_base_url or OPENAI_API_URL,
         api_key=key.get_secret_value() if key is not None else PLACEHOLDER_OPENAI_KEY,
-        http_client=await pool.http(),
+        http_client=clients.http,
         max_retries=0,
     )
     return FallbackChat([primary, OpenAIChat(client=client, model=settings.fallback_llm_model or "")])
@@ -209,3 +214,19 @@ async def open_session(process: Process, *, user_id: uuid.UUID | None, load: boo
         await memories.load_index()
         session.retrieval.prefetch()
     return session
+
+
+def session_turns(process: Process, session: Session, *, metrics: TurnMetrics | None = None) -> SessionTurns:
+    """The turn hooks of ``session``'s conversation; ``metrics``: the process's turn metrics unless given."""
+    return SessionTurns(
+        user_id=session.user_id,
+        guard=session.guard,
+        conversations=session.conversations,
+        profiles=session.profiles,
+        extractor=session.extractor,
+        rag=session.rag,
+        retrieval=session.retrieval,
+        budget=session.budget,
+        tasks=process.tasks,
+        metrics=metrics or TurnMetrics(metrics=process.metrics),
+    )

@@ -21,12 +21,12 @@ import uuid
 from collections.abc import Callable
 
 from core.errors import InvalidInputError
-from core.validators import WriteGuard
+from core.validators import WriteGuard, normalize_key, parse_category
 from infrastructure.database_batcher import DatabaseBatcher
 from infrastructure.storage import DeletedCounts, Storage
 from rag_system import IndexedMemory, TextAnalyzer
 from services.conversation_service import ConversationService
-from services.memory_service import MemoryService, normalize_category, normalize_key
+from services.memory_service import MemoryService
 from services.redaction import FORGOTTEN, ForgottenFact, redact, redact_json_strings
 from services.user_service import UserService
 
@@ -86,7 +86,7 @@ class ForgettingService:
     async def forget_memory(self, category: str, key: str) -> IndexedMemory | None:
         """Forget one memory named by its category and key (the inspector's "forget"), everywhere, as :meth:`forget`
         does; None when there is no such memory."""
-        memory = self._memories.index.get(normalize_category(category), normalize_key(key))
+        memory = self._memories.index.get(parse_category(category).value, normalize_key(key))
         if memory is None:
             return None
         await self._storage.record_forgetting(self.user_id, at=self._clock())

@@ -1,45 +1,47 @@
 """The health tools' answers: one short sentence each, with the real numbers, fit to be spoken.
 
-Pure text from the stats the pool, cache, batcher and services keep; the agent's tools return these.
+Every number is read from the process's Prometheus instruments (``infrastructure/metrics.py``), the ones ``/metrics``
+serves, so what the agent says equals what an operator scrapes from this process. Pure text from those readings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 
-from infrastructure.connection_pool import ResourceStats
-from infrastructure.database_batcher import BatcherStats
-from infrastructure.redis_cache import CacheStats
+from infrastructure.metrics import BatchReading, CacheReading, ClientReading, RetrievalReading, StorageReading
 from services.memory_service import MemoryStats
-from services.turn_retrieval import RetrievalStats
 
 
-def pool_report(resources: Mapping[str, ResourceStats]) -> str:
+def clients_report(clients: Sequence[ClientReading]) -> str:
     parts = []
-    for name, stats in resources.items():
-        health = "" if stats.last_health is None else (" healthy" if stats.last_health.ok else " failing")
-        parts.append(f"{name}: created {stats.created}, reused {stats.reused}, errors {stats.errors}{health}")
-    return "; ".join(parts) + "."
+    for client in clients:
+        pool = "" if client.in_use is None else f", {client.in_use} connections in use, {client.idle} idle"
+        state = "healthy" if client.up else "failing"
+        parts.append(f"{client.name}: {state}{pool}, {client.check_failures} failed checks")
+    return "; ".join(parts) + "." if parts else "No client has been checked yet."
 
 
-def cache_report(stats: CacheStats) -> str:
+def cache_report(cache: CacheReading) -> str:
     return (
-        f"The cache is in {stats.mode} mode with a hit rate of {stats.hit_rate:.0%} "
-        f"({stats.hits} hits, {stats.misses} misses), {stats.errors} errors, {stats.fallbacks} fallbacks, "
-        f"p50 {stats.p50_ms:.2f} milliseconds, p95 {stats.p95_ms:.2f} milliseconds."
+        f"The cache is in {cache.mode} mode with a hit rate of {cache.hit_rate:.0%} "
+        f"({cache.hits} hits, {cache.misses} misses), {cache.errors} errors, {cache.fallbacks} fallbacks, "
+        f"{cache.recoveries} recoveries, {cache.mean_ms:.2f} milliseconds per operation on average."
     )
 
 
-def batch_report(stats: BatcherStats) -> str:
+def batch_report(batch: BatchReading, storage: StorageReading) -> str:
     return (
-        f"{stats.accepted} writes accepted in {stats.statements} statements, saving {stats.roundtrip_saving:.0%} "
-        f"of round trips; {stats.failures} failed, {stats.retries} retries, {stats.queue_depth} waiting."
+        f"{batch.accepted} writes accepted in {batch.statements} statements, saving {batch.roundtrip_saving:.0%} "
+        f"of round trips, {batch.flush_mean_ms:.1f} milliseconds per batch on average; {batch.failures} failed, "
+        f"{batch.retries} retries, {batch.queue_depth} waiting, {batch.outbox_rows} in the outbox; "
+        f"the database refused {storage.errors} calls, {storage.retryable_errors} of them worth a retry."
     )
 
 
-def memory_report(memories: MemoryStats, retrieval: RetrievalStats) -> str:
+def memory_report(memories: MemoryStats, retrieval: RetrievalReading) -> str:
     kinds = ", ".join(f"{n} {c.lower()}" for c, n in sorted(memories.by_category.items())) or "none yet"
     return (
-        f"I remember {memories.count} things about you ({kinds}). Retrieval ran {retrieval.turns} times, "
-        f"missed its deadline {retrieval.deadline_misses} times, last took {retrieval.last_ms:.1f} milliseconds."
+        f"I remember {memories.count} things about you ({kinds}). Retrieval ran for {retrieval.turns} replies, "
+        f"missed its deadline {retrieval.deadline_misses} times, failed {retrieval.failures} times, and took "
+        f"{retrieval.mean_ms:.1f} milliseconds on average."
     )

@@ -18,29 +18,28 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field, ValidationError
 
+from core.categories import MAX_KEY_LENGTH, MAX_VALUE_LENGTH, MemoryCategory, category_names
 from core.errors import CompanionError
+from core.validators import normalize_key, parse_category
 from infrastructure.embeddings import Embedder
 from infrastructure.llm import TextModel
-from services.memory_service import CATEGORIES, MAX_VALUE_LENGTH, MemoryService, index_text, normalize_key
+from services.memory_service import MemoryService, index_text
 
 logger = logging.getLogger("companion.extraction")
 
 EXTRACTION_PROMPT = (
     "You pick out durable facts about the user from a conversation with their companion: who they are, people in "
     "their life, preferences, goals, health, routines, and events worth remembering. Skip small talk, questions, "
-    "and anything about the assistant. Categories: " + ", ".join(CATEGORIES) + ". "
+    "and anything about the assistant. Categories: " + category_names() + ". "
     'Answer JSON: {"memories": [{"category": "...", "key": "snake_case_topic", "value": "one short sentence in '
     'the third person", "importance": 0.0-1.0}]}. Reuse a known key when the fact is about the same thing (a new '
     'job replaces "occupation"). Return {"memories": []} when there is nothing durable.'
 )
 
 
-SINGLE_VALUED = frozenset({"FACT"})
-
-
 class _Item(BaseModel):
-    category: str = Field(min_length=1, max_length=32)
-    key: str = Field(min_length=1, max_length=64)
+    category: str = Field(min_length=1, max_length=32)  # an unknown one is taken as OTHER, not refused
+    key: str = Field(min_length=1, max_length=MAX_KEY_LENGTH)
     value: str = Field(min_length=1, max_length=MAX_VALUE_LENGTH)
     importance: float = Field(default=0.5, ge=0.0, le=1.0)
 
@@ -104,9 +103,11 @@ class MemoryExtractor:
         return result
 
     async def _consider(self, item: _Item, result: ExtractionResult) -> None:
-        category = item.category.strip().upper()
-        if category not in CATEGORIES:
-            category = "OTHER"
+        try:
+            kind = parse_category(item.category)
+        except CompanionError:
+            kind = MemoryCategory.OTHER
+        category = kind.value
         try:
             key = normalize_key(item.key)
         except CompanionError:
@@ -126,7 +127,7 @@ class MemoryExtractor:
             if similarity >= self._duplicate:
                 result.duplicates += 1
                 return
-            if category in SINGLE_VALUED and memory.category == category and similarity >= self._same_fact:
+            if kind.single_valued and memory.category == category and similarity >= self._same_fact:
                 await self._memories.save_memory(category, memory.key, value, item.importance, source="extraction")
                 result.updated.append(memory.key)
                 return

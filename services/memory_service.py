@@ -1,7 +1,7 @@
 """MemoryService: what the companion knows about one user, kept in the database and in the user's index.
 
 Built once per session for the user it serves. Every write passes the write guard, then goes through the write
-batcher, and updates the user's retrieval index and cache in place, so the next turn's retrieval needs no database
+batcher, and updates the user's retrieval index in place, so the next turn's retrieval needs no database
 round trip. When ``save_memory`` returns, the memory is kept: with the batcher's outbox, once it is fsynced there
 (the database is given ``confirm_within`` more, and takes it later if it is away: a crash or an outage does not
 lose it); without one, once the database stored it. A refused write (outbox full, bad input) raises and is never
@@ -14,38 +14,22 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import re
-import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from core.categories import MAX_VALUE_LENGTH
 from core.errors import CompanionError, InvalidInputError, StorageUnavailableError
-from core.validators import WriteGuard, clean_text
+from core.validators import WriteGuard, clean_text, clean_value, normalize_key, parse_category, parse_importance
+from infrastructure.cache import Cache
 from infrastructure.database_batcher import DatabaseBatcher
 from infrastructure.embeddings import Embedder
-from infrastructure.redis_cache import RedisCache
 from infrastructure.storage import DeletedCounts, Memory, MemoryAccess, MemoryChange, MemoryWrite, Storage
 from rag_system import GateParams, IndexedMemory, MemoryIndex, RankingParams, analyze
 
 logger = logging.getLogger("companion.memory")
 
-MAX_VALUE_LENGTH = 1_000  # characters: a memory is a fact, not a document
-MAX_KEY_LENGTH = 64
-CATEGORIES = ("FACT", "PREFERENCE", "GOAL", "RELATIONSHIP", "EVENT", "HEALTH", "ROUTINE", "OTHER")
 SOURCES = frozenset({"tool", "extraction", "onboarding", "import", "inspector"})
-# When the caller gives no importance: health and people matter more than passing events.
-DEFAULT_IMPORTANCE = {
-    "HEALTH": 0.8,
-    "RELATIONSHIP": 0.7,
-    "GOAL": 0.7,
-    "FACT": 0.6,
-    "PREFERENCE": 0.6,
-    "ROUTINE": 0.5,
-    "EVENT": 0.5,
-    "OTHER": 0.4,
-}
-LIST_CACHE_KEY = "memories"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,25 +48,6 @@ class MemoryStats:
     by_category: dict[str, int]
 
 
-def normalize_category(category: str) -> str:
-    """One of :data:`CATEGORIES`, any case; anything else is an InvalidInputError listing them."""
-    name = str(category).strip().upper()
-    if name not in CATEGORIES:
-        raise InvalidInputError(f"category must be one of {', '.join(CATEGORIES)}")
-    return name
-
-
-def normalize_key(key: str) -> str:
-    """``"Sister's City"`` -> ``"sisters_city"``: lower-case ASCII words joined by underscores."""
-    ascii_text = unicodedata.normalize("NFKD", str(key)).encode("ascii", "ignore").decode()
-    normalized = re.sub(r"[^a-z0-9]+", "_", ascii_text.lower().replace("'", "")).strip("_")
-    if not normalized:
-        raise InvalidInputError("memory key must contain letters or digits")
-    if len(normalized) > MAX_KEY_LENGTH:
-        raise InvalidInputError(f"memory key must be at most {MAX_KEY_LENGTH} characters")
-    return normalized
-
-
 def index_text(key: str, value: str) -> str:
     """What is embedded and indexed for a memory: its key in words, then its value."""
     return f"{key.replace('_', ' ')}: {value}"
@@ -98,7 +63,7 @@ class MemoryService:
         batcher: DatabaseBatcher,
         embedder: Embedder,
         index: MemoryIndex,
-        cache: RedisCache | None = None,
+        cache: Cache | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         write_timeout: float = 5.0,
         confirm_within: float = 0.5,
@@ -147,11 +112,11 @@ class MemoryService:
     ) -> IndexedMemory:
         """Store (or update) a memory; returns it as indexed. A changed value keeps its old one in the history."""
         self._guard.check(self.user_id)
-        category, key = normalize_category(category), normalize_key(key)
-        value = _clean_value(value)
+        kind, key = parse_category(category), normalize_key(key)
+        category, value = kind.value, clean_value(value)
         if source not in SOURCES:
             raise InvalidInputError(f"memory source must be one of {sorted(SOURCES)}")
-        importance = _importance(category, importance)
+        importance = parse_importance(importance, kind)
         at = self._clock()
         embedding = (await self._embedder.embed([index_text(key, value)]))[0]
         write = MemoryWrite(self.user_id, category, key, value, importance, source, at, embedding=embedding)
@@ -160,7 +125,6 @@ class MemoryService:
         created_at = existing.created_at if existing is not None else at
         indexed = IndexedMemory(category, key, value, importance, created_at=created_at, updated_at=at)
         self.index.upsert(indexed, embedding)
-        await self._invalidate_list()
         return indexed
 
     async def save_many(self, items: Sequence[NewMemory]) -> list[IndexedMemory]:
@@ -169,9 +133,9 @@ class MemoryService:
         self._guard.check(self.user_id)
         prepared = []
         for item in items:
-            category, key = normalize_category(item.category), normalize_key(item.key)
-            value = _clean_value(item.value)
-            importance = _importance(category, item.importance)
+            kind, key = parse_category(item.category), normalize_key(item.key)
+            category, value = kind.value, clean_value(item.value)
+            importance = parse_importance(item.importance, kind)
             if item.source not in SOURCES:
                 raise InvalidInputError(f"memory source must be one of {sorted(SOURCES)}")
             prepared.append((category, key, value, importance, item.source, item.at or self._clock()))
@@ -200,7 +164,6 @@ class MemoryService:
             indexed = IndexedMemory(write.category, write.key, write.value, write.importance, created_at, write.at)
             self.index.upsert(indexed, write.embedding)  # type: ignore[arg-type]
             saved.append(indexed)
-        await self._invalidate_list()
         if refused is not None:
             raise refused
         for _, future in accepted:
@@ -213,17 +176,17 @@ class MemoryService:
         return saved
 
     async def get(self, category: str, key: str) -> Memory | None:
-        return await self._storage.get_memory(self.user_id, normalize_category(category), normalize_key(key))
+        return await self._storage.get_memory(self.user_id, parse_category(category).value, normalize_key(key))
 
     async def list_memories(self, category: str | None = None, *, limit: int | None = None) -> list[IndexedMemory]:
         """From the index: no database round trip. Newest first, at most ``limit`` (all when None)."""
-        wanted = None if category is None else normalize_category(category)
+        wanted = None if category is None else parse_category(category).value
         return self.index.newest(limit, category=wanted)
 
     async def stored(self, category: str | None = None) -> list[Memory]:
         """The stored rows, with what the index does not keep (source, last use, use count); newest first. One
         query: for the inspector, never on a turn's path."""
-        wanted = None if category is None else normalize_category(category)
+        wanted = None if category is None else parse_category(category).value
         return await self._storage.list_memories(self.user_id, category=wanted, include_embeddings=False)
 
     async def all_history(self) -> list[MemoryChange]:
@@ -231,15 +194,14 @@ class MemoryService:
         return await self._storage.all_memory_history(self.user_id)
 
     async def history(self, category: str, key: str) -> list[MemoryChange]:
-        return await self._storage.memory_history(self.user_id, normalize_category(category), normalize_key(key))
+        return await self._storage.memory_history(self.user_id, parse_category(category).value, normalize_key(key))
 
     async def delete(self, category: str, key: str) -> bool:
         self._guard.check(self.user_id)
-        category, key = normalize_category(category), normalize_key(key)
+        category, key = parse_category(category).value, normalize_key(key)
         await self._batcher.flush(within=self._write_timeout)  # a queued upsert of it must not land after
         deleted = await self._storage.delete_memories(self.user_id, [(category, key)]) > 0
         self.index.remove(category, key)
-        await self._invalidate_list()
         return deleted
 
     async def forget(self, description: str, *, limit: int = 1) -> list[IndexedMemory]:
@@ -308,31 +270,9 @@ class MemoryService:
             raise StorageUnavailableError("the database is not answering; the memory is queued")
         await write
 
-    async def _invalidate_list(self) -> None:
-        if self._cache is not None:
-            await self._cache.delete(LIST_CACHE_KEY, user_id=self.user_id)
-
 
 def _succeeded(future: asyncio.Future[None]) -> bool:
     return future.done() and not future.cancelled() and future.exception() is None
-
-
-def _importance(category: str, importance: float | None) -> float:
-    if importance is None:
-        return DEFAULT_IMPORTANCE[category]
-    try:
-        return float(importance)
-    except (TypeError, ValueError):
-        raise InvalidInputError("memory importance must be a number from 0 to 1") from None
-
-
-def _clean_value(value: str) -> str:
-    value = " ".join(clean_text(str(value)).split())
-    if not value:
-        raise InvalidInputError("memory value is empty")
-    if len(value) > MAX_VALUE_LENGTH:
-        raise InvalidInputError(f"memory value is longer than {MAX_VALUE_LENGTH} characters; say it shorter")
-    return value
 
 
 def _indexed(memory: Memory) -> IndexedMemory:

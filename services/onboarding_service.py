@@ -14,31 +14,31 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from core.categories import MemoryCategory, ProfileField
 from core.errors import InvalidInputError
-from core.validators import WriteGuard
+from core.validators import WriteGuard, clean_value, normalize_key
 from infrastructure.storage import Profile, Storage
-from infrastructure.storage.checks import check_text
-from services.memory_service import MAX_VALUE_LENGTH, MemoryService, NewMemory, normalize_key
+from services.memory_service import MemoryService, NewMemory
 from services.user_service import UserService
 
 logger = logging.getLogger("companion.onboarding")
 
 # answer name -> (category, key, how to say it). Lists are joined; unknown answers become OTHER memories.
-_SEEDS: dict[str, tuple[str, str, str]] = {
-    "occupation": ("FACT", "occupation", "Works as {}"),
-    "job": ("FACT", "occupation", "Works as {}"),
-    "location": ("FACT", "home_city", "Lives in {}"),
-    "city": ("FACT", "home_city", "Lives in {}"),
-    "interests": ("PREFERENCE", "interests", "Is interested in {}"),
-    "hobbies": ("PREFERENCE", "hobbies", "Enjoys {}"),
-    "goals": ("GOAL", "goals", "Wants to {}"),
-    "wants_from_companion": ("PREFERENCE", "companion_wish", "Wants the companion to {}"),
-    "communication_style": ("PREFERENCE", "communication_style", "Likes conversations that are {}"),
-    "family": ("RELATIONSHIP", "family", "Family: {}"),
-    "health": ("HEALTH", "health_notes", "Health: {}"),
-    "routine": ("ROUTINE", "routine", "Routine: {}"),
+_SEEDS: dict[str, tuple[MemoryCategory, str, str]] = {
+    "occupation": (MemoryCategory.FACT, "occupation", "Works as {}"),
+    "job": (MemoryCategory.FACT, "occupation", "Works as {}"),
+    "location": (MemoryCategory.FACT, "home_city", "Lives in {}"),
+    "city": (MemoryCategory.FACT, "home_city", "Lives in {}"),
+    "interests": (MemoryCategory.PREFERENCE, "interests", "Is interested in {}"),
+    "hobbies": (MemoryCategory.PREFERENCE, "hobbies", "Enjoys {}"),
+    "goals": (MemoryCategory.GOAL, "goals", "Wants to {}"),
+    "wants_from_companion": (MemoryCategory.PREFERENCE, "companion_wish", "Wants the companion to {}"),
+    "communication_style": (MemoryCategory.PREFERENCE, "communication_style", "Likes conversations that are {}"),
+    "family": (MemoryCategory.RELATIONSHIP, "family", "Family: {}"),
+    "health": (MemoryCategory.HEALTH, "health_notes", "Health: {}"),
+    "routine": (MemoryCategory.ROUTINE, "routine", "Routine: {}"),
 }
-_PROFILE_FIELDS = {"name": "name", "preferred_name": "preferred_name", "timezone": "timezone", "language": "language"}
+_PROFILE_FIELDS = frozenset(ProfileField)  # answers named like a profile field fill it
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,25 +101,16 @@ def _interpret(answers: Mapping[str, Any]) -> tuple[dict[str, str], list[NewMemo
         text = _as_text(raw)
         if not text:
             continue
-        if name in _PROFILE_FIELDS:
-            try:
-                check_text(text, what="onboarding answer")
-            except InvalidInputError:
-                logger.warning("onboarding answer skipped", extra={"answer": name})
-                continue
-            profile[_PROFILE_FIELDS[name]] = text
+        if name in _PROFILE_FIELDS:  # checked by update_profile, one field at a time
+            profile[name] = text
             continue
-        category, key, template = _SEEDS.get(name, ("OTHER", name, "{}"))
-        value = template.format(text)
-        try:
-            key = normalize_key(key)
-            check_text(value, what="onboarding answer")  # NUL, lone surrogates: refused now, not after the claim
-            if len(value) > MAX_VALUE_LENGTH:
-                raise InvalidInputError("onboarding answer too long")
+        category, key, template = _SEEDS.get(name, (MemoryCategory.OTHER, name, "{}"))
+        try:  # the rules save_many applies, here so that one bad answer is skipped rather than failing them all
+            key, value = normalize_key(key), clean_value(template.format(text))
         except InvalidInputError:
             logger.warning("onboarding answer skipped", extra={"answer_length": len(text)})
             continue
-        seeds.append(NewMemory(category, key, value, None, "onboarding"))
+        seeds.append(NewMemory(category.value, key, value, None, "onboarding"))
     return profile, seeds
 
 

@@ -8,21 +8,15 @@ not after a forget, and not from a Redis restored from an old snapshot or a repl
 from __future__ import annotations
 
 import datetime as dt
-import re
 import uuid
-import zoneinfo
 from collections.abc import Callable
 from typing import Any
 
-from core.errors import InvalidInputError
-from core.validators import WriteGuard
-from infrastructure.redis_cache import RedisCache
+from core.validators import WriteGuard, profile_change
+from infrastructure.cache import Cache
 from infrastructure.storage import Profile, Storage, wire
 
 PROFILE_CACHE_KEY = "profile"
-BASIC_FIELDS = ("name", "preferred_name", "timezone", "language")
-MAX_NAME_LENGTH = 80
-_LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")  # BCP 47, as "en", "pt-BR"
 
 
 class UserService:
@@ -32,7 +26,7 @@ class UserService:
         user_id: uuid.UUID,
         guard: WriteGuard,
         storage: Storage,
-        cache: RedisCache | None = None,
+        cache: Cache | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.user_id = user_id
@@ -64,7 +58,7 @@ class UserService:
     async def update_profile(self, **fields: str | None) -> Profile:
         """Set basic fields (and ``summary``, the written profile); values are checked before anything is sent."""
         self._guard.check(self.user_id)
-        changes = {name: _check_field(name, value) for name, value in fields.items()}
+        changes = dict(profile_change(name, value) for name, value in fields.items())
         return await self._storage.update_profile(self.user_id, changes, at=self._clock())  # a new version
 
     async def _load_for_cache(self) -> dict[str, Any] | None:
@@ -76,23 +70,3 @@ def display_name(profile: Profile | None) -> str | None:
     if profile is None:
         return None
     return profile.preferred_name or profile.name
-
-
-def _check_field(name: str, value: str | None) -> str | None:
-    if name not in (*BASIC_FIELDS, "summary"):
-        raise InvalidInputError(f"profile field must be one of {', '.join(BASIC_FIELDS)}")
-    if value is None:
-        return None
-    value = " ".join(str(value).split())
-    if not value:
-        return None
-    if name in ("name", "preferred_name") and len(value) > MAX_NAME_LENGTH:
-        raise InvalidInputError(f"{name} must be at most {MAX_NAME_LENGTH} characters")
-    if name == "timezone":
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise InvalidInputError("timezone must be an IANA name such as Europe/Lisbon") from None
-    if name == "language" and not _LANGUAGE.match(value):
-        raise InvalidInputError("language must be a language code such as en or pt-BR")
-    return value

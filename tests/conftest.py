@@ -21,6 +21,7 @@ from infrastructure.storage.postgres import PostgresStorage
 from infrastructure.storage.sqlite import SqliteStorage
 from infrastructure.storage.supabase import SupabaseStorage
 from tests.fakes.postgrest import PostgrestStub
+from tests.redis_servers import OwnRedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICE_ROLE_KEY = "test-service-role-key"
@@ -81,6 +82,15 @@ def run_in_thread(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run ``coroutine`` on a loop of its own: session fixtures may be set up from inside a test's running loop."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coroutine).result()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedisServer]:
+    """A redis-server of the test's own, on a port of its own: the test may stop, restart or snapshot it."""
+    server = OwnRedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

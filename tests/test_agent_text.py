@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from agent import Companion, build_providers, finish_companion, start_companion
 from core.config import Settings
+from infrastructure.metrics import Metrics
 from infrastructure.turn_metrics import TurnMetrics
 from services.container import Process, Session, open_process, open_session
 from services.context_budget import HISTORY_SUMMARY_PROMPT, SUMMARY_HEADER
@@ -75,7 +76,7 @@ def settings(tmp_path: Path, fake: FakeOpenAIServer) -> Settings:
 
 @pytest.fixture
 async def process(settings: Settings, brain: Brain) -> AsyncIterator[Process]:
-    process = await open_process(settings)
+    process = await open_process(settings, metrics=Metrics(CollectorRegistry()))  # this test's numbers only
     brain.process = process
     yield process
     await process.aclose()
@@ -203,7 +204,7 @@ async def test_the_tools_change_the_database_and_the_health_tools_say_real_numbe
         await c.say("How is the cache doing?")
         assert "memory mode with a hit rate of" in said("How is the cache doing?")
         await c.say("How is the pool?")
-        assert "storage: created 1, reused" in said("How is the pool?")
+        assert "storage: healthy" in said("How is the pool?")
         await c.say("How is batching?")
         assert "writes accepted in" in said("How is batching?")
         await c.say("Remember nonsense")
@@ -300,7 +301,7 @@ async def test_the_fallback_llm_answers_when_the_first_provider_is_down(tmp_path
         fallback_llm_base_url=fake.base_url, fallback_llm_model="fallback-model",
     )  # fmt: skip
     process = await open_process(settings)
-    providers = build_providers(settings, client=await process.pool.openai())
+    providers = build_providers(settings, client=process.clients.openai)
     services = await open_session(process, user_id=uuid.uuid4())
     session = AgentSession(llm=providers.llm)
     try:

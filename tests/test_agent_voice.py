@@ -119,7 +119,7 @@ async def voice_rig(
             process = await open_process(settings)
             services = await open_session(process, user_id=uuid.uuid4())
             await services.memories.save_memory("RELATIONSHIP", "sister city", MAYA)
-            providers = build_providers(settings, client=await process.pool.openai())
+            providers = build_providers(settings, client=process.clients.openai)
             session = build_session(providers, vad=silero.VAD.load(), turn_detection=turn_detection(settings),
                                     turn_handling=turn_handling)  # fmt: skip
             speaker = Speaker()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import types
 from pathlib import Path
 
@@ -47,7 +48,7 @@ async def test_providers_share_the_pooled_client_and_add_the_fallback_llm_when_c
     both = Settings(**base, fallback_llm_base_url="http://127.0.0.1:8/v1", fallback_llm_model="m")  # type: ignore[arg-type]
     process = await open_process(alone)
     try:
-        pooled = await process.pool.openai()
+        pooled = process.clients.openai
         single = agent.build_providers(alone, client=pooled)
         double = agent.build_providers(both, client=pooled)
         assert not isinstance(single.llm, llm.FallbackAdapter)
@@ -61,3 +62,13 @@ async def test_providers_share_the_pooled_client_and_add_the_fallback_llm_when_c
     finally:
         await process.aclose()
     assert pooled._client.is_closed
+
+
+def test_the_companion_gets_the_few_collaborators_it_calls_by_keyword_not_the_object_graph() -> None:
+    parameters = inspect.signature(agent.Companion.__init__).parameters
+    given = {name: p for name, p in parameters.items() if name != "self"}
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in given.values())
+    assert set(given) == {"persona", "profile", "turns", "scrubber", "tasks", "tools"}
+    annotations = " ".join(str(p.annotation) for p in given.values())
+    assert "Session" not in annotations.replace("SessionTurns", "")
+    assert "Process" not in annotations

@@ -7,7 +7,6 @@ import uuid
 
 from core.errors import InvalidInputError
 
-MAX_KEY_LENGTH = 120
 MAX_CATEGORY_LENGTH = 32
 MAX_TEXT_LENGTH = 64_000
 

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+import functools
+import inspect
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
-from core.errors import InvalidInputError
+from core.errors import InvalidInputError, StorageError
 from core.validators import parse_user_id
+from infrastructure.metrics import Metrics, flag
 from infrastructure.storage.checks import check_text, require_uuid, utc
 from infrastructure.storage.records import (
     PROFILE_FIELDS,
@@ -49,6 +52,9 @@ class Storage(abc.ABC):
     """Base of every backend. Subclasses implement the ``_``-prefixed methods and ``aclose``."""
 
     backend_name: str = "abstract"
+    # Where failed calls are counted (``companion_storage_errors_total``): the process's instruments unless the
+    # one place that builds the object graph sets its own.
+    metrics: Metrics | None = None
 
     def __init__(self) -> None:
         self.stats = StorageStats(backend=self.backend_name)
@@ -352,3 +358,27 @@ class Storage(abc.ABC):
         conversations: dict[uuid.UUID, tuple[str | None, tuple[str, ...]]],
         messages: dict[uuid.UUID, str],
     ) -> int: ...
+
+
+def _counting_errors(method: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Coroutine[Any, Any, Any]]:
+    operation = method.__name__
+
+    @functools.wraps(method)
+    async def call(self: Storage, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(self, *args, **kwargs)
+        except StorageError as exc:
+            metrics = self.metrics or Metrics.process()
+            metrics.storage_errors.labels(
+                backend=self.backend_name, operation=operation, retryable=flag(exc.retryable)
+            ).inc()
+            raise
+
+    return call
+
+
+# Every public call of the port counts its failures by name (a closed set: the port's methods), so an operation
+# added later is counted without a line of its own.
+for _name, _method in list(vars(Storage).items()):
+    if _name[0] != "_" and inspect.iscoroutinefunction(_method) and not getattr(_method, "__isabstractmethod__", 0):
+        setattr(Storage, _name, _counting_errors(_method))

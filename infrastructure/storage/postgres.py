@@ -94,14 +94,11 @@ class PostgresStorage(Storage):
         try:
             yield
         except asyncpg.DataError:  # a value the driver could not encode: the row, not the database
-            self.stats.errors += 1
             raise StorageError("postgres refused a value") from None
         except asyncpg.PostgresError as exc:
-            self.stats.errors += 1
             sqlstate = exc.sqlstate or ""
             raise StorageError(f"postgres error {sqlstate}", retryable=is_retryable(sqlstate)) from None
         except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:
-            self.stats.errors += 1
             raise StorageUnavailableError("PostgreSQL is unreachable") from exc
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:

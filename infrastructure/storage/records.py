@@ -16,11 +16,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from core.categories import MAX_KEY_LENGTH, PROFILE_COLUMNS
 from core.errors import InvalidInputError
 from core.validators import parse_user_id
 from infrastructure.storage.checks import (
     MAX_CATEGORY_LENGTH,
-    MAX_KEY_LENGTH,
     check_name,
     check_text,
     require_uuid,
@@ -29,8 +29,8 @@ from infrastructure.storage.checks import (
 
 MessageRole = Literal["user", "assistant", "system"]
 
-# The profile columns a caller may change with ``update_profile``.
-PROFILE_FIELDS = frozenset({"name", "preferred_name", "timezone", "language", "summary"})
+# The profile columns a caller may change with ``update_profile`` (declared in core.categories).
+PROFILE_FIELDS = PROFILE_COLUMNS
 
 MESSAGE_ROLES = frozenset({"user", "assistant", "system"})
 
@@ -211,8 +211,8 @@ class DeletedCounts:
 
 @dataclass(slots=True)
 class StorageStats:
-    """Counters every backend keeps; ``queries`` counts database round trips (HTTP requests for Supabase)."""
+    """Round trips of one backend (HTTP requests for Supabase): a warm turn is expected to make none. Errors are
+    Prometheus counters (``companion_storage_errors_total``)."""
 
     backend: str
     queries: int = 0
-    errors: int = 0

@@ -93,12 +93,10 @@ class SqliteStorage(Storage):
         try:
             yield
         except sqlite3.Error as exc:
-            self.stats.errors += 1
             # Only a lock held by another connection passes; a disk error or a bad statement does not.
             busy = getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
             raise StorageError(f"sqlite error {getattr(exc, 'sqlite_errorname', '')}", retryable=busy) from None
         except ValueError as exc:
-            self.stats.errors += 1
             if "no active connection" in str(exc):  # aiosqlite, after close
                 raise StorageUnavailableError("the SQLite connection is closed") from None
             raise StorageError("sqlite refused a value") from None

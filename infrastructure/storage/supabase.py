@@ -82,11 +82,9 @@ class SupabaseStorage(Storage):
         try:
             yield
         except APIError as exc:
-            self.stats.errors += 1
             code = exc.code or ""
             raise StorageError(f"supabase error {code}", retryable=is_retryable(code)) from None
         except (httpx.TransportError, RuntimeError) as exc:  # RuntimeError: the HTTP client was closed
-            self.stats.errors += 1
             raise StorageUnavailableError("Supabase is unreachable") from exc
 
     async def _run(self, request: Any) -> Any:

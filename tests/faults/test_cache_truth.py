@@ -23,14 +23,6 @@ PIN = "4821"
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[OwnRedisServer]:
-    server = OwnRedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def fake() -> Iterator[FakeOpenAIServer]:
     with FakeOpenAIServer(replies={}) as server:
         yield server
@@ -76,18 +68,18 @@ async def next_session_requests(settings: Settings, user: uuid.UUID, fake: FakeO
 
 
 async def test_a_redis_restored_from_an_old_snapshot_never_brings_back_what_was_forgotten(
-    tmp_path: Path, redis_server: OwnRedisServer, fake: FakeOpenAIServer
+    tmp_path: Path, own_redis: OwnRedisServer, fake: FakeOpenAIServer
 ) -> None:
-    settings, user = settings_for(tmp_path, redis_server.url, fake), uuid.uuid4()
+    settings, user = settings_for(tmp_path, own_redis.url, fake), uuid.uuid4()
 
     async def snapshot() -> None:
-        client = aioredis.from_url(redis_server.url)
+        client = aioredis.from_url(own_redis.url)
         await client.save()  # dump.rdb now holds the cached profile
         await client.aclose()
 
     await remember_dave_then_forget_everything(settings, user, snapshot)
-    redis_server.stop()
-    redis_server.start()  # from the snapshot taken before the forget: the old entry and version key are back
+    own_redis.stop()
+    own_redis.start()  # from the snapshot taken before the forget: the old entry and version key are back
 
     requests = await next_session_requests(settings, user, fake)
     assert PIN not in requests
@@ -98,10 +90,10 @@ async def test_a_redis_restored_from_an_old_snapshot_never_brings_back_what_was_
 
 
 async def test_a_read_only_replica_never_serves_what_was_forgotten(
-    tmp_path: Path, redis_server: OwnRedisServer, fake: FakeOpenAIServer
+    tmp_path: Path, own_redis: OwnRedisServer, fake: FakeOpenAIServer
 ) -> None:
-    settings, user = settings_for(tmp_path, redis_server.url, fake), uuid.uuid4()
-    client = aioredis.from_url(redis_server.url)
+    settings, user = settings_for(tmp_path, own_redis.url, fake), uuid.uuid4()
+    client = aioredis.from_url(own_redis.url)
 
     async def fail_over_to_a_replica() -> None:
         # A replica of a primary that is gone: it keeps its data and refuses every write.

@@ -55,6 +55,11 @@ class Script:
         return body["messages"][-1]["content"].split("Current profile:\n", 1)[-1].split("\n\n", 1)[0]
 
 
+def last_reply_request(fake: FakeOpenAIServer) -> dict[str, Any]:
+    """The agent's latest LLM request (the background extraction's and profile's may have come after it)."""
+    return [r for r in fake.chat_requests if r["messages"][0]["content"].startswith("You are Companion")][-1]
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeOpenAIServer]:
     with FakeOpenAIServer(responder=Script()) as server:
@@ -129,13 +134,13 @@ async def test_a_vague_forget_everything_asks_to_confirm_and_erases_only_after_a
     session = AgentSession(llm=model)
     agent = await start_companion(session, process=process, services=services)
     await session.run(user_input=vague)
-    [asked] = tool_results(fake.chat_requests[-1])
+    [asked] = tool_results(last_reply_request(fake))
     assert "Ask the user to confirm" in asked
     assert await process.storage.get_profile(user) is not None  # nothing erased on the request alone
 
     await session.run(user_input="Yes, erase it all")
     start = len(fake.chat_requests) - 1  # the answer to the erase, and every request after it
-    [done] = tool_results(fake.chat_requests[-1])
+    [done] = tool_results(last_reply_request(fake))
     assert "Everything is erased" in done
     assert await process.storage.get_profile(user) is None
     assert await process.storage.list_memories(user) == []
@@ -160,7 +165,7 @@ async def test_forget_everything_called_with_a_yes_in_the_same_message_erases_no
     session = AgentSession(llm=model)
     await start_companion(session, process=process, services=services)
     await session.run(user_input="Yes, erase it all")  # the model "confirms" with no request before it
-    [answer] = tool_results(fake.chat_requests[-1])
+    [answer] = tool_results(last_reply_request(fake))
     assert "Nothing is erased yet" in answer
     assert (await process.storage.get_profile(user)).name == "Dave"  # type: ignore[union-attr]
     await session.aclose()
@@ -177,7 +182,7 @@ async def test_what_was_only_said_is_forgotten_from_the_conversation_when_no_mem
     await start_companion(session, process=process, services=services)
     await session.run(user_input=f"My PIN is {PIN}, by the way. I love tea.")  # said, never saved as a memory
     await session.run(user_input="Forget what I said about my PIN")
-    [answer] = tool_results(fake.chat_requests[-1])
+    [answer] = tool_results(last_reply_request(fake))
     assert "gone from this conversation" in answer
     start = len(fake.chat_requests) - 1
     await session.run(user_input="What do you know about me?")

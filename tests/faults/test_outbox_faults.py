@@ -16,10 +16,12 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import CollectorRegistry
 
 from core.config import Settings
 from core.errors import OutboxFullError, WriteForbiddenError
 from infrastructure.embeddings.minilm import MiniLMEmbedder
+from infrastructure.metrics import Metrics
 from services.container import open_process, open_session
 from tests.agent_process import REPO, clean_env
 from tests.fakes.openai_server import FakeOpenAIServer
@@ -123,7 +125,7 @@ async def test_messages_and_the_conversation_end_outlive_a_database_down_past_sh
 ) -> None:
     user, outbox = uuid.uuid4(), tmp_path / "outbox"
     settings = settings_for(own_postgres, outbox, llm)
-    process = await open_process(settings, embedder=minilm)
+    process = await open_process(settings, embedder=minilm, metrics=Metrics(CollectorRegistry()))
     session = await open_session(process, user_id=user, load=False)
     await session.conversations.start()
     own_postgres.stop()
@@ -135,7 +137,7 @@ async def test_messages_and_the_conversation_end_outlive_a_database_down_past_sh
     assert process.batcher.stats().kept_for_next_start == 10
 
     own_postgres.start()
-    later = await open_process(settings, embedder=minilm)
+    later = await open_process(settings, embedder=minilm, metrics=Metrics(CollectorRegistry()))
     assert later.batcher.stats().replayed == 10
     await later.batcher.flush(within=30)
     _, messages, [ended] = await stored_rows(own_postgres.dsn, user)

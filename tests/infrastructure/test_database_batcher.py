@@ -7,9 +7,11 @@ import datetime as dt
 import uuid
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from core.errors import BatcherFullError, ClosedError, InvalidInputError, StorageError
 from infrastructure.database_batcher import BatcherParams, DatabaseBatcher, backoff_delay
+from infrastructure.metrics import Metrics
 from infrastructure.storage import MemoryAccess, MemoryWrite, MessageWrite
 from tests.conftest import T0
 from tests.infrastructure.conftest import Database
@@ -28,7 +30,7 @@ def message(user: uuid.UUID, conversation: uuid.UUID, n: int) -> MessageWrite:
 
 async def test_a_thousand_writes_are_all_stored_by_aclose_in_few_statements(database: Database) -> None:
     store, user, conversation = database.storage, uuid.uuid4(), uuid.uuid4()
-    batcher = DatabaseBatcher(storage=store, params=FAST)
+    batcher = DatabaseBatcher(metrics=Metrics(CollectorRegistry()), storage=store, params=FAST)
     batcher.start()
     futures = [batcher.upsert_memory(memory(user, n)) for n in range(600)]
     futures += [batcher.append_message(message(user, conversation, n)) for n in range(400)]
@@ -45,7 +47,7 @@ async def test_a_thousand_writes_are_all_stored_by_aclose_in_few_statements(data
 
 async def test_repeated_upserts_of_one_memory_merge_and_the_last_wins(database: Database) -> None:
     store, user = database.storage, uuid.uuid4()
-    async with DatabaseBatcher(storage=store, params=FAST) as batcher:
+    async with DatabaseBatcher(metrics=Metrics(CollectorRegistry()), storage=store, params=FAST) as batcher:
         futures = [batcher.upsert_memory(memory(user, 1, value=v)) for v in ("a", "b", "c")]
         await asyncio.gather(*futures)
         assert batcher.stats().merged == 2
@@ -55,7 +57,9 @@ async def test_repeated_upserts_of_one_memory_merge_and_the_last_wins(database: 
 
 async def test_a_batch_that_fails_twice_then_succeeds_is_stored_once(database: Database) -> None:
     store, user, conversation = database.storage, uuid.uuid4(), uuid.uuid4()
-    async with DatabaseBatcher(storage=store, params=FAST) as batcher:
+    metrics = Metrics(CollectorRegistry())
+    store.metrics = metrics  # what open_clients does: the backend's failed calls count in the process's metrics
+    async with DatabaseBatcher(metrics=metrics, storage=store, params=FAST) as batcher:
         async with database.lock():
             futures = [batcher.append_message(message(user, conversation, n)) for n in range(20)]
             futures.append(batcher.upsert_memory(memory(user, 1)))
@@ -64,12 +68,23 @@ async def test_a_batch_that_fails_twice_then_succeeds_is_stored_once(database: D
 
     assert len(await store.recent_messages(user, limit=100)) == 20
     assert [m.key for m in await store.list_memories(user)] == ["key_1"]
-    assert batcher.stats().failures == 0
+    reading = batcher.stats()
+    assert (reading.failures, reading.queue_depth) == (0, 0)
+    # Each refused attempt is a retryable storage error of the lane's operation, and a retry of the lane.
+    retried = metrics.total("companion_batcher_retries_total")
+    assert retried == metrics.total("companion_storage_errors_total", retryable="true") >= 2
+    assert metrics.total("companion_storage_errors_total", retryable="false") == 0
+    assert set(metrics.label_values("companion_storage_errors_total", "operation")) <= {
+        "append_messages", "upsert_memories"
+    }  # fmt: skip
+    assert metrics.total("companion_batcher_flush_seconds_count") == reading.statements
 
 
 async def test_a_full_queue_refuses_the_write_and_says_so(database: Database) -> None:
     store, user = database.storage, uuid.uuid4()
-    batcher = DatabaseBatcher(storage=store, params=BatcherParams(max_pending=10, max_delay=0.01))
+    batcher = DatabaseBatcher(
+        metrics=Metrics(CollectorRegistry()), storage=store, params=BatcherParams(max_pending=10, max_delay=0.01)
+    )
     futures = [batcher.upsert_memory(memory(user, n)) for n in range(10)]  # not started: nothing drains
     with pytest.raises(BatcherFullError) as caught:
         batcher.upsert_memory(memory(user, 10))
@@ -92,7 +107,7 @@ async def test_writes_still_pending_when_a_dead_database_outlives_aclose_are_rep
 ) -> None:
     store, user = database.storage, uuid.uuid4()
     params = BatcherParams(max_delay=0.01, retry_initial=0.01, retry_max=0.02, close_timeout=0.3)
-    batcher = DatabaseBatcher(storage=store, params=params)
+    batcher = DatabaseBatcher(metrics=Metrics(CollectorRegistry()), storage=store, params=params)
     batcher.start()
     async with database.lock():
         futures = [batcher.upsert_memory(memory(user, n)) for n in range(5)]
@@ -104,7 +119,7 @@ async def test_writes_still_pending_when_a_dead_database_outlives_aclose_are_rep
 
 async def test_bad_input_never_reaches_a_batch_to_fail_it(database: Database) -> None:
     store, user = database.storage, uuid.uuid4()
-    async with DatabaseBatcher(storage=store, params=FAST) as batcher:
+    async with DatabaseBatcher(metrics=Metrics(CollectorRegistry()), storage=store, params=FAST) as batcher:
         good = batcher.upsert_memory(memory(user, 1))
         with pytest.raises(InvalidInputError):  # refused to its caller when built, before it can be offered
             batcher.upsert_memory(MemoryWrite(user, "FACT", "k", "", 0.5, "tool", T0))
@@ -116,7 +131,7 @@ async def test_many_access_updates_become_one_statement(database: Database) -> N
     store, user = database.storage, uuid.uuid4()
     await store.upsert_memories([memory(user, n) for n in range(3)])
     before = store.stats.queries
-    async with DatabaseBatcher(storage=store, params=FAST) as batcher:
+    async with DatabaseBatcher(metrics=Metrics(CollectorRegistry()), storage=store, params=FAST) as batcher:
         for turn in range(30):
             batcher.record_access(MemoryAccess(user, (("FACT", f"key_{turn % 3}"),), T0 + dt.timedelta(minutes=turn)))
         await batcher.flush()
@@ -136,7 +151,10 @@ def test_backoff_grows_exponentially_with_full_jitter_up_to_the_ceiling() -> Non
 
 async def test_a_row_the_database_refuses_fails_alone_and_the_rest_of_its_batch_is_stored(database: Database) -> None:
     store, user = database.storage, uuid.uuid4()
-    async with database.refuse_value("poison-row"), DatabaseBatcher(storage=store, params=FAST) as batcher:
+    async with (
+        database.refuse_value("poison-row"),
+        DatabaseBatcher(metrics=Metrics(CollectorRegistry()), storage=store, params=FAST) as batcher,
+    ):
         futures = [batcher.upsert_memory(memory(user, n)) for n in range(5)]
         poisoned = batcher.upsert_memory(MemoryWrite(user, "FACT", "bad", "poison-row", 0.5, "tool", T0))
         await asyncio.wait([*futures, poisoned])
@@ -151,7 +169,7 @@ async def test_a_row_the_database_refuses_fails_alone_and_the_rest_of_its_batch_
 async def test_flush_waits_for_earlier_writes_only(database: Database) -> None:
     store, user = database.storage, uuid.uuid4()
     params = BatcherParams(max_rows=50, max_delay=30.0)  # nothing is due by age during the test
-    async with DatabaseBatcher(storage=store, params=params) as batcher:
+    async with DatabaseBatcher(metrics=Metrics(CollectorRegistry()), storage=store, params=params) as batcher:
         earlier = [batcher.upsert_memory(memory(user, n)) for n in range(5)]
         keep_writing = True
 
@@ -172,7 +190,7 @@ async def test_flush_waits_for_earlier_writes_only(database: Database) -> None:
 async def test_aclose_gives_a_dead_database_close_timeout_and_no_more(database: Database) -> None:
     store, user = database.storage, uuid.uuid4()
     params = BatcherParams(max_rows=5, max_delay=0.01, retry_initial=0.01, retry_max=0.02, close_timeout=0.3)
-    batcher = DatabaseBatcher(storage=store, params=params)
+    batcher = DatabaseBatcher(metrics=Metrics(CollectorRegistry()), storage=store, params=params)
     batcher.start()
     async with database.lock():
         futures = [batcher.upsert_memory(memory(user, n)) for n in range(40)]  # eight batches

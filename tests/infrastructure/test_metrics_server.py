@@ -19,6 +19,11 @@ A_JOB_PROCESS = """
 from infrastructure.turn_metrics import TurnMetrics, TurnTimings
 TurnMetrics().record(TurnTimings(llm_ttft=0.2, retrieval=0.01, retrieval_in_time=True))
 TurnMetrics().record(TurnTimings(llm_ttft=0.4, retrieval=0.3, retrieval_in_time=False))
+from infrastructure.metrics import Metrics
+metrics = Metrics.process()
+metrics.batcher_writes.labels(lane="messages").inc(3)
+metrics.cache_hits.labels(backend="redis").inc()
+metrics.storage_errors.labels(backend="postgres", operation="append_messages", retryable="true").inc()
 """
 
 
@@ -51,6 +56,10 @@ def test_the_histograms_of_every_job_process_are_summed(tmp_path: Path) -> None:
         assert abs(sample(text, "companion_llm_ttft_seconds_sum") - 1.2) < 1e-9  # (0.2 + 0.4) x 2
         assert sample(text, 'companion_retrieval_seconds_bucket{le="0.025"}') == 2.0
         assert sample(text, "companion_retrieval_deadline_misses_total") == 2.0
+        assert sample(text, 'companion_batcher_writes_total{lane="messages"}') == 6.0
+        assert sample(text, 'companion_cache_hits_total{backend="redis"}') == 2.0
+        errors = 'companion_storage_errors_total{backend="postgres",operation="append_messages",retryable="true"}'
+        assert sample(text, errors) == 2.0
 
         # The exited processes' files were folded into one archive per type; the totals did not change.
         assert sorted(p.name for p in folder.iterdir()) == ["counter_archive.db", "histogram_archive.db"]

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from core.errors import OutboxError, OutboxFullError, StorageError
 from infrastructure.database_batcher import BatcherParams, DatabaseBatcher
+from infrastructure.metrics import Metrics
 from infrastructure.outbox import MEMORIES, MESSAGES, Outbox, OutboxParams, decode, encode
 from infrastructure.outbox import _append as outbox_append  # the append itself, on a connection a test can cap
 from infrastructure.storage import ConversationEnd, MemoryAccess, MemoryWrite, MessageWrite
@@ -193,7 +195,9 @@ async def test_a_write_is_in_the_outbox_before_it_is_acknowledged_and_leaves_whe
 ) -> None:
     store, user, conversation = database.storage, uuid.uuid4(), uuid.uuid4()
     outbox = await Outbox.open(OutboxParams(tmp_path / "outbox"))
-    async with DatabaseBatcher(storage=store, params=FAST, outbox=outbox) as batcher:
+    async with DatabaseBatcher(
+        metrics=Metrics(CollectorRegistry()), storage=store, params=FAST, outbox=outbox
+    ) as batcher:
         async with database.lock():
             stored = [batcher.upsert_memory(memory(user, 1)), batcher.append_message(message(user, conversation, 1))]
             await batcher.durable()
@@ -213,7 +217,7 @@ async def test_what_a_dead_database_left_at_close_is_replayed_once_by_the_next_s
     await store.start_conversation(user, conversation, at=T0)
     folder = tmp_path / "outbox"
     outbox = await Outbox.open(OutboxParams(folder))
-    batcher = DatabaseBatcher(storage=store, params=SHORT_CLOSE, outbox=outbox)
+    batcher = DatabaseBatcher(metrics=Metrics(CollectorRegistry()), storage=store, params=SHORT_CLOSE, outbox=outbox)
     batcher.start()
     async with database.lock():
         messages = [message(user, conversation, n) for n in range(9)]
@@ -227,7 +231,9 @@ async def test_what_a_dead_database_left_at_close_is_replayed_once_by_the_next_s
     await store.append_messages(messages[:3])  # stored once already (a crash after the commit, before the delete)
 
     again = await Outbox.open(OutboxParams(folder))
-    async with DatabaseBatcher(storage=store, params=FAST, outbox=again) as replaying:
+    async with DatabaseBatcher(
+        metrics=Metrics(CollectorRegistry()), storage=store, params=FAST, outbox=again
+    ) as replaying:
         assert replaying.stats().replayed == 10
         await replaying.flush()  # waits for the replayed writes too
         assert [m.id for m in await store.recent_messages(user, limit=100)] == [m.id for m in messages]
@@ -249,7 +255,9 @@ async def test_a_replayed_old_value_never_overwrites_a_newer_one(database: Datab
     await store.upsert_memories([MemoryWrite(user, "FACT", "job", "teacher", 0.5, "tool", T0 + dt.timedelta(days=1))])
 
     outbox = await Outbox.open(OutboxParams(folder))
-    async with DatabaseBatcher(storage=store, params=FAST, outbox=outbox) as batcher:
+    async with DatabaseBatcher(
+        metrics=Metrics(CollectorRegistry()), storage=store, params=FAST, outbox=outbox
+    ) as batcher:
         await batcher.flush()
     await outbox.aclose()
     assert {m.key: m.value for m in await store.list_memories(user)} == {"city": "Lisbon", "job": "teacher"}
@@ -258,7 +266,9 @@ async def test_a_replayed_old_value_never_overwrites_a_newer_one(database: Datab
 async def test_a_full_outbox_refuses_the_write_before_it_is_accepted(database: Database, tmp_path: Path) -> None:
     store, user = database.storage, uuid.uuid4()
     outbox = await Outbox.open(OutboxParams(tmp_path / "outbox", max_rows=3))
-    async with DatabaseBatcher(storage=store, params=FAST, outbox=outbox) as batcher:
+    async with DatabaseBatcher(
+        metrics=Metrics(CollectorRegistry()), storage=store, params=FAST, outbox=outbox
+    ) as batcher:
         async with database.lock():
             accepted = [batcher.upsert_memory(memory(user, n)) for n in range(3)]
             with pytest.raises(OutboxFullError):
@@ -277,7 +287,9 @@ async def test_memory_access_counters_bypass_the_outbox(database: Database, tmp_
     store, user = database.storage, uuid.uuid4()
     await store.upsert_memories([memory(user, 1)])
     outbox = await Outbox.open(OutboxParams(tmp_path / "outbox"))
-    async with DatabaseBatcher(storage=store, params=FAST, outbox=outbox) as batcher:
+    async with DatabaseBatcher(
+        metrics=Metrics(CollectorRegistry()), storage=store, params=FAST, outbox=outbox
+    ) as batcher:
         async with database.lock():
             batcher.record_access(MemoryAccess(user, (("FACT", "key_1"),), T0))
             await batcher.durable()
@@ -291,7 +303,10 @@ async def test_memory_access_counters_bypass_the_outbox(database: Database, tmp_
 async def test_a_row_the_database_refuses_for_good_leaves_the_outbox(database: Database, tmp_path: Path) -> None:
     store, user = database.storage, uuid.uuid4()
     outbox = await Outbox.open(OutboxParams(tmp_path / "outbox"))
-    async with database.refuse_value("poison-row"), DatabaseBatcher(storage=store, params=FAST, outbox=outbox) as b:
+    async with (
+        database.refuse_value("poison-row"),
+        DatabaseBatcher(metrics=Metrics(CollectorRegistry()), storage=store, params=FAST, outbox=outbox) as b,
+    ):
         good = b.upsert_memory(memory(user, 1))
         poisoned = b.upsert_memory(MemoryWrite(user, "FACT", "bad", "poison-row", 0.5, "tool", T0))
         await asyncio.wait([good, poisoned])
@@ -306,7 +321,7 @@ async def test_writes_offered_just_before_aclose_are_kept_and_every_caller_hears
 ) -> None:
     store, user, conversation = database.storage, uuid.uuid4(), uuid.uuid4()
     outbox = await Outbox.open(OutboxParams(tmp_path / "outbox"))
-    batcher = DatabaseBatcher(storage=store, params=SHORT_CLOSE, outbox=outbox)
+    batcher = DatabaseBatcher(metrics=Metrics(CollectorRegistry()), storage=store, params=SHORT_CLOSE, outbox=outbox)
     batcher.start()
     async with database.lock():
         futures = [batcher.append_message(message(user, conversation, n)) for n in range(10)]
@@ -330,7 +345,9 @@ async def test_a_replayed_write_older_than_a_later_forget_is_dropped_not_stored(
     # Meanwhile, in another session, the user asked to forget; a write made after it is theirs to keep.
     await store.record_forgetting(user, at=T0 + dt.timedelta(minutes=1))
     outbox = await Outbox.open(OutboxParams(folder))
-    async with DatabaseBatcher(storage=store, params=FAST, outbox=outbox) as batcher:
+    async with DatabaseBatcher(
+        metrics=Metrics(CollectorRegistry()), storage=store, params=FAST, outbox=outbox
+    ) as batcher:
         await batcher.flush()
         assert batcher.stats().dropped_as_forgotten == 2
         batcher.upsert_memory(MemoryWrite(user, "FACT", "tea", "Loves tea", 0.5, "tool", T0 + dt.timedelta(hours=1)))

@@ -14,16 +14,16 @@ import pytest
 
 from core.errors import EmbeddingError, InvalidInputError, WriteForbiddenError
 from core.validators import WriteGuard
-from infrastructure.connection_pool import redis_client
+from infrastructure.cache import CacheParams, RedisCache
+from infrastructure.clients import redis_client
 from infrastructure.database_batcher import BatcherParams, DatabaseBatcher
 from infrastructure.embeddings import CachedEmbedder
 from infrastructure.embeddings.minilm import MiniLMEmbedder
-from infrastructure.redis_cache import CacheParams, RedisCache
 from infrastructure.storage import Storage
 from infrastructure.storage.postgres import PostgresStorage
 from infrastructure.storage.sqlite import SqliteStorage
 from rag_system import MemoryIndex, analyzer_for
-from services.memory_service import LIST_CACHE_KEY, MemoryService, normalize_key
+from services.memory_service import MemoryService, normalize_key
 from services.rag_service import RagService
 from services.turn_retrieval import TurnRetrieval
 from tests.redis_servers import shared_redis_url
@@ -133,7 +133,6 @@ async def test_forget_everything_leaves_nothing_in_retrieval_listings_or_any_wor
         await memories.save_memory("HEALTH", "allergy", "Allergic to penicillin")
         kept, _ = world.session(neighbour)
         await kept.save_memory("HEALTH", "allergy", "Allergic to peanuts")
-        await worker_b.set(LIST_CACHE_KEY, ["allergy"], user_id=user)
         await worker_b.set("profile", {"name": "Ana"}, user_id=user)
 
         counts = await memories.forget_everything()
@@ -142,7 +141,7 @@ async def test_forget_everything_leaves_nothing_in_retrieval_listings_or_any_wor
         assert await rag.recall("what am I allergic to?") == []
         assert await memories.list_memories() == []
         assert await world.storage.list_memories(user) == []
-        assert await worker_b.get_many([LIST_CACHE_KEY, "profile"], user_id=user) == {}
+        assert await worker_b.get("profile", user_id=user) is None
         again, rag_again = world.session(user)
         assert await again.load_index() == 0
         assert len(await world.storage.list_memories(neighbour)) == 1

@@ -92,7 +92,7 @@ def clock() -> Clock:
 async def process(settings: Settings, clock: Clock) -> AsyncIterator[Process]:
     process = await open_process(settings, clock=clock)
     yield process
-    redis = await process.pool.redis()
+    redis = process.clients.redis
     async for key in redis.scan_iter(match=f"{settings.redis_key_prefix}:*"):
         await redis.delete(key)
     await process.aclose()
