@@ -165,7 +165,7 @@ class UserAccess:
         return sorted(views, key=lambda v: (order.get(v.category, len(order)), -v.importance, v.key))
 
     async def memory(self, category: str, key: str) -> MemoryView:
-        stored = await self._session.memories.get(category, key)
+        stored = await self._session.memories.get_stored(category, key)
         if stored is None:
             raise NotFoundError("no such memory")
         return _view(stored, await self._session.memories.history(stored.category, stored.key))
@@ -224,7 +224,7 @@ class UserAccess:
         old one in the history)."""
         self._writable()
         category, key = parse_category(category).value, normalize_key(key)
-        current = await self._session.memories.get(category, key)
+        current = await self._session.memories.get_stored(category, key)
         if current is None:
             raise NotFoundError("no such memory")
         if value is None and importance is None:

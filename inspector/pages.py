@@ -481,9 +481,19 @@ def _done(request: web.Request) -> Html:
 
 
 async def _signed_in(request: web.Request) -> tuple[BrowserSession, Principal]:
-    session = inspector_of(request).sessions.get(request.cookies.get(SESSION_COOKIE))
+    inspector = inspector_of(request)
+    session = inspector.sessions.get(request.cookies.get(SESSION_COOKIE))
     if session is None or session.principal is None:
         raise UnauthorizedError("sign in")
+    if isinstance(
+        session.principal, AppUser
+    ):  # a JWT expires (an hour, on Supabase): checked again, at most a minute old
+        try:
+            await inspector.auth.principal(session.principal.access_token)
+        except UnauthorizedError as exc:
+            if not exc.retryable:
+                inspector.sessions.drop(session.id)
+            raise
     return session, session.principal
 
 

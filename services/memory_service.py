@@ -183,6 +183,10 @@ class MemoryService:
         wanted = None if category is None else parse_category(category).value
         return self.index.newest(limit, category=wanted)
 
+    async def get_stored(self, category: str, key: str) -> Memory | None:
+        """The stored row of one memory (``get``'s name in UserMemory, where ``get`` reads the index)."""
+        return await self.get(category, key)
+
     async def stored(self, category: str | None = None) -> list[Memory]:
         """The stored rows, with what the index does not keep (source, last use, use count); newest first. One
         query: for the inspector, never on a turn's path."""

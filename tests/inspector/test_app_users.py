@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from core.config import Settings
+from inspector import auth
 from inspector.__main__ import problem
 from inspector.server import serve
 from services.container import Process, open_process, open_session
@@ -130,3 +131,22 @@ async def test_an_app_user_signs_in_to_the_pages_with_their_jwt_and_sees_only_th
     assert "ask the companion" in own.text
     assert other.status_code == 404
     assert "Bo keeps bees" not in other.text
+
+
+async def test_an_app_user_whose_jwt_expired_is_sent_to_sign_in_again(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auth, "VERIFIED_SECONDS", 0.0)  # every request asks Supabase Auth again
+    project.stub.access_tokens["jwt-that-expires"] = str(project.ana)
+    async with httpx.AsyncClient(base_url=project.url, timeout=30) as browser:
+        form = (await browser.get("/login")).text
+        csrf = form.split('name="csrf" value="')[1].split('"')[0]
+        await browser.post("/login", data={"csrf": csrf, "token": "jwt-that-expires"})
+        assert (await browser.get(f"/users/{project.ana}")).status_code == 200
+        del project.stub.access_tokens["jwt-that-expires"]  # Supabase no longer takes it
+        expired = await browser.get(f"/users/{project.ana}")
+        again = await browser.get(f"/users/{project.ana}")
+
+    assert expired.status_code == 303
+    assert expired.headers["location"] == "/login"
+    assert again.headers["location"] == "/login"  # the browser session is gone
