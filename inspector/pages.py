@@ -485,9 +485,8 @@ async def _signed_in(request: web.Request) -> tuple[BrowserSession, Principal]:
     session = inspector.sessions.get(request.cookies.get(SESSION_COOKIE))
     if session is None or session.principal is None:
         raise UnauthorizedError("sign in")
-    if isinstance(
-        session.principal, AppUser
-    ):  # a JWT expires (an hour, on Supabase): checked again, at most a minute old
+    # A JWT expires (in an hour, on Supabase): an app user's is checked again, the check at most a minute old.
+    if isinstance(session.principal, AppUser):
         try:
             await inspector.auth.principal(session.principal.access_token)
         except UnauthorizedError as exc:
