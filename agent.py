@@ -72,10 +72,10 @@ from services.container import Process, Session, open_process, open_session, ses
 from services.context_budget import HistoryItem
 from services.forgetting import ForgettingService
 from services.health_report import batch_report, cache_report, clients_report, memory_report
-from services.memory_service import MemoryService
 from services.persona import Persona
 from services.rag_service import RagService, TurnContext
 from services.turn_hooks import SUMMARY_ID, SessionTurns, SummaryReady, begin_conversation, end_conversation
+from services.user_memory import CatchUp, UserMemory
 from services.user_service import UserService
 from tts import TEXT_TRANSFORMS, SpeechOutput, build_tts
 
@@ -137,6 +137,10 @@ class Companion(Agent):
     async def llm_node(
         self, chat_ctx: llm.ChatContext, tools: list[llm.Tool], model_settings: ModelSettings
     ) -> AsyncIterable[llm.ChatChunk | str]:
+        newest = _newest_user_message(chat_ctx)
+        caught = await self._turns.catch_up(newest.id) if newest is not None else None
+        if caught is not None and await self._apply(caught):  # before this message's retrieval
+            chat_ctx = _with_instructions(chat_ctx, self._persona.instructions(self._profile))  # built before it
         if self._hidden:  # the request of the same turn was built before they were hidden
             chat_ctx = chat_ctx.copy()
             chat_ctx.items = [item for item in chat_ctx.items if item.id not in self._hidden]
@@ -172,6 +176,20 @@ class Companion(Agent):
             return None
         recent = _recent_turns(chat_ctx, before=newest.id)
         return await self._turns.memories_for(newest.id, newest.text_content or "", recent)
+
+    async def _apply(self, caught: CatchUp) -> bool:
+        """What the user's other sessions changed, in LiveKit's chat: after an erasure nothing said before stays; a
+        rename changes the instructions. True when the instructions changed."""
+        if caught.erased:
+            await self.hide(lambda text: True)
+        if not caught.profile_changed:
+            return False
+        self._profile = caught.profile  # its written part goes into this turn's notes
+        instructions = self._persona.instructions(caught.profile)
+        if instructions == self.instructions:  # a new empty profile, a new summary: the instructions stay, and so
+            return False  # does LiveKit's preemptive generation, which changed instructions would throw away
+        await self.update_instructions(instructions)  # from the next request on
+        return True
 
     # LiveKit's events to the turn hooks ----------------------------------------------------------------------
 
@@ -261,7 +279,7 @@ class MemoryTools(llm.Toolset):
     """Remember, recall and forget: what the user asks the companion to keep or let go of."""
 
     def __init__(
-        self, *, memories: MemoryService, rag: RagService, forgetting: ForgettingService, users: UserService
+        self, *, memories: UserMemory, rag: RagService, forgetting: ForgettingService, users: UserService
     ) -> None:
         super().__init__(id="memory")
         self._memories = memories
@@ -282,8 +300,15 @@ class MemoryTools(llm.Toolset):
             value: one sentence about the user, in the third person.
             importance: from 0 to 1; leave empty for the category's default.
         """
-        memory = await _speakable(self._memories.save_memory(category, key, value, importance))
-        return f"Saved: {memory.value}"
+        saved = await _speakable(self._memories.save_memory(category, key, value, importance))
+        if saved.queued:
+            return f"Saved: {saved.memory.value} (kept here while the memory store is away; stored when it is back)"
+        if not saved.won:  # another conversation of the user saved this key first: its value holds
+            return (
+                f"Not saved: meanwhile another conversation remembered this as: {saved.memory.value}. "
+                "Ask the user which is right before saving again."
+            )
+        return f"Saved: {saved.memory.value}"
 
     @function_tool
     async def recall(self, context: RunContext, query: str) -> str:
@@ -369,7 +394,7 @@ class HealthTools(llm.Toolset):
     """How the companion is running, when asked: the clients, the cache, the write batching, the memories. The
     numbers are the process's Prometheus instruments, the ones /metrics serves for this process."""
 
-    def __init__(self, *, clients: Clients, metrics: Metrics, memories: MemoryService) -> None:
+    def __init__(self, *, clients: Clients, metrics: Metrics, memories: UserMemory) -> None:
         super().__init__(id="health")
         self._clients = clients
         self._metrics = metrics
@@ -448,6 +473,16 @@ def _text_of(item: llm.ChatItem) -> str:
 
 def _is_instructions(item: llm.ChatItem) -> bool:
     return isinstance(item, llm.ChatMessage) and item.role in ("system", "developer")
+
+
+def _with_instructions(chat_ctx: llm.ChatContext, instructions: str) -> llm.ChatContext:
+    """A copy of the context whose instructions message says ``instructions``."""
+    chat_ctx = chat_ctx.copy()
+    for i, item in enumerate(chat_ctx.items):
+        if _is_instructions(item):
+            chat_ctx.items[i] = item.model_copy(update={"content": [instructions]})
+            break
+    return chat_ctx
 
 
 def _newest_user_message(chat_ctx: llm.ChatContext) -> llm.ChatMessage | None:

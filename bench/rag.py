@@ -53,8 +53,9 @@ from infrastructure.embeddings import CachedEmbedder  # noqa: E402
 from infrastructure.embeddings.minilm import MiniLMEmbedder  # noqa: E402
 from infrastructure.storage.sqlite import SqliteStorage  # noqa: E402
 from rag_system import IndexedMemory, MemoryIndex, analyze, analyzer_for  # noqa: E402
-from services.memory_service import MemoryService, NewMemory, index_text  # noqa: E402
+from services.memory_service import NewMemory, index_text  # noqa: E402
 from services.rag_service import RagService  # noqa: E402
+from services.user_memory import UserMemory  # noqa: E402
 
 DATA = REPO / "bench" / "data"
 ENGINES = ("cosine", "bm25", "hybrid", "full")
@@ -105,9 +106,9 @@ async def load_set(data: dict[str, Any], embedder: CachedEmbedder, folder: Path)
     batcher = DatabaseBatcher(storage=storage)
     batcher.start()
     try:
-        index = MemoryIndex(dimension=embedder.dimension, analyzer=analyzer_for(data.get("language", "en")))
-        memories = MemoryService(user_id=user, guard=WriteGuard(user_id=user), storage=storage, batcher=batcher,
-                                 embedder=embedder, index=index, clock=clock)  # fmt: skip
+        memories = UserMemory(user_id=user, guard=WriteGuard(user_id=user), storage=storage, batcher=batcher,
+                              embedder=embedder, analyzer=analyzer_for(data.get("language", "en")),
+                              clock=clock)  # fmt: skip
         original_key: dict[tuple[str, str], str] = {}
         first, later = [], []
         for item in data["memories"]:
@@ -125,11 +126,20 @@ async def load_set(data: dict[str, Any], embedder: CachedEmbedder, folder: Path)
     finally:
         await batcher.aclose()
         await storage.aclose()
+    # The baselines rank the same memories on their own index, filled in the order UserMemory filled its own (a
+    # memory's row is where it first came; an update replaces it in place), so ties break the same way.
+    index = MemoryIndex(dimension=embedder.dimension, analyzer=memories.analyzer)
+    for item in (*first, *later):
+        ident = (item.category, normalize_key(item.key))
+        memory = memories.get(*ident)
+        if memory is not None and ident not in index:
+            [vector] = await embedder.embed([index_text(memory.key, memory.value)])
+            index.upsert(memory, vector)
     texts = [index_text(m.key, m.value) for m in index.memories()]
     return LoadedSet(
         name=data.get("name", "unnamed"),
         data=data,
-        rag=RagService(index=index, embedder=embedder, clock=clock),
+        rag=RagService(memory=memories, embedder=embedder, clock=clock),
         index=index,
         original_key=original_key,
         texts=texts,

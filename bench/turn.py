@@ -377,7 +377,7 @@ async def _job(config: JobConfig, settings: Any, embedder: Any, report: dict[str
     embeds = _time_embeddings(process.embedder)
     services = await open_session(process, user_id=uuid.UUID(config.user_id))
     report["session_open_s"] = round(time.perf_counter() - started, 3)
-    report["memories"] = len(services.memories.index)
+    report["memories"] = len(services.memories)
     switch = SwitchedRetrieval(services.retrieval)
     services.retrieval = switch  # type: ignore[assignment]
 

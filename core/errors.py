@@ -6,7 +6,9 @@
     │   └── InvalidUserIdError     a user id that is not a UUID
     ├── NotFoundError              no such user or memory (the inspector answers 404)
     ├── UnauthorizedError          no valid token or sign-in (the inspector answers 401)
+    ├── ConflictError              another session changed the same memory first (the inspector answers 409)
     ├── WriteForbiddenError        a session tried to write for a user it does not serve
+    ├── WriteCancelledError        background work begun before a forget tried to save; it saves nothing
     ├── StorageError               the database failed (translated from the driver at the backend boundary)
     │   └── StorageUnavailableError  the database could not be reached; retryable
     ├── EmbeddingError             the embedding provider failed
@@ -62,8 +64,19 @@ class UnauthorizedError(CompanionError):
     """The caller has no valid token (or the sign-in service could not check it: then ``retryable``)."""
 
 
+class ConflictError(CompanionError):
+    """A change lost to another session's write to the same memory; retryable once the caller has seen the new value."""
+
+    retryable = True
+
+
 class WriteForbiddenError(CompanionError, PermissionError):
     """A write for a user other than the one the session serves (the write guard)."""
+
+
+class WriteCancelledError(CompanionError):
+    """Background work (an extraction, a profile refresh) begun before the user forgot something tried to save:
+    it may hold what was forgotten, so nothing is saved. Retrying the same work would not help."""
 
 
 class StorageError(CompanionError):

@@ -59,6 +59,18 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        # Sessions of one user keeping up with each other (services/container.py ``Session.catch_up``), per turn.
+        self.catch_up_seconds = Histogram(
+            "companion_catch_up_seconds", "Checking (and applying) what the user's other sessions changed, per turn",
+            registry=r, buckets=FAST_BUCKETS,
+        )  # fmt: skip
+        self.catch_ups = Counter(
+            "companion_catch_ups",
+            "Turn-start checks by outcome: unchanged, applied (another session changed something), failed (the turn "
+            "went on with what the session held)",
+            ["outcome"],
+            registry=r,
+        )
         # The write batcher.
         self.batcher_queue_depth = Gauge(
             "companion_batcher_queue_depth",

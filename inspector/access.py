@@ -25,7 +25,7 @@ from typing import Any, Literal
 import httpx
 
 from core.categories import MemoryCategory
-from core.errors import InvalidInputError, NotFoundError, WriteForbiddenError
+from core.errors import ConflictError, InvalidInputError, NotFoundError, WriteForbiddenError
 from core.validators import normalize_key, parse_category
 from infrastructure.storage import Conversation, DeletedCounts, Memory, MemoryChange, Message, Profile
 from infrastructure.storage.supabase import SupabaseStorage
@@ -232,9 +232,11 @@ class UserAccess:
         if value is not None and not isinstance(value, str):
             raise InvalidInputError("value must be text")
         level = current.importance if importance is None else _importance(importance)
-        await self._session.memories.save_memory(
+        saved = await self._session.memories.save_memory(
             category, key, current.value if value is None else value, level, source="inspector"
         )
+        if not saved.won:
+            raise ConflictError("another session changed this memory at the same moment; reload it and try again")
         self._audit("edit", category, key)
         return await self.memory(category, key)
 

@@ -3,8 +3,9 @@
     app = build_app(access=..., auth=..., rate_limit=RateLimiter(per_minute=120))
 
 Errors: bad input is 400 with the service's sentence, no token 401, another user's data 404 (as if it did not
-exist: an app user learns nothing of others), a missing CSRF token 403, too many requests 429, the database away
-503; anything else 500 with a fixed sentence, and the log records its type only.
+exist: an app user learns nothing of others), a missing CSRF token 403, a change that lost to another session's 409,
+too many requests 429, the database away 503; anything else 500 with a fixed sentence, and the log records its type
+only.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from aiohttp import web
 
 from core.errors import (
     CompanionError,
+    ConflictError,
     InvalidInputError,
     NotFoundError,
     StorageUnavailableError,
@@ -101,6 +103,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _failure(request, status, exc.message, headers={"WWW-Authenticate": 'Bearer realm="inspector"'})
     except NotFoundError as exc:
         return _failure(request, 404, exc.message)
+    except ConflictError as exc:
+        return _failure(request, 409, exc.message)
     except InvalidInputError as exc:
         return _failure(request, 400, exc.message)
     except WriteForbiddenError:

@@ -4,12 +4,16 @@ services). agent.py calls these; so does a Python shell.
     async with await open_process(settings) as process:
         async with await open_session(process, user_id=user) as session:
             await session.memories.save_memory("RELATIONSHIP", "sister city", "My sister Maya lives in Lisbon")
+            await session.catch_up()  # at the start of each turn: what the user's other sessions changed
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
+import logging
+import time
 import uuid
 import zoneinfo
 from collections.abc import Callable
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 import openai
 
 from core.config import OPENAI_API_URL, PLACEHOLDER_OPENAI_KEY, Settings
+from core.errors import CompanionError
 from core.validators import WriteGuard
 from infrastructure.background import BackgroundTasks
 from infrastructure.cache import Cache, CacheParams, open_cache
@@ -29,19 +34,21 @@ from infrastructure.metrics import Metrics
 from infrastructure.outbox import Outbox, OutboxParams
 from infrastructure.storage import DeletedCounts, Profile, Storage
 from infrastructure.turn_metrics import TurnMetrics
-from rag_system import MemoryIndex, analyzer_for
+from rag_system import analyzer_for
 from services.context_budget import ContextBudget
 from services.conversation_service import ConversationService
 from services.forgetting import ForgettingService
 from services.memory_extraction import MemoryExtractor
-from services.memory_service import MemoryService
 from services.onboarding_service import OnboardingService
 from services.persona import Persona
 from services.profile_service import ProfileService
 from services.rag_service import RagService
 from services.turn_hooks import SessionTurns
 from services.turn_retrieval import TurnRetrieval
+from services.user_memory import CatchUp, UserMemory
 from services.user_service import UserService
+
+logger = logging.getLogger("companion.session")
 
 
 def _utc_now() -> dt.datetime:
@@ -145,7 +152,7 @@ class Session:
     user_id: uuid.UUID
     guard: WriteGuard
     users: UserService
-    memories: MemoryService
+    memories: UserMemory
     rag: RagService
     conversations: ConversationService
     onboarding: OnboardingService
@@ -154,6 +161,35 @@ class Session:
     budget: ContextBudget
     retrieval: TurnRetrieval
     forgetting: ForgettingService
+    catch_up_within: float = 0.15  # seconds; past it the turn goes on with what the index holds
+    metrics: Metrics | None = None  # where catch-ups are counted: the process's instruments unless given
+
+    async def catch_up(self) -> CatchUp | None:
+        """At the start of each turn: apply what the user's other sessions (on any worker) changed since the last
+        turn, within ``catch_up_within``. What they forgot is kept out of this session's chat from now on; after an
+        erasure elsewhere, this session stores nothing more either. None when nothing changed, or when the database
+        did not answer in time (the turn goes on; the next one catches up)."""
+        metrics = self.metrics or Metrics.process()
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.catch_up_within):
+                caught = await self.memories.catch_up()
+        except (TimeoutError, CompanionError) as exc:
+            metrics.catch_ups.labels(outcome="failed").inc()
+            logger.warning("catching up with other sessions failed; using what this one holds",
+                           extra={"error": type(exc).__name__})  # fmt: skip
+            return None
+        finally:
+            metrics.catch_up_seconds.observe(time.perf_counter() - started)
+        metrics.catch_ups.labels(outcome="unchanged" if caught is None else "applied").inc()
+        if caught is None:
+            return None
+        if caught.removed:
+            self.forgetting.forgotten_elsewhere(caught.removed)
+        if caught.erased:
+            self.conversations.forget()
+            self.guard.revoke()
+        return caught
 
     async def forget_everything(self) -> DeletedCounts:
         """Everything of this user goes: rows, index, cache entries, and what this session holds (the transcript
@@ -182,10 +218,9 @@ async def open_session(process: Process, *, user_id: uuid.UUID | None, load: boo
     profile = await users.get_profile() if load else None
     # Retrieval reads words in the user's language, and "yesterday" in the user's time zone.
     language = Persona.from_settings(process.settings).language_for(profile)
-    index = MemoryIndex(dimension=process.embedder.dimension, analyzer=analyzer_for(language))
-    memories = MemoryService(**common, batcher=process.batcher, embedder=process.embedder, index=index,
-                             cache=process.cache, clock=process.clock)  # fmt: skip
-    rag = RagService(index=index, embedder=process.embedder, clock=process.clock, timezone=_zone(profile))
+    memories = UserMemory(**common, batcher=process.batcher, embedder=process.embedder,
+                          analyzer=analyzer_for(language), cache=process.cache, clock=process.clock)  # fmt: skip
+    rag = RagService(memory=memories, embedder=process.embedder, clock=process.clock, timezone=_zone(profile))
     deadline = process.settings.retrieval_deadline_ms / 1000
     conversations = ConversationService(**common, batcher=process.batcher, llm=process.llm,
                                         agent_name=process.settings.agent_name, clock=process.clock)  # fmt: skip
@@ -201,17 +236,20 @@ async def open_session(process: Process, *, user_id: uuid.UUID | None, load: boo
         extractor=MemoryExtractor(memories=memories, llm=process.llm, embedder=process.embedder),
         budget=ContextBudget(llm=process.llm, max_tokens=process.settings.chat_context_max_tokens),
         retrieval=TurnRetrieval(rag=rag, memories=memories, deadline=deadline),
+        catch_up_within=deadline,
+        metrics=process.metrics,
         forgetting=ForgettingService(
             **common,
             batcher=process.batcher,
             memories=memories,
             users=users,
             conversations=conversations,
+            tasks=process.tasks,
             clock=process.clock,
         ),  # fmt: skip
     )
     if load:
-        await memories.load_index()
+        await memories.load()
         session.retrieval.prefetch()
     return session
 
@@ -229,4 +267,5 @@ def session_turns(process: Process, session: Session, *, metrics: TurnMetrics | 
         budget=session.budget,
         tasks=process.tasks,
         metrics=metrics or TurnMetrics(metrics=process.metrics),
+        catch_up=session.catch_up,
     )

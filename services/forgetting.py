@@ -12,22 +12,27 @@ transcript and stored messages): a description is vaguer than a memory and would
 
 ``forget_everything()`` erases every row of the user and ends the session's memory: nothing said afterwards in this
 session is stored.
+
+Other live sessions of the user (any worker) learn of a forget at the start of their next turn
+(:meth:`services.container.Session.catch_up`): the memory leaves their index, and :meth:`forgotten_elsewhere` keeps
+it out of their chat, transcript and stored messages the same way. After an erasure they store nothing more.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from core.errors import InvalidInputError
 from core.validators import WriteGuard, normalize_key, parse_category
+from infrastructure.background import BackgroundTasks
 from infrastructure.database_batcher import DatabaseBatcher
 from infrastructure.storage import DeletedCounts, Storage
 from rag_system import IndexedMemory, TextAnalyzer
 from services.conversation_service import ConversationService
-from services.memory_service import MemoryService
 from services.redaction import FORGOTTEN, ForgottenFact, redact, redact_json_strings
+from services.user_memory import UserMemory
 from services.user_service import UserService
 
 # How far back stored text is redacted. A user past these has older rows left as they are; forget_everything
@@ -48,9 +53,10 @@ class ForgettingService:
         guard: WriteGuard,
         storage: Storage,
         batcher: DatabaseBatcher,
-        memories: MemoryService,
+        memories: UserMemory,
         users: UserService,
         conversations: ConversationService,
+        tasks: BackgroundTasks | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.user_id = user_id
@@ -60,12 +66,13 @@ class ForgettingService:
         self._memories = memories
         self._users = users
         self._conversations = conversations
+        self._tasks = tasks  # owns the redaction of stored messages after a forget seen from another session
         self._clock = clock
         self._facts: list[ForgottenFact] = []  # forgotten in this session: kept out of its LLM requests
 
     @property
     def _analyzer(self) -> TextAnalyzer:
-        return self._memories.index.analyzer
+        return self._memories.analyzer
 
     def asks_for_everything(self, description: str) -> bool:
         """True for "everything", "all my memories", "anything you know": nothing more specific than all of it."""
@@ -86,7 +93,7 @@ class ForgettingService:
     async def forget_memory(self, category: str, key: str) -> IndexedMemory | None:
         """Forget one memory named by its category and key (the inspector's "forget"), everywhere, as :meth:`forget`
         does; None when there is no such memory."""
-        memory = self._memories.index.get(parse_category(category).value, normalize_key(key))
+        memory = self._memories.get(parse_category(category).value, normalize_key(key))
         if memory is None:
             return None
         await self._storage.record_forgetting(self.user_id, at=self._clock())
@@ -124,6 +131,21 @@ class ForgettingService:
         self._conversations.forget()
         self._guard.revoke()
         return counts
+
+    def forgotten_elsewhere(self, memories: Sequence[IndexedMemory]) -> None:
+        """Memories another session of the user forgot (seen by a catch-up): out of this session's later LLM
+        requests and its transcript now, and, in the background, out of this conversation's stored messages, which
+        that session could not redact (some were still on their way to the database)."""
+        facts = [ForgottenFact.of(m.key, m.value, analyzer=self._analyzer) for m in memories]
+        self._facts.extend(facts)
+        self._conversations.redact(self._redaction(facts))
+        if self._guard.can_write and self._tasks is not None:
+            self._tasks.spawn(self._redact_stored(facts), name=f"forgotten-elsewhere:{self.user_id}")
+
+    async def _redact_stored(self, facts: list[ForgottenFact], *, within: float = 5.0) -> None:
+        await self._batcher.flush(within=within)  # what this session said is stored before it is redacted
+        texts = await self._redacted_messages(facts, conversation_id=self._conversations.conversation_id)
+        await self._storage.rewrite_texts(self.user_id, messages=texts)
 
     def scrub(self, text: str) -> str:
         """``text`` without what this session forgot (the live chat still holds what was said before)."""

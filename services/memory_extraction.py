@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, Field, ValidationError
 
 from core.categories import MAX_KEY_LENGTH, MAX_VALUE_LENGTH, MemoryCategory, category_names
-from core.errors import CompanionError
+from core.errors import CompanionError, WriteCancelledError
 from core.validators import normalize_key, parse_category
 from infrastructure.embeddings import Embedder
 from infrastructure.llm import TextModel
-from services.memory_service import MemoryService, index_text
+from services.memory_service import index_text
+from services.user_memory import UserMemory, WriteTicket
 
 logger = logging.getLogger("companion.extraction")
 
@@ -60,7 +61,7 @@ class MemoryExtractor:
     def __init__(
         self,
         *,
-        memories: MemoryService,
+        memories: UserMemory,
         llm: TextModel,
         embedder: Embedder,
         duplicate_similarity: float = 0.92,
@@ -77,7 +78,7 @@ class MemoryExtractor:
         result = ExtractionResult()
         if not any(role == "user" for role, _ in turns) or not self._memories.can_write:
             return result
-        epoch = self._memories.epoch
+        ticket = self._memories.ticket()  # a forget from now on revokes it: nothing learnt before is saved after
         known = [f"{m.category}/{m.key}: {m.value}" for m in await self._memories.list_memories(limit=100)]
         prompt = "Known memories:\n" + ("\n".join(known) or "(none)") + "\n\nConversation:\n"
         prompt += "\n".join(f"{role}: {text}" for role, text in turns)
@@ -94,15 +95,15 @@ class MemoryExtractor:
             result.dropped = True
             return result
         for item in output.memories:
-            if self._memories.epoch != epoch:  # the user asked to forget everything meanwhile
-                break
             try:
-                await self._consider(item, result)
+                await self._consider(item, result, ticket)
+            except WriteCancelledError:  # the user forgot something meanwhile
+                break
             except CompanionError as exc:  # one unusable item (or a slow database) does not stop the rest
                 logger.warning("extracted memory skipped", extra={"error": type(exc).__name__})
         return result
 
-    async def _consider(self, item: _Item, result: ExtractionResult) -> None:
+    async def _consider(self, item: _Item, result: ExtractionResult, ticket: WriteTicket) -> None:
         try:
             kind = parse_category(item.category)
         except CompanionError:
@@ -113,23 +114,25 @@ class MemoryExtractor:
         except CompanionError:
             return
         value = " ".join(item.value.split())
-        index = self._memories.index
-        existing = index.get(category, key)
+        memories = self._memories
+        existing = memories.get(category, key)
         if existing is not None:
             if existing.value.casefold() != value.casefold():
-                await self._memories.save_memory(category, key, value, item.importance, source="extraction")
-                result.updated.append(key)
+                if (await memories.save_memory(category, key, value, item.importance, source="extraction",
+                                               ticket=ticket)).won:  # fmt: skip
+                    result.updated.append(key)
             else:
                 result.duplicates += 1
             return
         vector = (await self._embedder.embed([index_text(key, value)]))[0]
-        for memory, similarity in index.nearest(vector, k=3):
+        for memory, similarity in memories.nearest(vector, k=3):
             if similarity >= self._duplicate:
                 result.duplicates += 1
                 return
             if kind.single_valued and memory.category == category and similarity >= self._same_fact:
-                await self._memories.save_memory(category, memory.key, value, item.importance, source="extraction")
-                result.updated.append(memory.key)
+                if (await memories.save_memory(category, memory.key, value, item.importance, source="extraction",
+                                               ticket=ticket)).won:  # fmt: skip
+                    result.updated.append(memory.key)
                 return
-        await self._memories.save_memory(category, key, value, item.importance, source="extraction")
-        result.saved.append(key)
+        if (await memories.save_memory(category, key, value, item.importance, source="extraction", ticket=ticket)).won:
+            result.saved.append(key)  # lost: another session saved this key first; its value holds

@@ -18,7 +18,8 @@ from core.categories import MemoryCategory, ProfileField
 from core.errors import InvalidInputError
 from core.validators import WriteGuard, clean_value, normalize_key
 from infrastructure.storage import Profile, Storage
-from services.memory_service import MemoryService, NewMemory
+from services.memory_service import NewMemory
+from services.user_memory import UserMemory
 from services.user_service import UserService
 
 logger = logging.getLogger("companion.onboarding")
@@ -56,7 +57,7 @@ class OnboardingService:
         guard: WriteGuard,
         storage: Storage,
         users: UserService,
-        memories: MemoryService,
+        memories: UserMemory,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.user_id = user_id

@@ -16,7 +16,7 @@ from core.validators import WriteGuard
 from infrastructure.background import BackgroundTasks
 from infrastructure.llm import TextModel
 from infrastructure.storage import Storage
-from services.memory_service import MemoryService
+from services.user_memory import UserMemory
 from services.user_service import UserService
 
 logger = logging.getLogger("companion.profile")
@@ -40,7 +40,7 @@ class ProfileService:
         guard: WriteGuard,
         storage: Storage,
         users: UserService,
-        memories: MemoryService,
+        memories: UserMemory,
         llm: TextModel,
         tasks: BackgroundTasks,
         refresh_every: int = 10,
@@ -61,7 +61,7 @@ class ProfileService:
         """Write the merged profile now and save it; returns it. If the user asks to forget everything while it
         is being written, it is not saved."""
         self._guard.check(self.user_id)
-        epoch = self._memories.epoch
+        ticket = self._memories.ticket()  # revoked by a forget while the profile is written
         profile = await self._users.get_profile()
         memories = await self._memories.list_memories(limit=200)
         messages = await self._storage.recent_messages(self.user_id, limit=40)
@@ -72,7 +72,7 @@ class ProfileService:
         text = " ".join((await self._llm.complete(system=PROFILE_PROMPT, user=prompt, max_tokens=500)).split())
         if len(text) > MAX_PROFILE_CHARS:
             text = text[:MAX_PROFILE_CHARS].rsplit(" ", 1)[0]
-        if self._memories.epoch != epoch:
+        if not ticket.valid:
             return ""
         await self._users.update_profile(summary=text)
         return text

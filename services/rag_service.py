@@ -19,8 +19,9 @@ from typing import Literal
 from core.errors import InvalidInputError
 from core.validators import clean_text
 from infrastructure.embeddings import CachedEmbedder
-from rag_system import GateParams, IndexedMemory, MemoryIndex, RankingParams, Retrieved, SearchResult, analyze
+from rag_system import IndexedMemory, Retrieved, SearchResult, analyze
 from services.persona import quoted
+from services.user_memory import UserMemory
 
 logger = logging.getLogger("companion.rag")
 
@@ -66,19 +67,15 @@ class RagService:
     def __init__(
         self,
         *,
-        index: MemoryIndex,
+        memory: UserMemory,
         embedder: CachedEmbedder,
-        params: RankingParams | None = None,
-        gate: GateParams | None = None,
         token_budget: int = 300,
         history_turns: int = 3,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         timezone: dt.tzinfo | None = None,
     ) -> None:
-        self._index = index
+        self._memory = memory  # searched with its ranking and gate, the ones forget uses too
         self._embedder = embedder
-        self._params = params or RankingParams()
-        self._gate = gate or GateParams()
         self._token_budget = token_budget
         self._history_turns = history_turns
         self._clock = clock
@@ -93,12 +90,11 @@ class RagService:
             if self._history_turns > 0
             else []
         )
-        query = analyze(text, recent, now=now, analyzer=self._index.analyzer,
-                        history_term_weight=self._params.history_term_weight)  # fmt: skip
+        query = analyze(text, recent, now=now, analyzer=self._memory.analyzer,
+                        history_term_weight=self._memory.ranking.history_term_weight)  # fmt: skip
         [vector] = await self._embedder.embed([query.topic])
         history = [v for v in self._embedder.cached(query.history) if v is not None]
-        return self._index.search(query, vector, now=now, k=k, history_vectors=history,
-                                  params=self._params, gate=self._gate)  # fmt: skip
+        return self._memory.search(query, vector, now=now, k=k, history_vectors=history)
 
     async def prepare(self, turn: str) -> None:
         """Embed a turn that was said without being searched (the agent's reply) once it is said, off the next
@@ -119,7 +115,7 @@ class RagService:
     def most_important(self, *, k: int = 5) -> list[IndexedMemory]:
         """The user's most important memories, newest first among equals: what a turn gets when its own search
         is late and nothing was found before it."""
-        return self._index.most_important(k)
+        return self._memory.most_important(k)
 
     async def recall(self, query: str, *, k: int = 5) -> list[Retrieved]:
         """Explicit recall (the ``recall`` tool): the same ranking and gate, without conversation history."""

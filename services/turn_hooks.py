@@ -2,6 +2,8 @@
 
 The agent calls these hooks from LiveKit's events and applies what they decide to LiveKit's chat:
 
+- :meth:`SessionTurns.catch_up` (from ``llm_node``, first): once per user message, what the user's other sessions
+  changed since the last one (``Session.catch_up``), for the agent to apply before the turn's retrieval.
 - :meth:`SessionTurns.memories_for` (from ``llm_node``): the turn's memories, found once per user message; a second
   generation in the same turn (after a tool call) reuses them.
 - :meth:`SessionTurns.on_user_message`: the message goes to the transcript, its timings are kept for the turn's
@@ -21,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,7 @@ from services.onboarding_service import OnboardingService
 from services.profile_service import ProfileService
 from services.rag_service import RagService, TurnContext
 from services.turn_retrieval import RetrievalStats, TurnRetrieval
+from services.user_memory import CatchUp
 from services.user_service import UserService
 
 logger = logging.getLogger("companion.session")
@@ -75,6 +78,7 @@ class SessionTurns:
         budget: ContextBudget,
         tasks: BackgroundTasks,
         metrics: TurnMetrics,
+        catch_up: Callable[[], Awaitable[CatchUp | None]] | None = None,
         extraction_window: int = 4,
         max_extraction_window: int = 12,
     ) -> None:
@@ -90,6 +94,8 @@ class SessionTurns:
         self._budget = budget
         self._tasks = tasks
         self._metrics = metrics
+        self._catch_up = catch_up  # None: a session of its own (a guest, a test), nothing to keep up with
+        self._caught_up_for: str | None = None  # the user message the last catch-up ran for
         self._window = extraction_window  # messages an extraction reads at least (the last turn and the one before)
         self._max_window = max_extraction_window  # and at most, however many were said while the last one ran
         self._turn: tuple[str, TurnContext] | None = None  # (user message id, its memories)
@@ -100,6 +106,14 @@ class SessionTurns:
         self.extraction = ExtractionStats()
 
     # The user's message ----------------------------------------------------------------------------------------
+
+    async def catch_up(self, message_id: str) -> CatchUp | None:
+        """Once per user message (a second generation of the same turn gets None): what the user's other sessions
+        changed, already applied to this session's memory; None when nothing did."""
+        if self._catch_up is None or self._caught_up_for == message_id:
+            return None
+        self._caught_up_for = message_id
+        return await self._catch_up()
 
     async def memories_for(self, message_id: str, text: str, recent: Sequence[str] = ()) -> TurnContext:
         """The memories for the user message ``message_id``: searched once (under the retrieval deadline), then

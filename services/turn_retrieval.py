@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rag_system import IndexedMemory
-from services.memory_service import MemoryService
 from services.rag_service import ContextSource, RagService, TurnContext
+from services.user_memory import UserMemory
 
 logger = logging.getLogger("companion.retrieval")
 
@@ -37,7 +37,7 @@ class RetrievalStats:
 
 
 class TurnRetrieval:
-    def __init__(self, *, rag: RagService, memories: MemoryService, deadline: float, prefetch_size: int = 5) -> None:
+    def __init__(self, *, rag: RagService, memories: UserMemory, deadline: float, prefetch_size: int = 5) -> None:
         if deadline <= 0:
             raise ValueError("deadline must be positive")
         self._rag = rag
@@ -79,10 +79,9 @@ class TurnRetrieval:
     def _freshest(self) -> TurnContext:
         """The previous turn's memories, else the user's most important ones; either without what was forgotten
         since (the index is the truth)."""
-        index = self._memories.index
         for earlier, source in ((self._previous.memories if self._previous else (), "previous"),
                                 (self._prefetched, "prefetch")):  # fmt: skip
-            kept = [m for m in earlier if index.get(m.category, m.key) == m]
+            kept = [m for m in earlier if self._memories.holds(m)]
             if kept:
                 return self._rag.context_of(kept, source=source)  # type: ignore[arg-type]
         return NO_MEMORIES

@@ -160,7 +160,7 @@ async def test_typed_turns_and_generate_reply_both_carry_the_memories(process, f
         assert [m for m in history if NOTES_HEADER in str(getattr(m, "content", ""))] == []  # injected, not kept
 
 
-async def test_a_warm_turn_makes_no_storage_query_and_no_llm_call_before_the_reply(process, fake, brain) -> None:
+async def test_a_warm_turn_reads_only_the_user_version_and_calls_no_llm_before_the_reply(process, fake, brain) -> None:
     user = uuid.uuid4()
     await (await open_session(process, user_id=user)).memories.save_memory("PREFERENCE", "drink", "Prefers green tea")
     async with chat(process, user, fake, "Hello") as conversation:
@@ -168,7 +168,9 @@ async def test_a_warm_turn_makes_no_storage_query_and_no_llm_call_before_the_rep
         await process.batcher.flush()
         before, requests_before = process.storage.stats.queries, len(fake.chat_requests)
         await conversation.say("What do I like to drink?")
-        assert brain.queries_at_request[-1] == before  # nothing between the user's words and the reply's request
+        # Between the user's words and the reply's request: one read of the user's version (did another session
+        # change anything?), nothing else when nothing changed.
+        assert brain.queries_at_request[-1] == before + 1
         assert fake.chat_requests[requests_before]["messages"][0]["content"].startswith("You are Companion")
         assert "Prefers green tea" in notes(replies_asked(fake)[-1])
 

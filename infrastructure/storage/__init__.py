@@ -19,7 +19,11 @@ from infrastructure.storage.records import (
     MessageWrite,
     OnboardingAnswers,
     Profile,
+    SavedMemory,
     StorageStats,
+    Tombstone,
+    UserChanges,
+    memory_key_hash,
 )
 
 __all__ = [
@@ -35,8 +39,12 @@ __all__ = [
     "MessageWrite",
     "OnboardingAnswers",
     "Profile",
+    "SavedMemory",
     "Storage",
     "StorageStats",
+    "Tombstone",
+    "UserChanges",
+    "memory_key_hash",
     "open_storage",
 ]
 

@@ -15,7 +15,11 @@ Semantics every backend honours (the contract suite in ``tests/storage`` checks 
 - ``claim_onboarding`` returns True for exactly one caller, however many sessions race for it.
 - ``delete_user_data`` removes every row of that user and nothing of anyone else's.
 - ``user_version`` grows with every change to the user's profile or memories, deletions included, and never goes
-  back (the database bumps it, in the same transaction as the change).
+  back (the database bumps it, in the same transaction as the change, and stamps it on the changed row).
+- ``save_memory_if`` stores a memory only if its stored version is the one the caller saw (None: only if absent);
+  of two racing writes to one key exactly one wins, and the other is handed the row that holds.
+- ``changes_since(v)`` returns every memory changed and every memory deleted after version ``v`` (deletions as
+  tombstones that hold a hash, never the key), the profile, and the version they bring the reader to.
 """
 
 from __future__ import annotations
@@ -44,7 +48,9 @@ from infrastructure.storage.records import (
     MessageWrite,
     OnboardingAnswers,
     Profile,
+    SavedMemory,
     StorageStats,
+    UserChanges,
 )
 
 
@@ -142,6 +148,13 @@ class Storage(abc.ABC):
             seen.add(ident)
         return await self._upsert_memories(list(writes), read_back)
 
+    async def save_memory_if(self, write: MemoryWrite, *, expected_version: int | None) -> SavedMemory:
+        """Compare-and-set: store ``write`` only if the memory's stored ``version`` is ``expected_version`` (None:
+        only if there is no such memory). One round trip when it wins or loses to a row the reader can see."""
+        if expected_version is not None and expected_version < 0:
+            raise InvalidInputError("expected_version must be at least 0")
+        return await self._save_memory_if(write, expected_version)
+
     async def get_memory(self, user_id: uuid.UUID | str, category: str, key: str) -> Memory | None:
         return await self._get_memory(parse_user_id(user_id), category, key)
 
@@ -233,6 +246,12 @@ class Storage(abc.ABC):
         """The version of the user's profile and memories: 0 before the first change. Caches key by it."""
         return await self._user_version(parse_user_id(user_id))
 
+    async def changes_since(self, user_id: uuid.UUID | str, version: int) -> UserChanges:
+        """What changed for the user after ``version``: the change feed every live session applies."""
+        if version < 0:
+            raise InvalidInputError("version must be at least 0")
+        return await self._changes_since(parse_user_id(user_id), version)
+
     async def record_forgetting(self, user_id: uuid.UUID | str, *, at: dt.datetime) -> None:
         """Note that something of the user was forgotten at ``at`` (the latest such time is kept)."""
         await self._record_forgetting(parse_user_id(user_id), utc(at))
@@ -294,6 +313,9 @@ class Storage(abc.ABC):
     async def _upsert_memories(self, writes: list[MemoryWrite], read_back: bool) -> list[Memory]: ...
 
     @abc.abstractmethod
+    async def _save_memory_if(self, write: MemoryWrite, expected_version: int | None) -> SavedMemory: ...
+
+    @abc.abstractmethod
     async def _get_memory(self, user_id: uuid.UUID, category: str, key: str) -> Memory | None: ...
 
     @abc.abstractmethod
@@ -344,6 +366,9 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def _user_version(self, user_id: uuid.UUID) -> int: ...
+
+    @abc.abstractmethod
+    async def _changes_since(self, user_id: uuid.UUID, version: int) -> UserChanges: ...
 
     @abc.abstractmethod
     async def _record_forgetting(self, user_id: uuid.UUID, at: dt.datetime) -> None: ...

@@ -7,6 +7,7 @@ trip and no text conversion. Driver errors are translated to :mod:`core.errors` 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import uuid
@@ -30,6 +31,9 @@ from infrastructure.storage.records import (
     MessageWrite,
     OnboardingAnswers,
     Profile,
+    SavedMemory,
+    Tombstone,
+    UserChanges,
 )
 from infrastructure.storage.retryable import is_retryable
 
@@ -220,6 +224,45 @@ class PostgresStorage(Storage):
         )
         return wire.in_write_order(writes, rows) if read_back else []
 
+    async def _save_memory_if(self, write: MemoryWrite, expected_version: int | None) -> SavedMemory:
+        # The insert's update runs only on the version the caller saw (-1: never, for "only if absent"); when it
+        # does not, the second branch reads the row that holds, in the same round trip.
+        rows = await self._fetch(
+            f"""
+            with won as (
+                insert into public.memories as m
+                    (user_id, category, key, value, importance, source, embedding, created_at, updated_at)
+                values ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+                on conflict (user_id, category, key) do update
+                   set value = excluded.value, importance = excluded.importance, source = excluded.source,
+                       embedding = excluded.embedding, updated_at = excluded.updated_at
+                 where m.version = $9
+                returning {_MEMORY_COLUMNS}, null::bytea as embedding, true as won
+            )
+            select * from won
+            union all
+            select {_MEMORY_COLUMNS}, embedding, false from public.memories
+             where user_id = $1 and category = $2 and key = $3 and not exists (select 1 from won)
+            """,
+            write.user_id,
+            write.category,
+            write.key,
+            write.value,
+            write.importance,
+            write.source,
+            wire.embedding_bytes(write.embedding),
+            write.at,
+            -1 if expected_version is None else expected_version,
+        )
+        memory = wire.memory_from_row(rows[0]) if rows else None
+        if rows and rows[0]["won"]:
+            return SavedMemory(won=True, memory=dataclasses.replace(memory, embedding=write.embedding))  # type: ignore[arg-type]
+        if memory is None or memory.version == expected_version:
+            # Lost to a write committed after this statement's snapshot, which still shows the row as it was (or
+            # no row): read what holds now.
+            memory = await self._get_memory(write.user_id, write.category, write.key)
+        return SavedMemory(won=False, memory=memory)
+
     async def _get_memory(self, user_id: uuid.UUID, category: str, key: str) -> Memory | None:
         row = await self._fetchrow(
             f"select {_MEMORY_COLUMNS}, embedding from public.memories where user_id = $1 and category = $2 and key = $3",
@@ -364,6 +407,33 @@ class PostgresStorage(Storage):
     async def _user_version(self, user_id: uuid.UUID) -> int:
         version = await self._fetchval("select version from public.user_versions where user_id = $1", user_id)
         return 0 if version is None else int(version)
+
+    async def _changes_since(self, user_id: uuid.UUID, version: int) -> UserChanges:
+        self.stats.queries += 1
+        with self._translate():  # one snapshot: the version read is the one the rows read belong to
+            async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+                versions = await conn.fetchrow(
+                    "select version, erased_version from public.user_versions where user_id = $1", user_id
+                )
+                memories = await conn.fetch(
+                    f"select {_MEMORY_COLUMNS}, embedding from public.memories where user_id = $1 and version > $2 "
+                    "order by version",
+                    user_id,
+                    version,
+                )
+                deleted = await conn.fetch(
+                    "select key_hash, version from public.memory_tombstones where user_id = $1 and version > $2",
+                    user_id,
+                    version,
+                )
+                profile = await conn.fetchrow("select * from public.profiles where user_id = $1", user_id)
+        return UserChanges(
+            version=0 if versions is None else int(versions["version"]),
+            erased_version=0 if versions is None else int(versions["erased_version"]),
+            memories=tuple(wire.memory_from_row(r) for r in memories),
+            deleted=tuple(Tombstone(r["key_hash"], int(r["version"])) for r in deleted),
+            profile=None if profile is None else wire.profile_from_row(profile),
+        )
 
     async def _record_forgetting(self, user_id: uuid.UUID, at: dt.datetime) -> None:
         await self._execute(

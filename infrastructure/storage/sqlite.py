@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import sqlite3
@@ -32,6 +33,10 @@ from infrastructure.storage.records import (
     MessageWrite,
     OnboardingAnswers,
     Profile,
+    SavedMemory,
+    Tombstone,
+    UserChanges,
+    memory_key_hash,
 )
 
 SCHEMA = Path(__file__).with_name("sqlite_schema.sql")
@@ -70,6 +75,7 @@ class SqliteStorage(Storage):
                 await connection.execute("pragma synchronous = normal")
                 await connection.execute(f"pragma busy_timeout = {int(busy_timeout * 1000)}")
                 await connection.execute("pragma foreign_keys = on")
+                await _add_missing_columns(connection)
                 await connection.executescript(await asyncio.to_thread(SCHEMA.read_text, encoding="utf-8"))
         except BaseException:
             await connection.close()
@@ -201,12 +207,39 @@ class SqliteStorage(Storage):
                     + ", ".join("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" for _ in chunk)
                     + " on conflict (user_id, category, key) do update set value = excluded.value, "
                     "importance = excluded.importance, source = excluded.source, embedding = excluded.embedding, "
-                    "updated_at = excluded.updated_at"
-                    + (f" returning {_MEMORY_COLUMNS}" if read_back else _KEEP_NEWER),
+                    "updated_at = excluded.updated_at" + (" returning id" if read_back else _KEEP_NEWER),
                     params,
                 )
-                stored += rows
+                if read_back:  # read again: RETURNING shows the row before the triggers stamped its version
+                    ids = [r["id"] for r in rows]
+                    stored += await self._fetchall(
+                        f"select {_MEMORY_COLUMNS} from memories where id in ({', '.join('?' for _ in ids)})", ids
+                    )
         return wire.in_write_order(writes, stored) if read_back else []
+
+    async def _save_memory_if(self, write: MemoryWrite, expected_version: int | None) -> SavedMemory:
+        stamp = _time(write.at)
+        ident = (str(write.user_id), write.category, write.key)
+        async with self._transaction():  # the insert takes the write lock: the read after it sees what holds
+            won = await self._fetchall(
+                "insert into memories (id, user_id, category, key, value, importance, source, embedding, created_at, "
+                "updated_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict (user_id, category, key) do update "
+                "set value = excluded.value, importance = excluded.importance, source = excluded.source, "
+                "embedding = excluded.embedding, updated_at = excluded.updated_at where memories.version = ? "
+                "returning 1",
+                (str(uuid.uuid4()), *ident, write.value, float(write.importance), write.source,
+                 wire.embedding_bytes(write.embedding), stamp, stamp,
+                 -1 if expected_version is None else expected_version),
+            )  # fmt: skip
+            row = await self._fetchone(
+                f"select {_MEMORY_COLUMNS}{'' if won else ', embedding'} from memories "
+                "where user_id = ? and category = ? and key = ?",
+                ident,
+            )
+        memory = None if row is None else wire.memory_from_row(_decoded(row))
+        if won and memory is not None:
+            return SavedMemory(won=True, memory=dataclasses.replace(memory, embedding=write.embedding))
+        return SavedMemory(won=False, memory=memory)
 
     async def _get_memory(self, user_id: uuid.UUID, category: str, key: str) -> Memory | None:
         row = await self._fetchone(
@@ -227,13 +260,26 @@ class SqliteStorage(Storage):
         return [wire.memory_from_row(_decoded(r)) for r in rows]
 
     async def _delete_memories(self, user_id: uuid.UUID, keys: list[tuple[str, str]]) -> int:
-        rows = await self._write(
-            "delete from memories where user_id = ? and (category, key) in (values "
-            + ", ".join("(?, ?)" for _ in keys)
-            + ") returning 1",
-            (str(user_id), *(part for pair in keys for part in pair)),
-        )
+        async with self._transaction():
+            rows = await self._fetchall(
+                "delete from memories where user_id = ? and (category, key) in (values "
+                + ", ".join("(?, ?)" for _ in keys)
+                + ") returning category, key",
+                (str(user_id), *(part for pair in keys for part in pair)),
+            )
+            await self._leave_tombstones(user_id, [(r["category"], r["key"]) for r in rows])
         return len(rows)
+
+    async def _leave_tombstones(self, user_id: uuid.UUID, keys: list[tuple[str, str]]) -> None:
+        """In the deleting transaction (the triggers have bumped the version): a tombstone for each deleted memory
+        at the version the deletion brought, as 0005's trigger does on PostgreSQL."""
+        if keys:
+            await self._fetchall(
+                "insert into memory_tombstones (user_id, key_hash, version) select ?, h.value, "
+                "(select version from user_versions where user_id = ?) from json_each(?) as h where true "
+                "on conflict (user_id, key_hash) do update set version = excluded.version",
+                (str(user_id), str(user_id), json.dumps([memory_key_hash(user_id, c, k) for c, k in keys])),
+            )
 
     async def _record_memory_access(self, accesses: list[MemoryAccess]) -> None:
         # Aggregate first so that one statement per distinct memory adds the right count; n updates, one commit.
@@ -354,11 +400,40 @@ class SqliteStorage(Storage):
             for name, table in tables.items():
                 rows = await self._fetchall(f"delete from {table} where user_id = ? returning 1", (str(user_id),))
                 counts[name] = len(rows)
+            # No tombstone outlives an erasure: the erasure's version tells sessions to drop everything instead.
+            await self._fetchall("delete from memory_tombstones where user_id = ?", (str(user_id),))
+            await self._fetchall(
+                "insert into user_versions (user_id, version, erased_version) values (?, 1, 1) on conflict (user_id) "
+                "do update set version = version + 1, erased_version = version + 1",
+                (str(user_id),),
+            )
         return DeletedCounts(**counts)
 
     async def _user_version(self, user_id: uuid.UUID) -> int:
         row = await self._fetchone("select version from user_versions where user_id = ?", (str(user_id),))
         return 0 if row is None else int(row["version"])
+
+    async def _changes_since(self, user_id: uuid.UUID, version: int) -> UserChanges:
+        uid = str(user_id)
+        async with self._write_lock:  # one snapshot: no write of this process between the reads
+            versions = await self._fetchone(
+                "select version, erased_version from user_versions where user_id = ?", (uid,)
+            )
+            memories = await self._fetchall(
+                f"select {_MEMORY_COLUMNS}, embedding from memories where user_id = ? and version > ? order by version",
+                (uid, version),
+            )
+            deleted = await self._fetchall(
+                "select key_hash, version from memory_tombstones where user_id = ? and version > ?", (uid, version)
+            )
+            profile = await self._fetchone("select * from profiles where user_id = ?", (uid,))
+        return UserChanges(
+            version=0 if versions is None else int(versions["version"]),
+            erased_version=0 if versions is None else int(versions["erased_version"]),
+            memories=tuple(wire.memory_from_row(_decoded(r)) for r in memories),
+            deleted=tuple(Tombstone(r["key_hash"], int(r["version"])) for r in deleted),
+            profile=None if profile is None else wire.profile_from_row(_decoded(profile)),
+        )
 
     async def _record_forgetting(self, user_id: uuid.UUID, at: dt.datetime) -> None:
         async with self._transaction():
@@ -398,6 +473,24 @@ class SqliteStorage(Storage):
 
 # A batched upsert (a replay from the outbox among them) never replaces a newer value with an older one.
 _KEEP_NEWER = " where excluded.updated_at >= memories.updated_at"
+
+
+# Columns added to tables after a file was first created (executescript's "create table if not exists" keeps an
+# existing table as it is): (table, column, definition).
+_ADDED_COLUMNS = (
+    ("memories", "version", "integer not null default 0"),
+    ("profiles", "version", "integer not null default 0"),
+    ("user_versions", "erased_version", "integer not null default 0"),
+)
+
+
+async def _add_missing_columns(connection: aiosqlite.Connection) -> None:
+    for table, column, definition in _ADDED_COLUMNS:
+        async with connection.execute(f"pragma table_info({table})") as cursor:
+            present = {row[1] for row in await cursor.fetchall()}
+        if present and column not in present:  # an empty set: the table is new, the script creates it whole
+            await connection.execute(f"alter table {table} add column {column} {definition}")
+    await connection.commit()
 
 
 def _time(at: dt.datetime) -> str:

@@ -10,7 +10,8 @@ create table if not exists profiles (
     language       text,
     summary        text,
     created_at     text not null,
-    updated_at     text not null
+    updated_at     text not null,
+    version        integer not null default 0
 );
 
 create table if not exists onboarding_answers (
@@ -33,6 +34,7 @@ create table if not exists memories (
     updated_at       text not null,
     last_accessed_at text,
     access_count     integer not null default 0,
+    version          integer not null default 0,
     unique (user_id, category, key)
 );
 create index if not exists memories_user_updated on memories (user_id, updated_at desc);
@@ -78,23 +80,42 @@ begin
     values (old.id, old.user_id, old.category, old.key, old.value, new.value, new.updated_at);
 end;
 
--- A version per user, bumped by the database on every change to the user's profile or memories (see
--- supabase/migrations/0003_user_versions.sql). Never deleted: a version never goes back to an old number.
+-- A version per user, bumped by the database on every change to the user's profile or memories, and stamped on the
+-- changed row (see supabase/migrations/0003_user_versions.sql and 0005_memory_changes.sql). Never deleted: a version
+-- never goes back to an old number. A deleted memory's tombstone (a hash of user, category and key) is written by
+-- the backend in the same transaction as the delete. Columns added since a file was created are added by
+-- SqliteStorage.open before this script runs.
 create table if not exists user_versions (
-    user_id text primary key,
-    version integer not null default 0
+    user_id        text primary key,
+    version        integer not null default 0,
+    erased_version integer not null default 0
 );
 
-create trigger if not exists profiles_insert_bump_version after insert on profiles
+create table if not exists memory_tombstones (
+    user_id  text not null,
+    key_hash text not null,
+    version  integer not null,
+    primary key (user_id, key_hash)
+);
+create index if not exists memory_tombstones_user_version on memory_tombstones (user_id, version);
+create index if not exists memories_user_version on memories (user_id, version);
+
+-- Recursive triggers are off (SQLite's default), so the stamping update below does not fire these again.
+create trigger if not exists profiles_insert_stamp_version after insert on profiles
 begin
     insert into user_versions (user_id, version) values (new.user_id, 1)
         on conflict (user_id) do update set version = version + 1;
+    update profiles set version = (select version from user_versions where user_id = new.user_id)
+     where user_id = new.user_id;
 end;
 
-create trigger if not exists profiles_update_bump_version after update on profiles
+create trigger if not exists profiles_update_stamp_version
+after update of name, preferred_name, timezone, language, summary, updated_at on profiles
 begin
     insert into user_versions (user_id, version) values (new.user_id, 1)
         on conflict (user_id) do update set version = version + 1;
+    update profiles set version = (select version from user_versions where user_id = new.user_id)
+     where user_id = new.user_id;
 end;
 
 create trigger if not exists profiles_delete_bump_version after delete on profiles
@@ -103,17 +124,21 @@ begin
         on conflict (user_id) do update set version = version + 1;
 end;
 
-create trigger if not exists memories_insert_bump_version after insert on memories
+create trigger if not exists memories_insert_stamp_version after insert on memories
 begin
     insert into user_versions (user_id, version) values (new.user_id, 1)
         on conflict (user_id) do update set version = version + 1;
+    update memories set version = (select version from user_versions where user_id = new.user_id)
+     where id = new.id;
 end;
 
-create trigger if not exists memories_update_bump_version after update of value on memories
-when new.value is not old.value
+create trigger if not exists memories_update_stamp_version after update of value, importance on memories
+when new.value is not old.value or new.importance is not old.importance
 begin
     insert into user_versions (user_id, version) values (new.user_id, 1)
         on conflict (user_id) do update set version = version + 1;
+    update memories set version = (select version from user_versions where user_id = new.user_id)
+     where id = new.id;
 end;
 
 create trigger if not exists memories_delete_bump_version after delete on memories
@@ -121,6 +146,12 @@ begin
     insert into user_versions (user_id, version) values (old.user_id, 1)
         on conflict (user_id) do update set version = version + 1;
 end;
+
+-- The triggers before 0005 bumped without stamping; the stamping ones above replace them.
+drop trigger if exists profiles_insert_bump_version;
+drop trigger if exists profiles_update_bump_version;
+drop trigger if exists memories_insert_bump_version;
+drop trigger if exists memories_update_bump_version;
 
 -- When a user last had something forgotten (see supabase/migrations/0004_forgettings.sql).
 create table if not exists forgettings (

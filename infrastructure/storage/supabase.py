@@ -9,6 +9,7 @@ retries are off, because retry policy belongs to the write batcher.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Iterator
@@ -32,6 +33,9 @@ from infrastructure.storage.records import (
     MessageWrite,
     OnboardingAnswers,
     Profile,
+    SavedMemory,
+    Tombstone,
+    UserChanges,
 )
 from infrastructure.storage.retryable import is_retryable
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
@@ -179,6 +183,38 @@ class SupabaseStorage(Storage):
             return []
         # Everything but the embedding, which the writes hold already.
         return wire.in_write_order(writes, await self._rows(request.select(_MEMORY_COLUMNS)))
+
+    async def _save_memory_if(self, write: MemoryWrite, expected_version: int | None) -> SavedMemory:
+        # PostgREST's own compare-and-set: "only if absent" is an insert without a conflict resolution (a row that
+        # exists makes it a 409), "only at version v" a PATCH filtered on the version.
+        row = wire.memory_write_row(write)
+        try:
+            if expected_version is None:
+                rows = await self._rows(
+                    self._table("memories")
+                    .insert(row | {"created_at": wire.time_text(write.at)}, default_to_null=False)
+                    .select(_MEMORY_COLUMNS)
+                )
+            else:
+                changes = {k: row[k] for k in ("value", "importance", "source", "embedding", "updated_at")}
+                rows = await self._rows(
+                    self._table("memories")
+                    .update(changes)
+                    .eq("user_id", str(write.user_id))
+                    .eq("category", write.category)
+                    .eq("key", write.key)
+                    .eq("version", expected_version)
+                    .select(_MEMORY_COLUMNS)
+                )
+        except StorageError as exc:
+            if exc.message != "supabase error 23505":  # not "the memory exists": a failure, not a lost race
+                raise
+            rows = []
+        if rows:
+            return SavedMemory(
+                won=True, memory=dataclasses.replace(wire.memory_from_row(rows[0]), embedding=write.embedding)
+            )
+        return SavedMemory(won=False, memory=await self._get_memory(write.user_id, write.category, write.key))
 
     async def _get_memory(self, user_id: uuid.UUID, category: str, key: str) -> Memory | None:
         rows = await self._rows(
@@ -334,6 +370,26 @@ class SupabaseStorage(Storage):
     async def _user_version(self, user_id: uuid.UUID) -> int:
         rows = await self._rows(self._table("user_versions").select("version").eq("user_id", str(user_id)))
         return int(rows[0]["version"]) if rows else 0
+
+    async def _changes_since(self, user_id: uuid.UUID, version: int) -> UserChanges:
+        # Four requests, the version first: a row changed after it is also read again next time, which is harmless
+        # (applying a change twice gives the same index), while one read before it is never missed.
+        uid = str(user_id)
+        versions = await self._rows(self._table("user_versions").select("version,erased_version").eq("user_id", uid))
+        memories = await self._rows(
+            self._table("memories").select(_MEMORY_COLUMNS + ",embedding").eq("user_id", uid).gt("version", version)
+        )
+        deleted = await self._rows(
+            self._table("memory_tombstones").select("key_hash,version").eq("user_id", uid).gt("version", version)
+        )
+        profile = await self._get_profile(user_id)
+        return UserChanges(
+            version=int(versions[0]["version"]) if versions else 0,
+            erased_version=int(versions[0]["erased_version"]) if versions else 0,
+            memories=tuple(sorted((wire.memory_from_row(r) for r in memories), key=lambda m: m.version)),
+            deleted=tuple(Tombstone(r["key_hash"], int(r["version"])) for r in deleted),
+            profile=profile,
+        )
 
     async def _record_forgetting(self, user_id: uuid.UUID, at: dt.datetime) -> None:
         # PostgREST's upsert sets what it is sent: times of forgetting only grow, so the last one is the latest.

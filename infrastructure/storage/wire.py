@@ -36,7 +36,7 @@ Row = Mapping[str, Any]
 
 # A memory's columns, bar the embedding (read only when asked for: it is most of the row's bytes).
 MEMORY_COLUMNS = ("id", "user_id", "category", "key", "value", "importance", "source", "created_at", "updated_at",
-                  "last_accessed_at", "access_count")  # fmt: skip
+                  "last_accessed_at", "access_count", "version")  # fmt: skip
 
 
 def time_text(at: dt.datetime) -> str:
@@ -130,6 +130,7 @@ def profile_from_row(row: Row) -> Profile:
         summary=row["summary"],
         created_at=parse_time(row["created_at"]),
         updated_at=parse_time(row["updated_at"]),
+        version=int(row["version"]) if "version" in row.keys() else 0,  # noqa: SIM118 (sqlite3.Row has only keys())
     )
 
 
@@ -144,6 +145,7 @@ def profile_row(profile: Profile) -> dict[str, Any]:
         "summary": profile.summary,
         "created_at": time_text(profile.created_at),
         "updated_at": time_text(profile.updated_at),
+        "version": profile.version,
     }
 
 
@@ -170,6 +172,7 @@ def memory_from_row(row: Row) -> Memory:
         updated_at=parse_time(row["updated_at"]),
         last_accessed_at=parse_optional_time(row["last_accessed_at"]),
         access_count=int(row["access_count"]),
+        version=int(row["version"]),
         embedding=embedding_array(row["embedding"]) if "embedding" in row.keys() else None,  # noqa: SIM118 (sqlite3.Row has only keys())
     )
 

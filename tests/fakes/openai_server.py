@@ -38,6 +38,7 @@ class FakeOpenAIServer:
         self.chat_failure: str | None = None
         self.embedding_failure: str | None = None  # the same, for /v1/embeddings
         self._calls = 0
+        self._arrivals: dict[str, list[Any]] = {}  # rendezvous of ToolCall(together=n): [arrived, all here]
         self.chat_requests: list[dict[str, Any]] = []
         self.embedding_requests: list[dict[str, Any]] = []
         self.speech_requests: list[dict[str, Any]] = []
@@ -106,6 +107,8 @@ class FakeOpenAIServer:
         said = _last_user_text(body)
         scripted = self.responder(body) if self.responder is not None else None
         if isinstance(scripted, ToolCall):
+            if scripted.together > 1:
+                await self._rendezvous(said, scripted.together)
             return await self._tool_call(request, body, scripted)
         reply = scripted if scripted is not None else self.replies.get(said, f"I heard you say: {said}")
         if not body.get("stream"):
@@ -124,6 +127,14 @@ class FakeOpenAIServer:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    async def _rendezvous(self, said: str, count: int) -> None:
+        """Hold each request for ``said`` until ``count`` of them arrived (from as many sessions), then answer all."""
+        arrived = self._arrivals.setdefault(said, [0, asyncio.Event()])
+        arrived[0] += 1
+        if arrived[0] >= count:
+            arrived[1].set()
+        await asyncio.wait_for(arrived[1].wait(), timeout=30)
 
     async def _fail(self, request: web.Request, failure: str) -> web.StreamResponse:
         if failure in ("500", "429"):
@@ -172,10 +183,12 @@ class FakeOpenAIServer:
 @dataclass(frozen=True)
 class ToolCall:
     """A scripted answer that calls one tool instead of replying. ``arguments`` as text are sent as they are (a
-    model's malformed JSON)."""
+    model's malformed JSON). ``together``: several sessions asked the same thing at once, and each gets its call
+    only when all asked, so that their tools run at the same time."""
 
     name: str
     arguments: dict[str, Any] | str = field(default_factory=dict)
+    together: int = 1  # answer only once this many requests for the same user message arrived (racing sessions)
 
     @property
     def wire_arguments(self) -> str:

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
+from infrastructure.storage import memory_key_hash
+
 
 class PgError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
@@ -66,6 +68,7 @@ def _schema() -> dict[str, Table]:
                 "summary": Column("text"),
                 "created_at": now,
                 "updated_at": now,
+                "version": Column("bigint", nullable=False, default=lambda: 0),
             },  # fmt: skip
             primary_key=("user_id",),
         ),
@@ -92,9 +95,14 @@ def _schema() -> dict[str, Table]:
                 "updated_at": now,
                 "last_accessed_at": Column("timestamptz"),
                 "access_count": Column("integer", nullable=False, default=lambda: 0),
+                "version": Column("bigint", nullable=False, default=lambda: 0),
             },  # fmt: skip
             primary_key=("id",),
             unique=(("user_id", "category", "key"),),
+        ),
+        "memory_tombstones": Table(
+            columns={"user_id": uid, "key_hash": text, "version": Column("bigint", nullable=False)},
+            primary_key=("user_id", "key_hash"),
         ),
         "memory_history": Table(
             columns={
@@ -136,7 +144,11 @@ def _schema() -> dict[str, Table]:
             primary_key=("user_id",),
         ),
         "user_versions": Table(
-            columns={"user_id": uid, "version": Column("bigint", nullable=False, default=lambda: 0)},
+            columns={
+                "user_id": uid,
+                "version": Column("bigint", nullable=False, default=lambda: 0),
+                "erased_version": Column("bigint", nullable=False, default=lambda: 0),
+            },
             primary_key=("user_id",),
         ),
     }
@@ -320,7 +332,6 @@ class PostgrestStub:
         missing_default = "missing=default" in req.prefer
         staged = [dict(row) for row in table.rows]
         returned: list[dict[str, Any]] = []
-        bumps: list[Any] = []
         for incoming in body:
             row = {}
             for name, column in table.columns.items():
@@ -336,7 +347,7 @@ class PostgrestStub:
                     old = dict(existing)
                     for name in columns:
                         existing[name] = row[name]
-                    bumps.extend(self._after_update(table, old, existing, staged))
+                    self._after_update(table, old, existing, staged)
                     returned.append(existing)
                 elif resolution is None:
                     raise PgError(409, "23505", "duplicate key value violates unique constraint")
@@ -347,10 +358,8 @@ class PostgrestStub:
             staged.append(row)
             returned.append(row)
             if self._versioned(table):
-                bumps.append(row["user_id"])
+                row["version"] = self._bump_version(row["user_id"])  # a failing statement leaves a gap: harmless
         table.rows[:] = staged  # a statement applies whole or not at all
-        for user_id in bumps:
-            self._bump_version(user_id)
         return self._respond(table, req, returned, status=201)
 
     def _update(self, table: Table, req: RecordedRequest) -> web.Response:
@@ -360,8 +369,7 @@ class PostgrestStub:
             old = dict(row)
             row.update(changes)
             self._check_not_null(table, row)
-            for user_id in self._after_update(table, old, row, table.rows):
-                self._bump_version(user_id)
+            self._after_update(table, old, row, table.rows)
             updated.append(row)
         return self._respond(table, req, updated, status=200)
 
@@ -397,6 +405,10 @@ class PostgrestStub:
             doomed = [r for r in self.tables[table].rows if r["user_id"] == user_id]
             self._remove(self.tables[table], doomed)
             counts[name] = len(doomed)
+        tombstones = self.tables["memory_tombstones"]  # 0005: none outlives an erasure; its version is noted
+        tombstones.rows[:] = [r for r in tombstones.rows if r["user_id"] != user_id]
+        erased = self._bump_version(user_id)
+        next(r for r in self.tables["user_versions"].rows if r["user_id"] == user_id)["erased_version"] = erased
         return counts
 
     # Helpers -----------------------------------------------------------------------------------------------
@@ -416,12 +428,17 @@ class PostgrestStub:
             if not column.nullable and row.get(name) is None:
                 raise PgError(400, "23502", f'null value in column "{name}" violates not-null constraint')
 
-    def _after_update(self, table: Table, old: dict[str, Any], new: dict[str, Any], rows: list[dict]) -> list[Any]:
+    def _after_update(self, table: Table, old: dict[str, Any], new: dict[str, Any], rows: list[dict]) -> None:
         """The triggers of 0001_schema.sql: profiles and memories keep created_at; memories record a changed value.
-        Returns the users whose version 0003_user_versions.sql would bump."""
-        bumps = []
-        if table is self.tables["profiles"] or (table is self.tables["memories"] and new["value"] != old["value"]):
-            bumps.append(new["user_id"])
+        0005_memory_changes.sql stamps the user's next version on a changed profile, or a memory whose value or
+        importance changed."""
+        memory_changed = table is self.tables["memories"] and (
+            new["value"] != old["value"] or new["importance"] != old["importance"]
+        )
+        if table is self.tables["profiles"] or memory_changed:
+            new["version"] = self._bump_version(new["user_id"])
+        elif table is self.tables["memories"]:
+            new["version"] = old["version"]
         if table in (self.tables["profiles"], self.tables["memories"]):
             new["created_at"] = old["created_at"]
         if table is self.tables["memories"] and new["value"] != old["value"]:
@@ -438,29 +455,37 @@ class PostgrestStub:
                     "changed_at": new["updated_at"],
                 }  # fmt: skip
             )
-        return bumps
 
     def _versioned(self, table: Table) -> bool:
         return table is self.tables["profiles"] or table is self.tables["memories"]
 
-    def _bump_version(self, user_id: Any) -> None:
+    def _bump_version(self, user_id: Any) -> int:
         versions = self.tables["user_versions"].rows
         row = next((r for r in versions if r["user_id"] == user_id), None)
         if row is None:
-            versions.append({"user_id": user_id, "version": 1})
-        else:
-            row["version"] += 1
+            row = {"user_id": user_id, "version": 0, "erased_version": 0}
+            versions.append(row)
+        row["version"] += 1
+        return row["version"]
 
     def _remove(self, table: Table, doomed: list[dict[str, Any]]) -> None:
         ids = {id(r) for r in doomed}
         table.rows[:] = [r for r in table.rows if id(r) not in ids]
         if self._versioned(table):
             for row in doomed:
-                self._bump_version(row["user_id"])
+                version = self._bump_version(row["user_id"])
+                if table is self.tables["memories"]:  # 0005's tombstone: a hash, never the key
+                    self._leave_tombstone(row, version)
         if table is self.tables["memories"]:  # on delete cascade
             gone = {r["id"] for r in doomed}
             history = self.tables["memory_history"]
             history.rows[:] = [r for r in history.rows if r["memory_id"] not in gone]
+
+    def _leave_tombstone(self, memory: dict[str, Any], version: int) -> None:
+        key_hash = memory_key_hash(uuid.UUID(memory["user_id"]), memory["category"], memory["key"])
+        tombstones = self.tables["memory_tombstones"].rows
+        tombstones[:] = [t for t in tombstones if (t["user_id"], t["key_hash"]) != (memory["user_id"], key_hash)]
+        tombstones.append({"user_id": memory["user_id"], "key_hash": key_hash, "version": version})
 
     def _filtered(self, table: Table, req: RecordedRequest, *, apply_limits: bool = True) -> list[dict[str, Any]]:
         rows = list(table.rows)
@@ -511,6 +536,8 @@ def _matches(name: str, column: Column, value: Any, operator: str, operand: str)
         return value is None
     if operator == "eq":
         return value is not None and value == _coerce(name, column.type, operand)
+    if operator == "gt":
+        return value is not None and value > _coerce(name, column.type, operand)
     if operator == "in":
         if not (operand.startswith("(") and operand.endswith(")")):
             raise PgError(400, "PGRST100", "in. needs a parenthesised list")

@@ -168,7 +168,8 @@ async def test_remember_during_an_outage_answers_at_once_is_recalled_now_and_sto
         own_postgres.start()
         await process.batcher.flush(within=30)
         memories, _, _ = await stored_rows(own_postgres.dsn, user)
-        assert memories == [saved.value]
+        assert saved.queued
+        assert memories == [saved.memory.value]
     finally:
         await process.aclose()
 
@@ -190,7 +191,7 @@ async def test_a_full_outbox_refuses_remember_and_nothing_is_acknowledged_or_ind
         with pytest.raises(OutboxFullError) as refused:
             await session.memories.save_memory("RELATIONSHIP", "sister city", MEMORY)
         assert refused.value.retryable  # the tool says "try again soon", not "saved"
-        assert session.memories.index.get("RELATIONSHIP", "sister_city") is None
+        assert session.memories.get("RELATIONSHIP", "sister_city") is None
         assert await session.rag.recall("Where does my sister live?") == []
 
         own_postgres.start()

@@ -9,8 +9,11 @@ import uuid
 import httpx
 import pytest
 
+from core.errors import ConflictError
+from inspector.access import Access
 from inspector.server import serve
 from services.container import Process
+from services.persona import Persona
 from tests.inspector.conftest import OPERATOR_TOKEN, Served
 
 MAYA = "My sister Maya lives in Lisbon"
@@ -204,3 +207,18 @@ async def test_the_api_is_rate_limited_per_caller(process: Process) -> None:
     assert statuses == [200, 200, 200, 429]
     assert int(limited.headers["Retry-After"]) >= 1
     assert "too many requests" in limited.json()["error"]
+
+
+async def test_an_edit_that_loses_to_another_sessions_write_is_a_conflict(served: Served) -> None:
+    user = await a_user_with_memories(served)
+    access = Access(process=served.process, persona=Persona.from_settings(served.process.settings))
+
+    async with access.user(user, actor="operator") as inspected:
+        elsewhere = await served.session_of(user)  # a live session changes it after the inspector's page loaded
+        await elsewhere.memories.save_memory("RELATIONSHIP", "sister city", "My sister Maya lives in Faro")
+        with pytest.raises(ConflictError, match="another session changed this memory"):
+            await inspected.edit("RELATIONSHIP", "sister_city", value="My sister Maya lives in Porto")
+
+    stored = await served.process.storage.get_memory(user, "RELATIONSHIP", "sister_city")
+    assert stored is not None
+    assert stored.value == "My sister Maya lives in Faro"

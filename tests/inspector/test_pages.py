@@ -199,12 +199,6 @@ async def _signed_in_client(site: str) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a live session catches up with its user's version once per turn only with UserMemory (branch "
-    "user-memory); until then an edit reaches the user's next session. Remove this mark when it passes.",
-)
 async def test_an_edit_reaches_the_next_turn_of_a_session_already_live(
     process: Process, fake: FakeOpenAIServer, browser: Browser
 ) -> None:

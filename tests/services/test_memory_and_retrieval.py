@@ -1,4 +1,4 @@
-"""MemoryService and RagService through the real storage (SQLite, PostgreSQL), batcher, embedder and Redis."""
+"""UserMemory and RagService through the real storage (SQLite, PostgreSQL), batcher, embedder and Redis."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import EmbeddingError, InvalidInputError, WriteForbiddenError
-from core.validators import WriteGuard
+from core.validators import WriteGuard, normalize_key
 from infrastructure.cache import CacheParams, RedisCache
 from infrastructure.clients import redis_client
 from infrastructure.database_batcher import BatcherParams, DatabaseBatcher
@@ -22,10 +22,10 @@ from infrastructure.embeddings.minilm import MiniLMEmbedder
 from infrastructure.storage import Storage
 from infrastructure.storage.postgres import PostgresStorage
 from infrastructure.storage.sqlite import SqliteStorage
-from rag_system import MemoryIndex, analyzer_for
-from services.memory_service import MemoryService, normalize_key
+from rag_system import analyzer_for
 from services.rag_service import RagService
 from services.turn_retrieval import TurnRetrieval
+from services.user_memory import UserMemory
 from tests.redis_servers import shared_redis_url
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
@@ -48,11 +48,10 @@ class World:
     embedder: CachedEmbedder
 
     def session(self, user: uuid.UUID, *, cache: RedisCache | None = None, guard: WriteGuard | None = None):
-        index = MemoryIndex(dimension=self.embedder.dimension, analyzer=analyzer_for("en"))
-        memories = MemoryService(user_id=user, guard=guard or WriteGuard(user_id=user), storage=self.storage,
-                                 batcher=self.batcher, embedder=self.embedder, index=index, cache=cache,
-                                 clock=lambda: NOW)  # fmt: skip
-        return memories, RagService(index=index, embedder=self.embedder, clock=lambda: NOW)
+        memories = UserMemory(user_id=user, guard=guard or WriteGuard(user_id=user), storage=self.storage,
+                              batcher=self.batcher, embedder=self.embedder, analyzer=analyzer_for("en"), cache=cache,
+                              clock=lambda: NOW)  # fmt: skip
+        return memories, RagService(memory=memories, embedder=self.embedder, clock=lambda: NOW)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -76,7 +75,7 @@ async def test_a_fact_told_in_one_session_is_found_first_in_the_next(world: Worl
     await memories.save_memory("FACT", "job", "Works as a nurse at a community clinic")
 
     later, rag = world.session(user)  # a new session: a fresh index, loaded from the database
-    assert await later.load_index() == 3
+    assert await later.load() == 3
     context = await rag.context_for_turn("where does my sister live?")
 
     assert context.memories[0].key == "sister_city"
@@ -143,7 +142,7 @@ async def test_forget_everything_leaves_nothing_in_retrieval_listings_or_any_wor
         assert await world.storage.list_memories(user) == []
         assert await worker_b.get("profile", user_id=user) is None
         again, rag_again = world.session(user)
-        assert await again.load_index() == 0
+        assert await again.load() == 0
         assert len(await world.storage.list_memories(neighbour)) == 1
     finally:
         async for key in client.scan_iter(match=f"{prefix}:*"):
@@ -177,7 +176,7 @@ async def test_the_turn_context_fits_its_token_budget(world: World) -> None:
     memories, _ = world.session(user)
     for n in range(8):
         await memories.save_memory("FACT", f"run {n}", f"Ran a {n + 5} km race by the river in spring number {n}")
-    rag = RagService(index=memories.index, embedder=world.embedder, token_budget=40, clock=lambda: NOW)
+    rag = RagService(memory=memories, embedder=world.embedder, token_budget=40, clock=lambda: NOW)
     context = await rag.context_for_turn("what races have I run?")
     assert context.memories
     assert len(context.text) // 4 <= 40
@@ -216,7 +215,7 @@ async def test_a_recall_or_forget_of_a_document_is_refused_and_a_long_turn_is_se
         await memories.forget("my sister " * 200)
     pasted = "where does my sister live? " + "lorem ipsum dolor " * 50_000  # about 900,000 characters
     assert (await rag.context_for_turn(pasted)).memories[0].key == "sister_city"
-    assert len(memories.index) == 1
+    assert len(memories) == 1
 
 
 class SlowAfter(CachedEmbedder):
@@ -250,7 +249,7 @@ async def test_a_late_turn_gets_the_previous_turns_memories_then_the_prefetch_ne
     await memories.save_memory("RELATIONSHIP", "sister city", "My sister Maya lives in Lisbon")
     await memories.save_memory("OTHER", "weather", "Likes rainy days", importance=0.1)
     slow = SlowAfter(embedder=encoder())
-    rag = RagService(index=memories.index, embedder=slow, clock=lambda: NOW)
+    rag = RagService(memory=memories, embedder=slow, clock=lambda: NOW)
     retrieval = TurnRetrieval(rag=rag, memories=memories, deadline=0.5, prefetch_size=1)
     retrieval.prefetch()
 

@@ -333,3 +333,40 @@ async def test_a_character_no_database_takes_is_replaced_and_the_message_kept(pr
         await stored
     contents = [m.content for m in await process.storage.recent_messages(user)]
     assert sorted(contents) == sorted(["bad   byte", "lone \ufffd surrogate", "fine"])
+
+
+async def test_a_forget_in_another_session_leaves_this_ones_chat_transcript_and_stored_messages(
+    process: Process,
+) -> None:
+    user = uuid.uuid4()
+    here, there = await open_session(process, user_id=user), await open_session(process, user_id=user)
+    await here.conversations.start()
+    here.conversations.log_message("user", "My bank PIN is 4921. I like jazz.")
+    await there.memories.save_memory("FACT", "bank pin", "Bank PIN is 4921")
+    assert (await here.catch_up()).changed == 1
+
+    await there.forgetting.forget("my bank PIN")
+    caught = await here.catch_up()
+
+    assert [m.key for m in caught.removed] == ["bank_pin"]
+    assert here.memories.get("FACT", "bank_pin") is None
+    assert "4921" not in here.forgetting.scrub("It is 4921, remember?")  # later LLM requests of this session
+    assert all("4921" not in text for _, text in here.conversations.transcript)
+    await eventually(lambda: process.tasks.stats().running == 0)
+    stored = [m.content for m in await process.storage.recent_messages(user, limit=10)]
+    assert stored == ["[forgotten] I like jazz."]
+
+
+async def test_an_erasure_in_another_session_stops_this_one_storing(process: Process) -> None:
+    user = uuid.uuid4()
+    here, there = await open_session(process, user_id=user), await open_session(process, user_id=user)
+    await there.memories.save_memory("FACT", "job", "Works as a nurse")
+    await here.catch_up()
+    await there.forget_everything()
+
+    caught = await here.catch_up()
+
+    assert caught.erased
+    assert len(here.memories) == 0
+    assert not here.guard.can_write
+    assert here.conversations.transcript == []

@@ -185,3 +185,23 @@ async def test_past_the_budget_a_summary_is_written_in_the_background_and_handed
     summaries = [r for r in fake.chat_requests if r["messages"][0]["content"] == HISTORY_SUMMARY_PROMPT]
     assert len(summaries) == 1
     await idle(process)
+
+
+async def test_a_user_message_catches_up_with_the_users_other_sessions_once(
+    process: Process, session: Session, turns: SessionTurns
+) -> None:
+    other = await open_session(process, user_id=session.user_id)  # another session of the user, elsewhere
+    await other.memories.save_memory("PREFERENCE", "drink", "Prefers green tea")
+    applied = process.metrics.value("companion_catch_ups_total", outcome="applied")
+    checks = process.metrics.value("companion_catch_up_seconds_count")
+
+    caught = await turns.catch_up("message-1")
+
+    assert caught is not None
+    assert caught.changed == 1
+    assert session.memories.get("PREFERENCE", "drink") is not None
+    await other.memories.save_memory("FACT", "job", "Works as a nurse")
+    assert await turns.catch_up("message-1") is None  # a second generation of the same turn: already caught up
+    assert (await turns.catch_up("message-2")).changed == 1
+    assert process.metrics.value("companion_catch_ups_total", outcome="applied") == applied + 2  # counted, timed
+    assert process.metrics.value("companion_catch_up_seconds_count") == checks + 2

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from core.errors import InvalidInputError, InvalidUserIdError
-from infrastructure.storage import MemoryAccess, MemoryWrite, MessageWrite
+from infrastructure.storage import MemoryAccess, MemoryWrite, MessageWrite, memory_key_hash
 from tests.conftest import T0, Backend
 
 
@@ -411,3 +411,65 @@ async def test_the_latest_forgetting_of_each_user_is_kept(backend: Backend) -> N
     await store.record_forgetting(user, at=T0 + minutes(9))
     await store.delete_user_data(user)  # the mark outlives the erasure
     assert await store.forgotten_at([user, other]) == {user: T0 + minutes(9)}
+
+
+async def test_of_two_compare_and_set_writes_to_one_key_exactly_one_wins(backend: Backend) -> None:
+    store, user = backend.storage, uuid.uuid4()
+    first = await store.save_memory_if(memory(user, "drink", "Prefers tea"), expected_version=None)
+    assert first.won
+    assert first.memory is not None
+    assert first.memory.value == "Prefers tea"
+    seen = first.memory.version
+    assert seen == await store.user_version(user)
+
+    racing = [memory(user, "drink", "Prefers coffee", at=T0 + minutes(1)),
+              memory(user, "drink", "Prefers water", at=T0 + minutes(1))]  # fmt: skip
+    outcomes = await asyncio.gather(*(store.save_memory_if(w, expected_version=seen) for w in racing))
+
+    assert sorted(o.won for o in outcomes) == [False, True]
+    [winner] = [o for o in outcomes if o.won]
+    [loser] = [o for o in outcomes if not o.won]
+    assert loser.memory is not None
+    assert loser.memory.value == winner.memory.value
+    assert loser.memory.version == winner.memory.version > seen
+    assert [m.value for m in await store.list_memories(user)] == [winner.memory.value]
+    late = await store.save_memory_if(memory(user, "drink", "Prefers juice"), expected_version=None)
+    assert not late.won
+    assert late.memory.value == winner.memory.value
+
+
+async def test_the_change_feed_holds_what_changed_after_a_version_and_tombstones_without_keys(backend: Backend) -> None:
+    store, user = backend.storage, uuid.uuid4()
+    await store.ensure_profile(user, at=T0)
+    await store.upsert_memories([memory(user, "job", "nurse"), memory(user, "city", "Lisbon")])
+    start = await store.user_version(user)
+    assert (await store.changes_since(user, start)).memories == ()
+
+    await store.upsert_memories([memory(user, "job", "midwife", at=T0 + minutes(1))])
+    await store.delete_memories(user, [("FACT", "city")])
+    await store.update_profile(user, {"preferred_name": "Ana"}, at=T0 + minutes(2))
+    changes = await store.changes_since(user, start)
+
+    assert changes.version == await store.user_version(user) > start
+    assert [(m.key, m.value) for m in changes.memories] == [("job", "midwife")]
+    assert changes.memories[0].embedding is not None or changes.memories[0].version > start
+    assert [t.key_hash for t in changes.deleted] == [memory_key_hash(user, "FACT", "city")]
+    assert "city" not in str(changes.deleted)
+    assert changes.profile is not None
+    assert changes.profile.preferred_name == "Ana"
+    assert changes.profile.version > start
+    assert (await store.changes_since(user, changes.version)).memories == ()
+
+
+async def test_an_erasure_leaves_no_tombstone_and_notes_its_version(backend: Backend) -> None:
+    store, user = backend.storage, uuid.uuid4()
+    await store.upsert_memories([memory(user, "job", "nurse")])
+    await store.delete_memories(user, [("FACT", "job")])
+    await store.upsert_memories([memory(user, "city", "Lisbon")])
+    await store.delete_user_data(user)
+
+    changes = await store.changes_since(user, 0)
+    assert changes.deleted == ()
+    assert changes.memories == ()
+    assert changes.profile is None
+    assert changes.erased_version == changes.version == await store.user_version(user) > 0

@@ -108,3 +108,32 @@ async def test_an_unreachable_project_is_reported_as_retryable(stub) -> None:
         with pytest.raises(StorageUnavailableError) as caught:
             await store.ping()
     assert caught.value.retryable
+
+
+async def test_a_compare_and_set_save_is_an_insert_without_resolution_or_a_patch_on_the_version(stub, store) -> None:
+    user = uuid.uuid4()
+    first = await store.save_memory_if(
+        MemoryWrite(user, "FACT", "job", "nurse", 0.5, "tool", T0), expected_version=None
+    )
+    insert = stub.requests[0]
+    assert (insert.method, insert.path) == ("POST", "/rest/v1/memories")
+    assert not any(p.startswith("resolution=") for p in insert.prefer)  # an existing row is a 409: the race is lost
+    stub.requests.clear()
+
+    await store.save_memory_if(
+        MemoryWrite(user, "FACT", "job", "midwife", 0.5, "tool", T0), expected_version=first.memory.version
+    )
+    patch = stub.requests[0]
+    assert (patch.method, patch.path) == ("PATCH", "/rest/v1/memories")
+    assert patch.param("version") == f"eq.{first.memory.version}"
+    assert (patch.param("user_id"), patch.param("category"), patch.param("key")) == (f"eq.{user}", "eq.FACT", "eq.job")
+    assert len(stub.requests) == 1  # won: nothing read again
+
+
+async def test_the_change_feed_reads_the_version_first(stub, store) -> None:
+    user = uuid.uuid4()
+    await store.changes_since(user, 7)
+    assert [r.path for r in stub.requests] == ["/rest/v1/user_versions", "/rest/v1/memories",
+                                               "/rest/v1/memory_tombstones", "/rest/v1/profiles"]  # fmt: skip
+    assert stub.requests[1].param("version") == "gt.7"
+    assert stub.requests[2].param("version") == "gt.7"

@@ -1,0 +1,470 @@
+"""UserMemory: one user's memory as one session holds it. The only owner of the user's index: writes, search,
+forgetting, and keeping up with the user's other sessions all go through it.
+
+Versions. The database stamps every change of a user's memories and profile with the user's next version
+(``Storage.user_version``), and leaves a tombstone for each deleted memory. The index knows the version of each
+memory it holds and the user version it has applied (``version``). :meth:`catch_up` (called by the agent at the
+start of each turn) reads the user's version, one cheap query, and only when it moved reads what changed since and
+applies it: memories saved, changed or forgotten by another session, on any worker, an erasure, a renamed profile.
+
+Compare-and-set. :meth:`save_memory` writes one memory directly (not through the write batcher) on the condition
+that its stored version is the one this index holds (absent, if the index holds none). Of two sessions writing one
+key at once exactly one wins; the other is handed the value that holds, which its index takes, and its caller is
+told so (:class:`Saved`), so no two sessions are both told "saved" for values that disagree. Why not the batcher:
+a batched write is acknowledged before the database has judged it, so "saved" could not be said truthfully. Only
+when the database cannot be reached does a save fall back to the batcher's durable outbox (``Saved.queued``: kept,
+and stored when the database is back, where the newer write wins). ``save_many`` (onboarding seeds, imports) stays
+batched: its rows are new, from one claimed source, and the next catch-up brings their versions.
+
+Cancellation. Background work that may write (extraction, the profile refresh) takes a :class:`WriteTicket` when it
+begins; every forget, here or seen from another session, revokes the tickets taken before it, and a save under a
+revoked ticket is refused (:class:`~core.errors.WriteCancelledError`): what was being forgotten is not saved again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import uuid
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.categories import MAX_VALUE_LENGTH
+from core.errors import CompanionError, InvalidInputError, StorageUnavailableError, WriteCancelledError
+from core.validators import WriteGuard, clean_text, clean_value, normalize_key, parse_category, parse_importance
+from infrastructure.cache import Cache
+from infrastructure.database_batcher import DatabaseBatcher
+from infrastructure.embeddings import Embedder
+from infrastructure.storage import (
+    DeletedCounts,
+    Memory,
+    MemoryAccess,
+    MemoryChange,
+    MemoryWrite,
+    Profile,
+    Storage,
+    memory_key_hash,
+)
+from rag_system import GateParams, IndexedMemory, MemoryIndex, Query, RankingParams, SearchResult, TextAnalyzer, analyze
+from services.memory_service import SOURCES, MemoryStats, NewMemory, index_text
+
+logger = logging.getLogger("companion.memory")
+
+_UNKNOWN = -1  # a memory saved through the batcher: its stored version arrives with the next catch-up
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """What a save did. ``won``: the value given is the one stored, and ``memory`` is it. Otherwise another
+    session's write to the key got there first and ``memory`` is the value that holds (which the index now has).
+    ``queued``: the database was away; the write is kept in the outbox and stored when it is back."""
+
+    memory: IndexedMemory
+    won: bool = True
+    queued: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CatchUp:
+    """What one :meth:`UserMemory.catch_up` applied. ``removed``: memories this session held that were deleted
+    elsewhere (their text, for the session to keep out of its own chat); ``profile`` is the current one when
+    ``profile_changed``; ``erased``: everything of the user was erased elsewhere."""
+
+    version: int
+    changed: int
+    removed: tuple[IndexedMemory, ...]
+    profile: Profile | None
+    profile_changed: bool
+    erased: bool
+
+
+class WriteTicket:
+    """Permission for background work to write; revoked by any forget after it was taken."""
+
+    __slots__ = ("__weakref__", "_valid")
+
+    def __init__(self) -> None:
+        self._valid = True
+
+    @property
+    def valid(self) -> bool:
+        return self._valid
+
+    def revoke(self) -> None:
+        self._valid = False
+
+
+class UserMemory:
+    def __init__(
+        self,
+        *,
+        user_id: uuid.UUID,
+        guard: WriteGuard,
+        storage: Storage,
+        batcher: DatabaseBatcher,
+        embedder: Embedder,
+        analyzer: TextAnalyzer,
+        cache: Cache | None = None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        write_timeout: float = 5.0,
+        confirm_within: float = 0.5,
+        ranking: RankingParams | None = None,
+        gate: GateParams | None = None,
+    ) -> None:
+        self.user_id = user_id
+        self._guard = guard
+        self._storage = storage
+        self._batcher = batcher
+        self._embedder = embedder
+        self._index = MemoryIndex(dimension=embedder.dimension, analyzer=analyzer)
+        self._cache = cache
+        self._clock = clock
+        self._write_timeout = write_timeout
+        self._confirm_within = confirm_within  # a queued write waits this long for the database, then moves on
+        self.ranking = ranking or RankingParams()  # one set for search and forget: forget finds what search finds
+        self.gate = gate or GateParams()
+        self.version = 0  # the user version this index has applied
+        self._versions: dict[tuple[str, str], int] = {}  # the stored version of each memory held
+        self._by_hash: dict[str, tuple[str, str]] = {}  # tombstones name memories by this hash
+        self._tickets: weakref.WeakSet[WriteTicket] = weakref.WeakSet()
+        self._sync = asyncio.Lock()
+
+    # Reading (the index, never the database) -------------------------------------------------------------
+
+    @property
+    def can_write(self) -> bool:
+        return self._guard.can_write
+
+    @property
+    def analyzer(self) -> TextAnalyzer:
+        return self._index.analyzer
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def get(self, category: str, key: str) -> IndexedMemory | None:
+        return self._index.get(category, key)
+
+    def holds(self, memory: IndexedMemory) -> bool:
+        """Whether the index still holds exactly this memory (not forgotten or changed since it was found)."""
+        return self._index.get(memory.category, memory.key) == memory
+
+    async def list_memories(self, category: str | None = None, *, limit: int | None = None) -> list[IndexedMemory]:
+        """Newest first, at most ``limit`` (all when None)."""
+        wanted = None if category is None else parse_category(category).value
+        return self._index.newest(limit, category=wanted)
+
+    def most_important(self, k: int) -> list[IndexedMemory]:
+        return self._index.most_important(k)
+
+    def nearest(self, vector: np.ndarray, *, k: int) -> list[tuple[IndexedMemory, float]]:
+        return self._index.nearest(vector, k=k)
+
+    def search(
+        self,
+        query: Query,
+        vector: np.ndarray,
+        *,
+        now: dt.datetime,
+        k: int,
+        history_vectors: list[np.ndarray] | None = None,
+    ) -> SearchResult:
+        return self._index.search(query, vector, now=now, k=k, history_vectors=history_vectors,
+                                  params=self.ranking, gate=self.gate)  # fmt: skip
+
+    def stats(self) -> MemoryStats:
+        return MemoryStats(count=len(self._index), by_category=self._index.count_by_category())
+
+    async def get_stored(self, category: str, key: str) -> Memory | None:
+        return await self._storage.get_memory(self.user_id, parse_category(category).value, normalize_key(key))
+
+    async def stored(self, category: str | None = None) -> list[Memory]:
+        """The stored rows, with what the index does not keep (source, last use, use count); newest first. One
+        query: for the inspector, never on a turn's path."""
+        wanted = None if category is None else parse_category(category).value
+        return await self._storage.list_memories(self.user_id, category=wanted, include_embeddings=False)
+
+    async def all_history(self) -> list[MemoryChange]:
+        """Every earlier value of every memory of the user, oldest first: one query."""
+        return await self._storage.all_memory_history(self.user_id)
+
+    async def history(self, category: str, key: str) -> list[MemoryChange]:
+        return await self._storage.memory_history(self.user_id, parse_category(category).value, normalize_key(key))
+
+    def ticket(self) -> WriteTicket:
+        """For background work about to write: revoked by the next forget (here or in another session)."""
+        ticket = WriteTicket()
+        self._tickets.add(ticket)
+        return ticket
+
+    # Loading and keeping up ------------------------------------------------------------------------------
+
+    async def load(self) -> int:
+        """Fill the index from the database (once per session); memories stored without an embedding get one."""
+        async with self._sync:
+            version = await self._storage.user_version(self.user_id)  # first: what is listed is at least this new
+            memories = await self._storage.list_memories(self.user_id)
+            self._index.reserve(len(self._index) + len(memories))
+            await self._apply(memories)
+            self._index.compact()  # the first turn's search then scans no unsorted postings
+            self.version = max(self.version, version)
+        return len(memories)
+
+    async def catch_up(self) -> CatchUp | None:
+        """Apply what changed for the user since :attr:`version`, from any session: one query when nothing did
+        (None), one more to read the changes when something did."""
+        async with self._sync:
+            if await self._storage.user_version(self.user_id) <= self.version:
+                return None
+            changes = await self._storage.changes_since(self.user_id, self.version)
+            erased = changes.erased_version > self.version
+            removed: list[IndexedMemory] = []
+            if erased:
+                removed = self._index.memories()
+                self._clear()
+            for tombstone in changes.deleted:
+                ident = self._by_hash.get(tombstone.key_hash)
+                if ident is not None and self._versions.get(ident, 0) < tombstone.version:
+                    held = self._index.get(*ident)
+                    if held is not None:
+                        removed.append(held)
+                    self._remove(*ident)
+            if removed:
+                self._revoke_tickets()  # a forget elsewhere: work begun before it must not save it again here
+            changed = await self._apply(changes.memories)
+            profile_changed = erased or (changes.profile is not None and changes.profile.version > self.version)
+            self.version = max(self.version, changes.version)
+        return CatchUp(version=self.version, changed=changed, removed=tuple(removed), profile=changes.profile,
+                       profile_changed=profile_changed, erased=erased)  # fmt: skip
+
+    async def _apply(self, memories: Sequence[Memory]) -> int:
+        """Index stored memories newer than what the index holds of them; those without an embedding get one."""
+        fresh = [m for m in memories if self._versions.get((m.category, m.key), _UNKNOWN) < m.version or m.version == 0]
+        missing = [m for m in fresh if m.embedding is None or m.embedding.shape != (self._embedder.dimension,)]
+        vectors = await self._embedder.embed([index_text(m.key, m.value) for m in missing]) if missing else []
+        embedded = {(m.category, m.key): v for m, v in zip(missing, vectors, strict=True)}
+        for memory in fresh:
+            ident = (memory.category, memory.key)
+            if self._versions.get(ident, _UNKNOWN) >= memory.version > 0:  # a save won meanwhile: it is newer
+                continue
+            self._put(_indexed(memory), embedded.get(ident, memory.embedding), version=memory.version)
+        return len(fresh)
+
+    # Writing ---------------------------------------------------------------------------------------------
+
+    async def save_memory(
+        self,
+        category: str,
+        key: str,
+        value: str,
+        importance: float | None = None,
+        *,
+        source: str = "tool",
+        ticket: WriteTicket | None = None,
+    ) -> Saved:
+        """Store (or update) one memory if no other session changed it since this index saw it (see the module
+        docstring). A changed value keeps its old one in the history."""
+        self._guard.check(self.user_id)
+        kind, key = parse_category(category), normalize_key(key)
+        category, value = kind.value, clean_value(value)
+        if source not in SOURCES:
+            raise InvalidInputError(f"memory source must be one of {sorted(SOURCES)}")
+        importance = parse_importance(importance, kind)
+        embedding = (await self._embedder.embed([index_text(key, value)]))[0]
+        for _ in range(2):  # a second attempt only when the key was deleted under the first
+            if ticket is not None and not ticket.valid:
+                raise WriteCancelledError("something was forgotten since this work began; it saves nothing")
+            write = MemoryWrite(self.user_id, category, key, value, importance, source, self._clock(),
+                                embedding=embedding)  # fmt: skip
+            try:
+                async with asyncio.timeout(self._write_timeout):
+                    expected = await self._expected_version(category, key)
+                    outcome = await self._storage.save_memory_if(write, expected_version=expected)
+            except (StorageUnavailableError, TimeoutError):
+                if not self._batcher.durable_writes:
+                    raise StorageUnavailableError("the database is not answering; the memory was not saved") from None
+                return await self._queue(write)
+            if outcome.won and outcome.memory is not None:
+                indexed = self._put(_indexed(outcome.memory), embedding, version=outcome.memory.version)
+                return Saved(indexed)
+            if outcome.memory is not None:
+                await self._apply([outcome.memory])
+                # Another session saved the same value first: what the caller wanted is what holds.
+                same = outcome.memory.value.casefold() == value.casefold()
+                return Saved(_indexed(outcome.memory), won=same)
+            self._remove(category, key)  # deleted by another session: try again as a new memory
+        raise StorageUnavailableError("the memory kept changing while it was saved; try again")
+
+    async def _expected_version(self, category: str, key: str) -> int | None:
+        """The stored version this index holds of the memory (None: it holds none, so the write must find none)."""
+        if (category, key) not in self._index:
+            return None
+        version = self._versions.get((category, key), _UNKNOWN)
+        if version == _UNKNOWN:  # saved through the batcher: its version is learnt from the database
+            stored = await self._storage.get_memory(self.user_id, category, key)
+            version = stored.version if stored is not None else _UNKNOWN
+        return None if version == _UNKNOWN else version
+
+    async def _queue(self, write: MemoryWrite) -> Saved:
+        """The database is away: keep the write in the durable outbox; it is stored when the database is back."""
+        future = self._batcher.upsert_memory(write)
+        await self._batcher.durable()
+        if future.done():
+            await future  # refused by the outbox (full, unwritable): raises
+        await self._batcher.flush(within=self._confirm_within)
+        if future.done():
+            await future  # the database refused it for good (a retry would not help): raises
+        existing = self._index.get(write.category, write.key)
+        created_at = existing.created_at if existing is not None else write.at
+        indexed = IndexedMemory(write.category, write.key, write.value, write.importance, created_at, write.at)
+        self._put(indexed, write.embedding, version=_UNKNOWN)  # type: ignore[arg-type]
+        return Saved(indexed, queued=True)
+
+    async def save_many(self, items: Sequence[NewMemory]) -> list[IndexedMemory]:
+        """Store many memories at once (onboarding seeds, imports) through the batcher: one embedding call, batched
+        writes, then the index. Each item may carry its own time (``at``); invalid items raise before anything is
+        written."""
+        self._guard.check(self.user_id)
+        prepared = []
+        for item in items:
+            kind, key = parse_category(item.category), normalize_key(item.key)
+            category, value = kind.value, clean_value(item.value)
+            importance = parse_importance(item.importance, kind)
+            if item.source not in SOURCES:
+                raise InvalidInputError(f"memory source must be one of {sorted(SOURCES)}")
+            prepared.append((category, key, value, importance, item.source, item.at or self._clock()))
+        vectors = await self._embedder.embed([index_text(p[1], p[2]) for p in prepared]) if prepared else []
+        writes = [
+            MemoryWrite(self.user_id, category, key, value, importance, source, at, embedding=vector)
+            for (category, key, value, importance, source, at), vector in zip(prepared, vectors, strict=True)
+        ]
+        accepted: list[tuple[MemoryWrite, asyncio.Future[None]]] = []
+        refused: CompanionError | None = None
+        for write in writes:
+            try:
+                accepted.append((write, self._batcher.upsert_memory(write)))
+            except CompanionError as exc:  # a full queue: what was accepted is still stored and indexed
+                refused = exc
+                break
+        durable = self._batcher.durable_writes
+        if durable:  # kept once in the outbox; the database gets a short wait, then takes them when it can
+            await self._batcher.durable()
+        await self._batcher.flush(within=self._confirm_within if durable else self._write_timeout)
+        stored = [w for w, f in accepted if _succeeded(f) or (durable and not f.done())]
+        saved = []
+        for write in stored:
+            existing = self._index.get(write.category, write.key)
+            created_at = existing.created_at if existing is not None else write.at
+            indexed = IndexedMemory(write.category, write.key, write.value, write.importance, created_at, write.at)
+            saved.append(self._put(indexed, write.embedding, version=_UNKNOWN))  # type: ignore[arg-type]
+        if refused is not None:
+            raise refused
+        for _, future in accepted:
+            if not future.done():
+                if durable:
+                    continue
+                raise StorageUnavailableError("the database is not answering; the memories are queued")
+            if future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+        return saved
+
+    async def delete(self, category: str, key: str) -> bool:
+        self._guard.check(self.user_id)
+        category, key = parse_category(category).value, normalize_key(key)
+        await self._batcher.flush(within=self._write_timeout)  # a queued upsert of it must not land after
+        deleted = await self._storage.delete_memories(self.user_id, [(category, key)]) > 0
+        self._remove(category, key)
+        return deleted
+
+    async def forget(self, description: str, *, limit: int = 1) -> list[IndexedMemory]:
+        """Forget what the user describes ("forget what I said about my ex"): the best matches by the same ranking
+        and relevance gate as retrieval, at most ``limit`` of them; nothing when nothing matches."""
+        self._guard.check(self.user_id)
+        description = clean_text(description)
+        if not description.strip():
+            raise InvalidInputError("say what to forget")
+        if len(description) > MAX_VALUE_LENGTH:
+            raise InvalidInputError(f"say what to forget in fewer than {MAX_VALUE_LENGTH} characters")
+        self._revoke_tickets()  # an extraction under way must not save again what is being forgotten
+        now = self._clock()
+        query = analyze(description, now=now, analyzer=self._index.analyzer)
+        vector = (await self._embedder.embed([query.topic]))[0]
+        found = self.search(query, vector, now=now, k=limit)
+        return await self.forget_matching([r.memory for r in found.memories])
+
+    async def forget_matching(self, memories: Sequence[IndexedMemory]) -> list[IndexedMemory]:
+        """Delete the given memories (as retrieval found them for "forget that ...")."""
+        self._revoke_tickets()
+        forgotten = []
+        for memory in memories:
+            if await self.delete(memory.category, memory.key):
+                forgotten.append(memory)
+        return forgotten
+
+    async def forget_everything(self) -> DeletedCounts:
+        """Remove all of this user's data: database rows, index, and cache on every worker sharing the Redis."""
+        self._guard.check(self.user_id)
+        self._revoke_tickets()
+        await self._batcher.flush(within=self._write_timeout)
+        counts = await self._storage.delete_user_data(self.user_id)
+        self._clear()
+        if self._cache is not None:
+            await self._cache.invalidate_user(self.user_id)
+        return counts
+
+    def record_access(self, memories: Sequence[IndexedMemory]) -> None:
+        """Count a turn's use of these memories; batched, never awaited by the turn, never raising into it."""
+        if memories and self._guard.can_write:
+            keys = tuple((m.category, m.key) for m in memories)
+            try:
+                self._batcher.record_access(MemoryAccess(self.user_id, keys, self._clock()))
+            except CompanionError as exc:
+                logger.warning("memory access not recorded", extra={"error": type(exc).__name__})
+
+    # The index and what is known of it, changed together ---------------------------------------------------
+
+    def _put(self, memory: IndexedMemory, embedding: np.ndarray, *, version: int) -> IndexedMemory:
+        existing = self._index.get(memory.category, memory.key)
+        if existing is not None and existing.created_at < memory.created_at:
+            memory = IndexedMemory(memory.category, memory.key, memory.value, memory.importance,
+                                   existing.created_at, memory.updated_at)  # fmt: skip
+        self._index.upsert(memory, embedding)
+        ident = (memory.category, memory.key)
+        self._versions[ident] = version
+        self._by_hash[memory_key_hash(self.user_id, *ident)] = ident
+        return memory
+
+    def _remove(self, category: str, key: str) -> None:
+        self._index.remove(category, key)
+        self._versions.pop((category, key), None)
+        self._by_hash.pop(memory_key_hash(self.user_id, category, key), None)
+
+    def _clear(self) -> None:
+        self._index.clear()
+        self._versions.clear()
+        self._by_hash.clear()
+        self._revoke_tickets()
+
+    def _revoke_tickets(self) -> None:
+        for ticket in list(self._tickets):
+            ticket.revoke()
+        self._tickets.clear()
+
+
+def _succeeded(future: asyncio.Future[None]) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
+
+
+def _indexed(memory: Memory) -> IndexedMemory:
+    return IndexedMemory(
+        category=memory.category,
+        key=memory.key,
+        value=memory.value,
+        importance=memory.importance,
+        created_at=memory.created_at,
+        updated_at=memory.updated_at,
+    )
