@@ -44,7 +44,7 @@ async def seed(settings: Settings) -> None:
             NewMemory("HEALTH", "knee", "Sore left knee after long runs", 0.8, "tool", now - dt.timedelta(days=5)),
         ])  # fmt: skip
         await ana.memories.save_memory("RELATIONSHIP", "sister city", "Her sister Maya moved to Porto", 0.7)
-        ana.memories.record_access([m for m in ana.memories.index.newest(None) if m.key != "drink"])
+        ana.memories.record_access([m for m in await ana.memories.list_memories() if m.key != "drink"])
         await process.batcher.flush()
 
 
