@@ -283,6 +283,7 @@ class DatabaseBatcher:
                 self._metrics.batcher_rejected.labels(reason="outbox_full").inc()
                 logger.warning("outbox full, write refused", extra={"lane": lane_name})
                 raise
+            self._count_accepted(lane_name)
             self._unsynced.append(_Unsynced(lane_name, item, key, body, future))
             self._gauge_depth()
             self._offered += 1
@@ -290,8 +291,13 @@ class DatabaseBatcher:
             return future
         if lane.key(item) not in lane.pending:
             self._check_room(lane_name)
+        self._count_accepted(lane_name)
         self._place(lane_name, item, futures=[future], seqs=[])
         return future
+
+    def _count_accepted(self, lane_name: str) -> None:
+        # Once, when accepted: a write the next process replays from the outbox is not a new write.
+        self._metrics.batcher_writes.labels(lane=lane_name).inc()
 
     def _check_room(self, lane_name: str) -> None:
         if self._depth() >= self._params.max_pending:
@@ -311,7 +317,6 @@ class DatabaseBatcher:
             self._metrics.batcher_merged.inc()
         else:
             lane.pending[key] = _Pending(item=item, accepted_at=self._clock(), futures=futures, seqs=seqs)
-        self._metrics.batcher_writes.labels(lane=lane_name).inc()
         self._gauge_depth()
         if len(lane.pending) >= self._params.max_rows or len(lane.pending) == 1:
             self._wakeup.set()
