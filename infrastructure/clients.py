@@ -5,7 +5,7 @@ are opened once per job process on the caller's ``contextlib.AsyncExitStack``, w
 order (storage and OpenAI before the HTTP client they ride on). Every session of the process shares them.
 
 ``health_check`` asks each client and records the answer in the metrics (``companion_client_up``, the connections
-its pool holds), which is what the pool health tool reads.
+its pool holds), which is what the clients' health tool (``getConnectionPoolStats``) reads.
 """
 
 from __future__ import annotations

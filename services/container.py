@@ -1,4 +1,4 @@
-"""The one place that builds the object graph: once per process (pools, models), once per session (a user's
+"""The one place that builds the object graph: once per process (clients, models), once per session (a user's
 services). agent.py calls these; so does a Python shell.
 
     async with await open_process(settings) as process:
@@ -117,7 +117,7 @@ async def open_process(
         batcher.start()
         cached = await open_embedder(settings, openai_client=clients.openai, preloaded=embedder)
         if settings.embedding_provider == "local" and embedder is None:
-            await cached.embed(["warm up"])  # the first run pays for BLAS threads; no user turn should
+            await cached.embed(["warm up"])  # the first run pays for ONNX Runtime's set-up; no user turn should
         llm = _background_llm(settings, clients)
         tasks = BackgroundTasks()
         stack.push_async_callback(tasks.aclose)

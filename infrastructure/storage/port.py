@@ -5,7 +5,7 @@ Each public method validates its input first (user ids, field names, sizes) and 
 (``MemoryWrite``, ``MessageWrite``, ``MemoryAccess``) validate themselves when built, so a batch holds only valid
 rows wherever it was assembled. Backends
 translate their driver's errors into :class:`core.errors.StorageError` at this boundary, and count round trips in
-``stats.queries`` (a warm turn is expected to make none).
+``stats.queries`` (a warm turn is expected to make one: the read of the user's version).
 
 Semantics every backend honours (the contract suite in ``tests/storage`` checks them):
 - ``upsert_memories``: one row per ``(user_id, category, key)``; a second write updates value, importance, source,
