@@ -61,11 +61,15 @@ _UNKNOWN = -1  # a memory saved through the batcher: its stored version arrives 
 class Saved:
     """What a save did. ``won``: the value given is the one stored, and ``memory`` is it. Otherwise another
     session's write to the key got there first and ``memory`` is the value that holds (which the index now has).
-    ``queued``: the database was away; the write is kept in the outbox and stored when it is back."""
+    ``queued``: the database was away; the write is kept in the outbox and stored when it is back.
+    ``forgotten``: another session forgot this memory since this index saw it, so nothing was saved (a value that
+    updates a forgotten one must not bring it back); ``memory`` is what this session still holds of it, until the
+    next catch-up takes it out of the index and the chat. A save of the key after that is a new memory."""
 
     memory: IndexedMemory
     won: bool = True
     queued: bool = False
+    forgotten: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +271,9 @@ class UserMemory:
         ticket: WriteTicket | None = None,
     ) -> Saved:
         """Store (or update) one memory if no other session changed it since this index saw it (see the module
-        docstring). A changed value keeps its old one in the history."""
+        docstring). A changed value keeps its old one in the history. A memory another session forgot meanwhile is
+        not saved again: work under a ``ticket`` is cancelled (:class:`~core.errors.WriteCancelledError`), any other
+        caller is told so (``Saved.forgotten``)."""
         self._guard.check(self.user_id)
         kind, key = parse_category(category), normalize_key(key)
         category, value = kind.value, clean_value(value)
@@ -282,6 +288,7 @@ class UserMemory:
                                 embedding=embedding)  # fmt: skip
             try:
                 async with asyncio.timeout(self._write_timeout):
+                    held = self._index.get(category, key)
                     expected = await self._expected_version(category, key)
                     outcome = await self._storage.save_memory_if(write, expected_version=expected)
             except (StorageUnavailableError, TimeoutError):
@@ -296,7 +303,12 @@ class UserMemory:
                 # Another session saved the same value first: what the caller wanted is what holds.
                 same = outcome.memory.value.casefold() == value.casefold()
                 return Saved(_indexed(outcome.memory), won=same)
-            self._remove(category, key)  # deleted by another session: try again as a new memory
+            if expected is not None and held is not None:  # deleted by another session since this index saw it
+                self._revoke_tickets()  # a forget elsewhere; the next catch-up takes it out of the index and the chat
+                if ticket is not None:
+                    raise WriteCancelledError("something was forgotten since this work began; it saves nothing")
+                return Saved(held, won=False, forgotten=True)
+            # Absent when looked at, present at the insert, gone when read: try once more as a new memory.
         raise StorageUnavailableError("the memory kept changing while it was saved; try again")
 
     async def _expected_version(self, category: str, key: str) -> int | None:

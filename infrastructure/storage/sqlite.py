@@ -218,19 +218,25 @@ class SqliteStorage(Storage):
         return wire.in_write_order(writes, stored) if read_back else []
 
     async def _save_memory_if(self, write: MemoryWrite, expected_version: int | None) -> SavedMemory:
+        # "Only if absent": an insert that does nothing on a conflict; "only at version v": an update of the row at
+        # v, never an insert (a row gone was deleted by another session: that write loses).
         stamp = _time(write.at)
         ident = (str(write.user_id), write.category, write.key)
-        async with self._transaction():  # the insert takes the write lock: the read after it sees what holds
-            won = await self._fetchall(
-                "insert into memories (id, user_id, category, key, value, importance, source, embedding, created_at, "
-                "updated_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict (user_id, category, key) do update "
-                "set value = excluded.value, importance = excluded.importance, source = excluded.source, "
-                "embedding = excluded.embedding, updated_at = excluded.updated_at where memories.version = ? "
-                "returning 1",
-                (str(uuid.uuid4()), *ident, write.value, float(write.importance), write.source,
-                 wire.embedding_bytes(write.embedding), stamp, stamp,
-                 -1 if expected_version is None else expected_version),
-            )  # fmt: skip
+        async with self._transaction():  # the write takes the write lock: the read after it sees what holds
+            if expected_version is None:
+                won = await self._fetchall(
+                    "insert into memories (id, user_id, category, key, value, importance, source, embedding, "
+                    "created_at, updated_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict do nothing returning 1",
+                    (str(uuid.uuid4()), *ident, write.value, float(write.importance), write.source,
+                     wire.embedding_bytes(write.embedding), stamp, stamp),
+                )  # fmt: skip
+            else:
+                won = await self._fetchall(
+                    "update memories set value = ?, importance = ?, source = ?, embedding = ?, updated_at = ? "
+                    "where user_id = ? and category = ? and key = ? and version = ? returning 1",
+                    (write.value, float(write.importance), write.source, wire.embedding_bytes(write.embedding),
+                     stamp, *ident, expected_version),
+                )  # fmt: skip
             row = await self._fetchone(
                 f"select {_MEMORY_COLUMNS}{'' if won else ', embedding'} from memories "
                 "where user_id = ? and category = ? and key = ?",

@@ -196,3 +196,23 @@ async def test_two_sessions_saving_the_same_value_at_once_are_both_told_it_is_sa
     )
     assert [o.won for o in outcomes] == [True, True]  # the value each wanted is the one that holds
     assert len({o.memory.value.casefold() for o in outcomes}) == 1
+
+
+async def test_a_memory_forgotten_in_one_session_is_not_saved_again_by_the_other_before_it_catches_up(workers) -> None:
+    one, two = await two_sessions(workers)
+    await one.save_memory("HEALTH", "pin", "Bank PIN is 4921")
+    await two.catch_up()
+    extraction = two.ticket()
+
+    assert [m.key for m in await one.forget("my bank PIN")] == ["pin"]
+    with pytest.raises(WriteCancelledError):  # background work (extraction) holding the old value
+        await two.save_memory("HEALTH", "pin", "Bank PIN is 4922", ticket=extraction)
+    told = await two.save_memory("HEALTH", "pin", "Bank PIN is 4922")  # the remember tool
+
+    assert told.forgotten
+    assert not told.won
+    assert await workers[0].storage.get_memory(one.user_id, "HEALTH", "pin") is None
+    caught = await two.catch_up()
+    assert [m.value for m in caught.removed] == ["Bank PIN is 4921"]  # still named, for the chat to be scrubbed
+    assert two.get("HEALTH", "pin") is None
+    assert (await two.save_memory("HEALTH", "pin", "Bank PIN is 4922")).won  # asked again: a new memory

@@ -438,6 +438,20 @@ async def test_of_two_compare_and_set_writes_to_one_key_exactly_one_wins(backend
     assert late.memory.value == winner.memory.value
 
 
+async def test_a_compare_and_set_on_a_deleted_memory_loses_and_does_not_create_it_again(backend: Backend) -> None:
+    store, user = backend.storage, uuid.uuid4()
+    first = await store.save_memory_if(memory(user, "pin", "Bank PIN is 4921"), expected_version=None)
+    await store.delete_memories(user, [("FACT", "pin")])  # forgotten by another session
+    version = await store.user_version(user)
+
+    stale = await store.save_memory_if(memory(user, "pin", "Bank PIN is 4922"), expected_version=first.memory.version)
+
+    assert not stale.won
+    assert stale.memory is None
+    assert await store.get_memory(user, "FACT", "pin") is None
+    assert await store.user_version(user) == version
+
+
 async def test_the_change_feed_holds_what_changed_after_a_version_and_tombstones_without_keys(backend: Backend) -> None:
     store, user = backend.storage, uuid.uuid4()
     await store.ensure_profile(user, at=T0)
