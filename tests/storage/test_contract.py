@@ -380,6 +380,26 @@ async def test_the_user_version_grows_with_every_change_and_never_goes_back(back
     assert await store.user_version(other) == 0
 
 
+async def test_the_user_version_moves_only_when_something_changed(backend: Backend) -> None:
+    store, user = backend.storage, uuid.uuid4()
+    await store.ensure_profile(user, at=T0)
+    saved = await store.save_memory_if(memory(user, "drink", "Prefers tea"), expected_version=None)
+    version = await store.user_version(user)
+
+    await store.ensure_profile(user, at=T0 + minutes(1))  # every session start
+    lost = await store.save_memory_if(memory(user, "drink", "Prefers coffee"), expected_version=None)
+    stale = await store.save_memory_if(
+        memory(user, "drink", "Prefers water"), expected_version=saved.memory.version - 1
+    )
+    await store.upsert_memories([memory(user, "drink", "Prefers tea", at=T0 + minutes(2))])  # the same value
+
+    assert not lost.won
+    assert not stale.won
+    assert await store.user_version(user) == version
+    await store.upsert_memories([memory(user, "drink", "Prefers juice", at=T0 + minutes(3))])
+    assert await store.user_version(user) == version + 1  # a real change moves it, by one
+
+
 async def test_rewriting_texts_changes_only_the_named_rows_of_that_user(backend: Backend) -> None:
     store, user, other = backend.storage, uuid.uuid4(), uuid.uuid4()
     conversation, foreign = uuid.uuid4(), uuid.uuid4()
