@@ -413,7 +413,9 @@ class SqliteStorage(Storage):
                 "do update set version = version + 1, erased_version = version + 1",
                 (str(user_id),),
             )
-        return DeletedCounts(**counts)
+            erased = await self._fetchone("select erased_version from user_versions where user_id = ?", (str(user_id),))
+        assert erased is not None
+        return DeletedCounts(**counts, version=int(erased["erased_version"]))
 
     async def _user_version(self, user_id: uuid.UUID) -> int:
         row = await self._fetchone("select version from user_versions where user_id = ?", (str(user_id),))
@@ -421,18 +423,28 @@ class SqliteStorage(Storage):
 
     async def _changes_since(self, user_id: uuid.UUID, version: int) -> UserChanges:
         uid = str(user_id)
-        async with self._write_lock:  # one snapshot: no write of this process between the reads
-            versions = await self._fetchone(
-                "select version, erased_version from user_versions where user_id = ?", (uid,)
-            )
-            memories = await self._fetchall(
-                f"select {_MEMORY_COLUMNS}, embedding from memories where user_id = ? and version > ? order by version",
-                (uid, version),
-            )
-            deleted = await self._fetchall(
-                "select key_hash, version from memory_tombstones where user_id = ? and version > ?", (uid, version)
-            )
-            profile = await self._fetchone("select * from profiles where user_id = ?", (uid,))
+        # One snapshot: the reads run in one read transaction (in WAL mode it sees the database as of its first
+        # read, whatever other processes commit meanwhile), under the lock that keeps this process's writes out.
+        async with self._write_lock:
+            with self._translate():
+                await self._db.execute("begin")
+            try:
+                versions = await self._fetchone(
+                    "select version, erased_version from user_versions where user_id = ?", (uid,)
+                )
+                memories = await self._fetchall(
+                    f"select {_MEMORY_COLUMNS}, embedding from memories where user_id = ? and version > ? "
+                    "order by version",
+                    (uid, version),
+                )
+                deleted = await self._fetchall(
+                    "select key_hash, version from memory_tombstones where user_id = ? and version > ?", (uid, version)
+                )
+                profile = await self._fetchone("select * from profiles where user_id = ?", (uid,))
+            finally:
+                if not self._closed:
+                    with self._translate():
+                        await self._db.rollback()  # it wrote nothing
         return UserChanges(
             version=0 if versions is None else int(versions["version"]),
             erased_version=0 if versions is None else int(versions["erased_version"]),

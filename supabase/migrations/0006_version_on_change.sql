@@ -61,3 +61,33 @@ drop trigger if exists profiles_take_user_version on public.profiles;
 create trigger profiles_take_user_version
     after insert or update on public.profiles
     for each row execute function public.companion_take_user_version();
+
+-- Erasure, as in 0005, and it also returns the version it took ("version"): the erasing session moves to it, and
+-- does not take its own erasure for one made elsewhere.
+create or replace function public.companion_delete_user_data(p_user_id uuid)
+returns jsonb
+language plpgsql as $$
+declare
+    n_messages integer; n_conversations integer; n_history integer;
+    n_memories integer; n_onboarding integer; n_profiles integer; erased bigint;
+begin
+    delete from public.messages where user_id = p_user_id;
+    get diagnostics n_messages = row_count;
+    delete from public.conversations where user_id = p_user_id;
+    get diagnostics n_conversations = row_count;
+    delete from public.memory_history where user_id = p_user_id;
+    get diagnostics n_history = row_count;
+    delete from public.memories where user_id = p_user_id;
+    get diagnostics n_memories = row_count;
+    delete from public.onboarding_answers where user_id = p_user_id;
+    get diagnostics n_onboarding = row_count;
+    delete from public.profiles where user_id = p_user_id;
+    get diagnostics n_profiles = row_count;
+    delete from public.memory_tombstones where user_id = p_user_id;
+    erased := public.companion_next_user_version(p_user_id);
+    update public.user_versions set erased_version = erased where user_id = p_user_id;
+    return jsonb_build_object(
+        'messages', n_messages, 'conversations', n_conversations, 'memory_history', n_history,
+        'memories', n_memories, 'onboarding', n_onboarding, 'profiles', n_profiles, 'version', erased);
+end
+$$;

@@ -507,3 +507,13 @@ async def test_an_erasure_leaves_no_tombstone_and_notes_its_version(backend: Bac
     assert changes.memories == ()
     assert changes.profile is None
     assert changes.erased_version == changes.version == await store.user_version(user) > 0
+
+
+async def test_an_erasure_returns_the_version_it_took(backend: Backend) -> None:
+    store, user = backend.storage, uuid.uuid4()
+    await store.upsert_memories([memory(user, "job", "nurse")])
+    counts = await store.delete_user_data(user)
+    await store.upsert_memories([memory(user, "city", "Lisbon")])  # said after it
+
+    assert counts.memories == 1
+    assert counts.version == (await store.changes_since(user, 0)).erased_version > 0
