@@ -29,7 +29,7 @@ import logging
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -47,6 +47,7 @@ from infrastructure.storage import (
     MemoryWrite,
     Profile,
     Storage,
+    UserChanges,
     memory_key_hash,
 )
 from rag_system import GateParams, IndexedMemory, MemoryIndex, Query, RankingParams, SearchResult, TextAnalyzer, analyze
@@ -84,6 +85,17 @@ class CatchUp:
     profile: Profile | None
     profile_changed: bool
     erased: bool
+
+
+@dataclass(slots=True)
+class _Caught:
+    """What catch-ups applied since a caller last took it (see :meth:`UserMemory.catch_up`)."""
+
+    changed: int = 0
+    removed: list[IndexedMemory] = field(default_factory=list)
+    profile: Profile | None = None
+    profile_changed: bool = False
+    erased: bool = False
 
 
 class WriteTicket:
@@ -136,6 +148,7 @@ class UserMemory:
         self._by_hash: dict[str, tuple[str, str]] = {}  # tombstones name memories by this hash
         self._tickets: weakref.WeakSet[WriteTicket] = weakref.WeakSet()
         self._sync = asyncio.Lock()
+        self._caught = _Caught()  # applied by catch-ups, not yet handed to a caller
 
     # Reading (the index, never the database) -------------------------------------------------------------
 
@@ -220,43 +233,71 @@ class UserMemory:
 
     async def catch_up(self) -> CatchUp | None:
         """Apply what changed for the user since :attr:`version`, from any session: one query when nothing did
-        (None), one more to read the changes when something did."""
+        (None), one more to read the changes when something did. None too when the changes were this session's own
+        (nothing it holds changed).
+
+        What a catch-up took out of the index (memories forgotten elsewhere, an erasure) and a changed profile are
+        kept here until a call returns them: a call cancelled halfway (a turn's time budget, a generation LiveKit
+        threw away) loses none of it; the next call, here or by :meth:`save_memory`, hands it over."""
         async with self._sync:
-            if await self._storage.user_version(self.user_id) <= self.version:
-                return None
-            changes = await self._storage.changes_since(self.user_id, self.version)
-            erased = changes.erased_version > self.version
-            removed: list[IndexedMemory] = []
-            if erased:
-                removed = self._index.memories()
-                self._clear()
-            for tombstone in changes.deleted:
-                ident = self._by_hash.get(tombstone.key_hash)
-                if ident is not None and self._versions.get(ident, 0) < tombstone.version:
-                    held = self._index.get(*ident)
-                    if held is not None:
-                        removed.append(held)
-                    self._remove(*ident)
-            if removed:
-                self._revoke_tickets()  # a forget elsewhere: work begun before it must not save it again here
-            changed = await self._apply(changes.memories)
-            profile_changed = erased or (changes.profile is not None and changes.profile.version > self.version)
-            self.version = max(self.version, changes.version)
-        return CatchUp(version=self.version, changed=changed, removed=tuple(removed), profile=changes.profile,
-                       profile_changed=profile_changed, erased=erased)  # fmt: skip
+            if await self._storage.user_version(self.user_id) > self.version:
+                await self._apply_changes(await self._storage.changes_since(self.user_id, self.version))
+            return self._take_caught()
+
+    async def _apply_changes(self, changes: UserChanges) -> None:
+        # Everything that takes something out of the index is done, and noted, before the first await below.
+        seen = self.version
+        if changes.erased_version > self.version:
+            self._caught.removed.extend(self._index.memories())
+            self._caught.erased = True
+            self._clear()
+            self.version = changes.erased_version  # the index holds what the database held then: nothing
+        removed = False
+        for tombstone in changes.deleted:
+            ident = self._by_hash.get(tombstone.key_hash)
+            if ident is not None and self._versions.get(ident, 0) < tombstone.version:
+                held = self._index.get(*ident)
+                if held is not None:
+                    self._caught.removed.append(held)
+                    removed = True
+                self._remove(*ident)
+        if removed:
+            self._revoke_tickets()  # a forget elsewhere: work begun before it must not save it again here
+        if changes.erased_version > seen or (changes.profile is not None and changes.profile.version > seen):
+            self._caught.profile_changed = True
+        self._caught.profile = changes.profile
+        # A memory read before its deletion was (a change feed that is no snapshot) is not brought back.
+        deleted_at = {t.key_hash: t.version for t in changes.deleted}
+        memories = [m for m in changes.memories
+                    if deleted_at.get(memory_key_hash(self.user_id, m.category, m.key), -1) < m.version]  # fmt: skip
+        self._caught.changed += await self._apply(memories)
+        self.version = max(self.version, changes.version)
+
+    def _take_caught(self) -> CatchUp | None:
+        caught, self._caught = self._caught, _Caught()
+        if not (caught.changed or caught.removed or caught.erased or caught.profile_changed):
+            return None
+        return CatchUp(version=self.version, changed=caught.changed, removed=tuple(caught.removed),
+                       profile=caught.profile, profile_changed=caught.profile_changed,
+                       erased=caught.erased)  # fmt: skip
 
     async def _apply(self, memories: Sequence[Memory]) -> int:
-        """Index stored memories newer than what the index holds of them; those without an embedding get one."""
+        """Index stored memories newer than what the index holds of them; those without an embedding get one.
+        Returns how many changed what the index holds (learning the version of a write of its own is no change)."""
         fresh = [m for m in memories if self._versions.get((m.category, m.key), _UNKNOWN) < m.version or m.version == 0]
         missing = [m for m in fresh if m.embedding is None or m.embedding.shape != (self._embedder.dimension,)]
         vectors = await self._embedder.embed([index_text(m.key, m.value) for m in missing]) if missing else []
         embedded = {(m.category, m.key): v for m, v in zip(missing, vectors, strict=True)}
+        changed = 0
         for memory in fresh:
             ident = (memory.category, memory.key)
             if self._versions.get(ident, _UNKNOWN) >= memory.version > 0:  # a save won meanwhile: it is newer
                 continue
+            held = self._index.get(*ident)
             self._put(_indexed(memory), embedded.get(ident, memory.embedding), version=memory.version)
-        return len(fresh)
+            if held is None or held.value != memory.value or abs(held.importance - memory.importance) > 1e-6:
+                changed += 1  # (importance is a float32 in PostgreSQL)
+        return changed
 
     # Writing ---------------------------------------------------------------------------------------------
 
@@ -297,6 +338,8 @@ class UserMemory:
                 return await self._queue(write)
             if outcome.won and outcome.memory is not None:
                 indexed = self._put(_indexed(outcome.memory), embedding, version=outcome.memory.version)
+                if outcome.memory.version == self.version + 1:  # no other change came between: nothing to catch up
+                    self.version = outcome.memory.version
                 return Saved(indexed)
             if outcome.memory is not None:
                 await self._apply([outcome.memory])
@@ -424,6 +467,7 @@ class UserMemory:
         await self._batcher.flush(within=self._write_timeout)
         counts = await self._storage.delete_user_data(self.user_id)
         self._clear()
+        self.version = max(self.version, counts.version)  # its own erasure is no erasure elsewhere to catch up with
         if self._cache is not None:
             await self._cache.invalidate_user(self.user_id)
         return counts
@@ -440,12 +484,17 @@ class UserMemory:
     # The index and what is known of it, changed together ---------------------------------------------------
 
     def _put(self, memory: IndexedMemory, embedding: np.ndarray, *, version: int) -> IndexedMemory:
-        existing = self._index.get(memory.category, memory.key)
+        """Hold ``memory`` at its stored ``version`` (``_UNKNOWN``: a write of this session's own on its way), unless
+        the index holds a newer version of it (a catch-up ran while a save awaited the database): an index never
+        goes back. Returns ``memory`` as given (with the first ``created_at``)."""
+        ident = (memory.category, memory.key)
+        existing = self._index.get(*ident)
         if existing is not None and existing.created_at < memory.created_at:
             memory = IndexedMemory(memory.category, memory.key, memory.value, memory.importance,
                                    existing.created_at, memory.updated_at)  # fmt: skip
+        if version != _UNKNOWN and self._versions.get(ident, _UNKNOWN) > version:
+            return memory
         self._index.upsert(memory, embedding)
-        ident = (memory.category, memory.key)
         self._versions[ident] = version
         self._by_hash[memory_key_hash(self.user_id, *ident)] = ident
         return memory
