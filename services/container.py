@@ -184,11 +184,10 @@ class Session:
         metrics.catch_ups.labels(outcome="unchanged" if caught is None else "applied").inc()
         if caught is None:
             return None
+        if caught.erased:  # first: nothing may be written for the user after it (a redaction would flush writes)
+            self.forgetting.erased_elsewhere()
         if caught.removed:
-            self.forgetting.forgotten_elsewhere(caught.removed)
-        if caught.erased:
-            self.conversations.forget()
-            self.guard.revoke()
+            self.forgetting.forgotten_elsewhere(caught.removed)  # after an erasure: this session's chat only
         return caught
 
     async def forget_everything(self) -> DeletedCounts:
