@@ -159,6 +159,16 @@ async def test_a_guest_conversation_extracts_nothing(process: Process, fake: Fak
     assert extractions(fake) == []
 
 
+async def test_a_guest_conversation_reads_nothing_at_the_start_of_a_turn(process: Process, metrics) -> None:
+    guest = await open_session(process, user_id=None)
+    turns = session_turns(process, guest, metrics=metrics)
+    queries = process.storage.stats.queries
+
+    assert await turns.catch_up("message-1") is None
+    assert await turns.catch_up("message-2") is None
+    assert process.storage.stats.queries == queries
+
+
 async def test_after_forget_everything_no_extraction_starts(
     turns: SessionTurns, session: Session, process: Process, fake: FakeOpenAIServer
 ) -> None:
