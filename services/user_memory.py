@@ -316,11 +316,7 @@ class UserMemory:
         not saved again: work under a ``ticket`` is cancelled (:class:`~core.errors.WriteCancelledError`), any other
         caller is told so (``Saved.forgotten``)."""
         self._guard.check(self.user_id)
-        kind, key = parse_category(category), normalize_key(key)
-        category, value = kind.value, clean_value(value)
-        if source not in SOURCES:
-            raise InvalidInputError(f"memory source must be one of {sorted(SOURCES)}")
-        importance = parse_importance(importance, kind)
+        category, key, value, importance = _checked(category, key, value, importance, source)
         embedding = (await self._embedder.embed([index_text(key, value)]))[0]
         for _ in range(2):  # a second attempt only when the key was deleted under the first
             if ticket is not None and not ticket.valid:
@@ -373,11 +369,7 @@ class UserMemory:
         await self._batcher.flush(within=self._confirm_within)
         if future.done():
             await future  # the database refused it for good (a retry would not help): raises
-        existing = self._index.get(write.category, write.key)
-        created_at = existing.created_at if existing is not None else write.at
-        indexed = IndexedMemory(write.category, write.key, write.value, write.importance, created_at, write.at)
-        self._put(indexed, write.embedding, version=_UNKNOWN)  # type: ignore[arg-type]
-        return Saved(indexed, queued=True)
+        return Saved(self._put_queued(write), queued=True)
 
     async def save_many(self, items: Sequence[NewMemory]) -> list[IndexedMemory]:
         """Store many memories at once (onboarding seeds, imports) through the batcher: one embedding call, batched
@@ -386,12 +378,8 @@ class UserMemory:
         self._guard.check(self.user_id)
         prepared = []
         for item in items:
-            kind, key = parse_category(item.category), normalize_key(item.key)
-            category, value = kind.value, clean_value(item.value)
-            importance = parse_importance(item.importance, kind)
-            if item.source not in SOURCES:
-                raise InvalidInputError(f"memory source must be one of {sorted(SOURCES)}")
-            prepared.append((category, key, value, importance, item.source, item.at or self._clock()))
+            checked = _checked(item.category, item.key, item.value, item.importance, item.source)
+            prepared.append((*checked, item.source, item.at or self._clock()))
         vectors = await self._embedder.embed([index_text(p[1], p[2]) for p in prepared]) if prepared else []
         writes = [
             MemoryWrite(self.user_id, category, key, value, importance, source, at, embedding=vector)
@@ -410,12 +398,7 @@ class UserMemory:
             await self._batcher.durable()
         await self._batcher.flush(within=self._confirm_within if durable else self._write_timeout)
         stored = [w for w, f in accepted if _succeeded(f) or (durable and not f.done())]
-        saved = []
-        for write in stored:
-            existing = self._index.get(write.category, write.key)
-            created_at = existing.created_at if existing is not None else write.at
-            indexed = IndexedMemory(write.category, write.key, write.value, write.importance, created_at, write.at)
-            saved.append(self._put(indexed, write.embedding, version=_UNKNOWN))  # type: ignore[arg-type]
+        saved = [self._put_queued(write) for write in stored]
         if refused is not None:
             raise refused
         for _, future in accepted:
@@ -499,6 +482,11 @@ class UserMemory:
         self._by_hash[memory_key_hash(self.user_id, *ident)] = ident
         return memory
 
+    def _put_queued(self, write: MemoryWrite) -> IndexedMemory:
+        """A write of this session's own on its way through the batcher: indexed now, its version learnt later."""
+        memory = IndexedMemory(write.category, write.key, write.value, write.importance, write.at, write.at)
+        return self._put(memory, write.embedding, version=_UNKNOWN)  # type: ignore[arg-type]
+
     def _remove(self, category: str, key: str) -> None:
         self._index.remove(category, key)
         self._versions.pop((category, key), None)
@@ -514,6 +502,16 @@ class UserMemory:
         for ticket in list(self._tickets):
             ticket.revoke()
         self._tickets.clear()
+
+
+def _checked(category: str, key: str, value: str, importance: float | None, source: str) -> tuple[str, str, str, float]:
+    """A memory as it is stored: the category's name, the key normalised, the value cleaned, the importance within
+    bounds (the category's default for None). Raises :class:`~core.errors.InvalidInputError`, before any write."""
+    kind = parse_category(category)
+    key, value = normalize_key(key), clean_value(value)
+    if source not in SOURCES:
+        raise InvalidInputError(f"memory source must be one of {sorted(SOURCES)}")
+    return kind.value, key, value, parse_importance(importance, kind)
 
 
 def _succeeded(future: asyncio.Future[None]) -> bool:
