@@ -34,7 +34,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.categories import MAX_VALUE_LENGTH
-from core.errors import CompanionError, InvalidInputError, StorageUnavailableError, WriteCancelledError
+from core.errors import (
+    CompanionError,
+    ConflictError,
+    InvalidInputError,
+    StorageUnavailableError,
+    WriteCancelledError,
+)
 from core.validators import WriteGuard, clean_text, clean_value, normalize_key, parse_category, parse_importance
 from infrastructure.cache import Cache
 from infrastructure.database_batcher import DatabaseBatcher
@@ -348,7 +354,7 @@ class UserMemory:
                     raise WriteCancelledError("something was forgotten since this work began; it saves nothing")
                 return Saved(held, won=False, forgotten=True)
             # Absent when looked at, present at the insert, gone when read: try once more as a new memory.
-        raise StorageUnavailableError("the memory kept changing while it was saved; try again")
+        raise ConflictError("the memory kept changing while it was saved; try again")
 
     async def _expected_version(self, category: str, key: str) -> int | None:
         """The stored version this index holds of the memory (None: it holds none, so the write must find none)."""

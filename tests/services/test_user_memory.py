@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.errors import WriteCancelledError
+from core.errors import ConflictError, StorageUnavailableError, WriteCancelledError
 from core.validators import WriteGuard
 from infrastructure.database_batcher import BatcherParams, DatabaseBatcher
 from infrastructure.embeddings import CachedEmbedder, Embedder
@@ -330,3 +330,18 @@ async def test_a_memory_read_before_its_tombstone_in_one_change_feed_is_not_brou
     assert saved.won
     assert two.get("HEALTH", "pin") is None
     assert [m.value for m in caught.removed] == ["Bank PIN is 4921"]
+
+
+async def test_a_save_that_keeps_losing_to_other_sessions_is_a_retryable_conflict_not_an_outage(
+    workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, _ = await two_sessions(workers)
+
+    async def created_and_deleted_by_others_each_time(write: MemoryWrite, *, expected_version: int | None):
+        return SavedMemory(won=False, memory=None)  # absent when looked at, present at the insert, gone when read
+
+    monkeypatch.setattr(workers[0].storage, "save_memory_if", created_and_deleted_by_others_each_time)
+    with pytest.raises(ConflictError) as raised:
+        await one.save_memory("FACT", "job", "Works as a nurse")
+    assert raised.value.retryable
+    assert not isinstance(raised.value, StorageUnavailableError)  # the database answered: no outbox fallback
