@@ -303,6 +303,11 @@ class MemoryTools(llm.Toolset):
         saved = await _speakable(self._memories.save_memory(category, key, value, importance))
         if saved.queued:
             return f"Saved: {saved.memory.value} (kept here while the memory store is away; stored when it is back)"
+        if saved.forgotten:  # the user had it forgotten in another conversation meanwhile: not brought back
+            return (
+                "Not saved: the user just asked, in another conversation, to forget what you held about this. "
+                "Ask the user whether it should be remembered again before saving it."
+            )
         if not saved.won:  # another conversation of the user saved this key first: its value holds
             return (
                 f"Not saved: meanwhile another conversation remembered this as: {saved.memory.value}. "

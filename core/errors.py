@@ -6,7 +6,8 @@
     │   └── InvalidUserIdError     a user id that is not a UUID
     ├── NotFoundError              no such user or memory (the inspector answers 404)
     ├── UnauthorizedError          no valid token or sign-in (the inspector answers 401)
-    ├── ConflictError              another session changed the same memory first (the inspector answers 409)
+    ├── ConflictError              another session changed the same memory first (the inspector answers 409), or
+    │                              kept changing it while a save tried again; retryable
     ├── WriteForbiddenError        a session tried to write for a user it does not serve
     ├── WriteCancelledError        background work begun before a forget tried to save; it saves nothing
     ├── StorageError               the database failed (translated from the driver at the backend boundary)

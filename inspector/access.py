@@ -235,6 +235,8 @@ class UserAccess:
         saved = await self._session.memories.save_memory(
             category, key, current.value if value is None else value, level, source="inspector"
         )
+        if saved.forgotten:  # forgotten in a session meanwhile
+            raise NotFoundError("no such memory")
         if not saved.won:
             raise ConflictError("another session changed this memory at the same moment; reload it and try again")
         self._audit("edit", category, key)

@@ -15,7 +15,8 @@ session is stored.
 
 Other live sessions of the user (any worker) learn of a forget at the start of their next turn
 (:meth:`services.container.Session.catch_up`): the memory leaves their index, and :meth:`forgotten_elsewhere` keeps
-it out of their chat, transcript and stored messages the same way. After an erasure they store nothing more.
+it out of their chat, transcript and stored messages the same way. After an erasure they store nothing more, and
+the writes they still queue are dropped (:meth:`erased_elsewhere`).
 """
 
 from __future__ import annotations
@@ -131,6 +132,14 @@ class ForgettingService:
         self._conversations.forget()
         self._guard.revoke()
         return counts
+
+    def erased_elsewhere(self) -> None:
+        """Another session of the user erased everything (seen by a catch-up): this session stores nothing more, the
+        writes it still queues (messages said before the erasure was seen) are dropped rather than stored into the
+        erased user's tables, and its transcript goes."""
+        self._guard.revoke()
+        self._batcher.discard_user(self.user_id, before=self._clock())
+        self._conversations.forget()
 
     def forgotten_elsewhere(self, memories: Sequence[IndexedMemory]) -> None:
         """Memories another session of the user forgot (seen by a catch-up): out of this session's later LLM

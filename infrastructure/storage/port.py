@@ -17,7 +17,8 @@ Semantics every backend honours (the contract suite in ``tests/storage`` checks 
 - ``user_version`` grows with every change to the user's profile or memories, deletions included, and never goes
   back (the database bumps it, in the same transaction as the change, and stamps it on the changed row).
 - ``save_memory_if`` stores a memory only if its stored version is the one the caller saw (None: only if absent);
-  of two racing writes to one key exactly one wins, and the other is handed the row that holds.
+  of two racing writes to one key exactly one wins, and the other is handed the row that holds. A version given
+  for a row that is gone loses (``memory`` None): the memory was deleted, and is not created again.
 - ``changes_since(v)`` returns every memory changed and every memory deleted after version ``v`` (deletions as
   tombstones that hold a hash, never the key), the profile, and the version they bring the reader to.
 """
@@ -150,7 +151,8 @@ class Storage(abc.ABC):
 
     async def save_memory_if(self, write: MemoryWrite, *, expected_version: int | None) -> SavedMemory:
         """Compare-and-set: store ``write`` only if the memory's stored ``version`` is ``expected_version`` (None:
-        only if there is no such memory). One round trip when it wins or loses to a row the reader can see."""
+        only if there is no such memory; a version given for a memory that is gone loses, with ``memory`` None).
+        One round trip when it wins or loses to a row the reader can see."""
         if expected_version is not None and expected_version < 0:
             raise InvalidInputError("expected_version must be at least 0")
         return await self._save_memory_if(write, expected_version)

@@ -225,20 +225,25 @@ class PostgresStorage(Storage):
         return wire.in_write_order(writes, rows) if read_back else []
 
     async def _save_memory_if(self, write: MemoryWrite, expected_version: int | None) -> SavedMemory:
-        # The insert's update runs only on the version the caller saw (-1: never, for "only if absent"); when it
-        # does not, the second branch reads the row that holds, in the same round trip.
-        rows = await self._fetch(
-            f"""
-            with won as (
-                insert into public.memories as m
+        # "Only if absent" is an insert that does nothing on a conflict; "only at version v" an update of the row at
+        # v, never an insert (a row gone was deleted by another session: that write loses). When it does not win,
+        # the second branch reads the row that holds, in the same round trip.
+        if expected_version is None:
+            attempt = f"""
+                insert into public.memories
                     (user_id, category, key, value, importance, source, embedding, created_at, updated_at)
                 values ($1, $2, $3, $4, $5, $6, $7, $8, $8)
-                on conflict (user_id, category, key) do update
-                   set value = excluded.value, importance = excluded.importance, source = excluded.source,
-                       embedding = excluded.embedding, updated_at = excluded.updated_at
-                 where m.version = $9
-                returning {_MEMORY_COLUMNS}, null::bytea as embedding, true as won
-            )
+                on conflict (user_id, category, key) do nothing
+                returning {_MEMORY_COLUMNS}, null::bytea as embedding, true as won"""
+        else:
+            attempt = f"""
+                update public.memories as m
+                   set value = $4, importance = $5, source = $6, embedding = $7, updated_at = $8
+                 where user_id = $1 and category = $2 and key = $3 and m.version = $9
+                returning {_MEMORY_COLUMNS}, null::bytea as embedding, true as won"""
+        rows = await self._fetch(
+            f"""
+            with won as ({attempt})
             select * from won
             union all
             select {_MEMORY_COLUMNS}, embedding, false from public.memories
@@ -252,7 +257,7 @@ class PostgresStorage(Storage):
             write.source,
             wire.embedding_bytes(write.embedding),
             write.at,
-            -1 if expected_version is None else expected_version,
+            *(() if expected_version is None else (expected_version,)),
         )
         memory = wire.memory_from_row(rows[0]) if rows else None
         if rows and rows[0]["won"]:

@@ -235,7 +235,8 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class DeletedCounts:
-    """Rows removed by ``delete_user_data``, per table."""
+    """Rows removed by ``delete_user_data``, per table; ``version``: the user's version the erasure took (its
+    ``erased_version``; 0 from a database whose erasure function predates migration 0006)."""
 
     profiles: int = 0
     onboarding: int = 0
@@ -243,6 +244,7 @@ class DeletedCounts:
     memory_history: int = 0
     conversations: int = 0
     messages: int = 0
+    version: int = field(default=0, compare=False)
 
     @property
     def total(self) -> int:

@@ -409,7 +409,7 @@ class PostgrestStub:
         tombstones.rows[:] = [r for r in tombstones.rows if r["user_id"] != user_id]
         erased = self._bump_version(user_id)
         next(r for r in self.tables["user_versions"].rows if r["user_id"] == user_id)["erased_version"] = erased
-        return counts
+        return counts | {"version": erased}  # 0006
 
     # Helpers -----------------------------------------------------------------------------------------------
 
