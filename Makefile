@@ -1,6 +1,7 @@
 # make console   chat with the agent in the terminal (scripts/console: python agent.py console --text); make exits 2
 #                when it fails, whatever the console's status: scripts/console exits with the console's own (78, 70)
 # make test      the whole suite: ruff, import-linter, pytest (starts PostgreSQL and Redis when needed)
+# make inspector the memory inspector on 127.0.0.1:$${INSPECTOR_PORT:-8089} (python -m inspector; needs INSPECTOR_TOKEN)
 # make bench     bench/infrastructure.py: batching, cache, pool and embedder numbers as one JSON object
 # The first run creates .venv and installs everything, system packages included where it may.
 
@@ -9,7 +10,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: console test lint bench setup constraints clean
+.PHONY: console inspector test lint bench setup constraints clean
 
 setup: $(STAMP)
 
@@ -25,6 +26,9 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-model.txt constrain
 
 console: $(STAMP)
 	@scripts/console
+
+inspector: $(STAMP)
+	$(BIN)/python -m inspector
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -303,6 +303,11 @@ class MemoryTools(llm.Toolset):
         saved = await _speakable(self._memories.save_memory(category, key, value, importance))
         if saved.queued:
             return f"Saved: {saved.memory.value} (kept here while the memory store is away; stored when it is back)"
+        if saved.forgotten:  # the user had it forgotten in another conversation meanwhile: not brought back
+            return (
+                "Not saved: the user just asked, in another conversation, to forget what you held about this. "
+                "Ask the user whether it should be remembered again before saving it."
+            )
         if not saved.won:  # another conversation of the user saved this key first: its value holds
             return (
                 f"Not saved: meanwhile another conversation remembered this as: {saved.memory.value}. "
@@ -548,9 +553,9 @@ def prewarm(proc: JobProcess) -> None:
     The clients open at the start of the job (``open_process``), while it waits for the participant, because asyncio
     clients belong to the loop they were opened on.
 
-    One BLAS thread per job process: a worker runs several at once on the machine's cores, and OpenBLAS's threads
-    keep spinning after a call, so a second thread mostly contends with the next small matrix product (measured in
-    README, "Retrieval": search p95 at 10,000 memories 8 ms with two threads, 1 ms with one)."""
+    One BLAS thread per job process (the search's matrix product; the embedder runs ONNX Runtime on one thread of
+    its own): a worker runs several job processes at once on the machine's cores, and OpenBLAS's threads keep
+    spinning after a call, so a second thread mostly contends with the next small product (README, "Retrieval")."""
     threadpool_limits(limits=1, user_api="blas")
     proc.userdata["vad"] = silero.VAD.load()
     proc.userdata["embedder"] = preload_embedder(get_settings())
@@ -683,7 +688,7 @@ SESSION_CONNECT_OPTIONS = SessionConnectOptions(llm_conn_options=LLM_CONNECT_OPT
 
 def turn_detection(settings: Settings) -> TurnDetectionMode:
     """TURN_DETECTOR as LiveKit's turn detection. Always explicit: left to itself, an AgentSession loads the local
-    end-of-turn model (244 MB) even for a text-only session."""
+    end-of-turn model (214 MB of RSS) even for a text-only session."""
     if settings.turn_detector == "local":
         return inference.TurnDetector(version="v1-mini")
     if settings.turn_detector == "cloud":

@@ -39,9 +39,11 @@ sys.path.insert(0, str(REPO))
 import aiosqlite  # noqa: E402
 import asyncpg  # noqa: E402
 import numpy as np  # noqa: E402
+from prometheus_client import CollectorRegistry  # noqa: E402
 
 from bench.infrastructure import test_services  # noqa: E402
 from infrastructure.database_batcher import BatcherParams, DatabaseBatcher  # noqa: E402
+from infrastructure.metrics import Metrics  # noqa: E402
 from infrastructure.outbox import MEMORIES, MESSAGES, Outbox, OutboxParams, encode  # noqa: E402
 from infrastructure.storage import MemoryWrite, MessageWrite  # noqa: E402
 from infrastructure.storage.migrations import apply_migrations  # noqa: E402
@@ -115,11 +117,18 @@ async def bench_aiosqlite(folder: Path, n: int, rng: np.random.Generator) -> dic
     return summary(timings)
 
 
+def own_metrics() -> Metrics:
+    """Counters of this run alone: the process-wide ones add up every run's replays."""
+    return Metrics(CollectorRegistry())
+
+
 async def bench_acknowledgement(folder: Path, n: int) -> dict[str, object]:
     rng, user = np.random.default_rng(2), uuid.uuid4()
     storage = await SqliteStorage.open(folder / "companion.db")
     outbox = await Outbox.open(OutboxParams(folder / "outbox", max_rows=n + 100))
-    batcher = DatabaseBatcher(storage=storage, params=BatcherParams(max_delay=0.1), outbox=outbox)
+    batcher = DatabaseBatcher(
+        storage=storage, params=BatcherParams(max_delay=0.1), outbox=outbox, metrics=own_metrics()
+    )
     batcher.start()
     lags: list[float] = []
     stop = asyncio.Event()
@@ -169,7 +178,7 @@ async def bench_replay(folder: Path, n: int, dsn: str) -> dict[str, object]:
         started = time.perf_counter()
         outbox = await Outbox.open(OutboxParams(folder / "replay", max_rows=n + 100, max_bytes=2**30))
         opened = time.perf_counter() - started
-        batcher = DatabaseBatcher(storage=storage, params=BatcherParams(), outbox=outbox)
+        batcher = DatabaseBatcher(storage=storage, params=BatcherParams(), outbox=outbox, metrics=own_metrics())
         batcher.start()
         replayed = batcher.stats().replayed
         await batcher.flush()
@@ -200,7 +209,7 @@ async def bench_recovery(folder: Path, runs: int = 3) -> dict[str, float]:
         for run in range(runs):
             settings = Settings(_env_file=None, database_url=server.dsn, outbox_dir=folder / f"recovery-{run}",  # type: ignore[call-arg]
                                 openai_base_url="http://127.0.0.1:9/v1", batch_max_delay_ms=5)  # fmt: skip
-            process = await open_process(settings, embedder=embedder)
+            process = await open_process(settings, embedder=embedder, metrics=own_metrics())
             session = await open_session(process, user_id=uuid.uuid4())
             await session.conversations.start()
             server.stop()
@@ -220,7 +229,7 @@ async def bench_recovery(folder: Path, runs: int = 3) -> dict[str, float]:
             closed = time.perf_counter() - started
             server.start()
             started = time.perf_counter()
-            later = await open_process(settings, embedder=embedder)
+            later = await open_process(settings, embedder=embedder, metrics=own_metrics())
             await later.batcher.flush(within=60)
             replayed = time.perf_counter() - started
             assert later.batcher.stats().replayed == 10

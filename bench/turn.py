@@ -10,7 +10,7 @@ with ``--turn-detector local``, the default, that warm-up loads LiveKit's end-of
 TURN_DETECTOR=local, and the sessions' turn detection is that model; with ``vad`` neither). A job process does what agent.py's ``prewarm`` and ``entrypoint`` do, in text mode: one BLAS thread, the embedder
 preloaded, Silero VAD loaded (unless ``--no-vad``), ``open_process`` / ``open_session`` on a SQLite file of its own
 holding its user's memories (seeded beforehand, with their embeddings, from the bundled sets' real sentences,
-repeated to ``--memories``), ``build_providers`` on the process's pooled OpenAI client, a text-mode
+repeated to ``--memories``), ``build_providers`` on the process's shared OpenAI client, a text-mode
 ``AgentSession`` and ``start_companion``. The LLM is a local OpenAI-compatible server in this process, shared by
 all sessions; it streams a twelve-word reply at once and answers the services' own calls (extraction, summaries).
 

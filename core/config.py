@@ -154,6 +154,22 @@ class Settings(BaseSettings):
     # `dev` DEBUG and `start` INFO.
     livekit_log_level: str | None = Field(default=None, pattern=r"(?i)^(trace|debug|info|warn|error|critical)$")
 
+    # The memory inspector (python -m inspector): operators' bearer token (None: no operator access, and the
+    # inspector starts only when SUPABASE_URL and SUPABASE_ANON_KEY let app users sign in), its port on 127.0.0.1,
+    # and how many requests a minute one caller may make.
+    inspector_token: SecretStr | None = None
+    inspector_port: int = Field(default=8089, ge=1, le=65_535)
+    inspector_rate_limit_per_minute: int = Field(default=120, ge=1, le=100_000)
+
+    @field_validator("inspector_token")
+    @classmethod
+    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError(
+                "must be at least 16 characters; make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _database_url_scheme(cls, value: str | None) -> str | None:

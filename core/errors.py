@@ -4,6 +4,10 @@
     ├── ConfigError                the environment or .env is wrong; the message names the variable and the fix
     ├── InvalidInputError          a caller passed something unusable (bad UUID, unknown field, oversized text)
     │   └── InvalidUserIdError     a user id that is not a UUID
+    ├── NotFoundError              no such user or memory (the inspector answers 404)
+    ├── UnauthorizedError          no valid token or sign-in (the inspector answers 401)
+    ├── ConflictError              another session changed the same memory first (the inspector answers 409), or
+    │                              kept changing it while a save tried again; retryable
     ├── WriteForbiddenError        a session tried to write for a user it does not serve
     ├── WriteCancelledError        background work begun before a forget tried to save; it saves nothing
     ├── StorageError               the database failed (translated from the driver at the backend boundary)
@@ -51,6 +55,20 @@ class InvalidInputError(CompanionError, ValueError):
 
 class InvalidUserIdError(InvalidInputError):
     """A user id is not a valid UUID."""
+
+
+class NotFoundError(CompanionError, LookupError):
+    """No such user or memory: nothing to show, change or forget."""
+
+
+class UnauthorizedError(CompanionError):
+    """The caller has no valid token (or the sign-in service could not check it: then ``retryable``)."""
+
+
+class ConflictError(CompanionError):
+    """A change lost to another session's write to the same memory; retryable once the caller has seen the new value."""
+
+    retryable = True
 
 
 class WriteForbiddenError(CompanionError, PermissionError):

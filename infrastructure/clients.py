@@ -5,13 +5,15 @@ are opened once per job process on the caller's ``contextlib.AsyncExitStack``, w
 order (storage and OpenAI before the HTTP client they ride on). Every session of the process shares them.
 
 ``health_check`` asks each client and records the answer in the metrics (``companion_client_up``, the connections
-its pool holds), which is what the pool health tool reads.
+its pool holds), which is what the clients' health tool (``getConnectionPoolStats``) reads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
 
 import httpx
@@ -111,13 +113,35 @@ def redis_client(url: str, *, timeout: float) -> aioredis.Redis:
     )
 
 
-async def _answers(check) -> bool:  # type: ignore[no-untyped-def]
-    try:
-        await check
-    except (CompanionError, RedisError, OSError) as exc:
+HEALTH_CHECK_TIMEOUT = 2.0  # seconds: the health tools run during a user's turn, and a stalled server must not hang it
+
+# Checks given up on: cancelled, but not awaited (a client talking to a stalled host may take as long to cancel as
+# it would have taken to answer); kept here until they end, so that they are not collected while running.
+_ABANDONED: set[asyncio.Task[object]] = set()
+
+
+async def _answers(check: Coroutine[object, object, object]) -> bool:
+    task: asyncio.Task[object] = asyncio.ensure_future(check)
+    done, _ = await asyncio.wait({task}, timeout=HEALTH_CHECK_TIMEOUT)
+    if not done:
+        task.cancel()
+        _ABANDONED.add(task)
+        task.add_done_callback(_forget_abandoned)
+        logger.warning("client health check failed", extra={"error": "TimeoutError"})
+        return False
+    exc = task.exception()
+    if exc is None:
+        return True
+    if isinstance(exc, CompanionError | RedisError | OSError):
         logger.warning("client health check failed", extra={"error": type(exc).__name__})
         return False
-    return True
+    raise exc
+
+
+def _forget_abandoned(task: asyncio.Task[object]) -> None:
+    _ABANDONED.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: the check's outcome no longer matters
 
 
 def _http_connections(client: httpx.AsyncClient) -> tuple[int, int] | None:

@@ -20,7 +20,8 @@ appended to the local outbox file, fsynced, in groups, by a second task; only th
 batch, or refuses it for good; what a dead database leaves at ``aclose()`` stays there, and the next batcher to
 start on the folder replays it, in order, before any new write. A full outbox refuses the write when it is offered.
 A replayed write older than its user's latest forgetting (``Storage.forgotten_at``) is dropped, not stored: it was
-queued before the user asked to forget, and may hold what they asked to forget.
+queued before the user asked to forget, and may hold what they asked to forget. So is a write not yet stored of a
+user whose erasure a session saw (:meth:`DatabaseBatcher.discard_user`): it would bring the erased rows back.
 
 Metrics. Queue depth, outbox rows, flush latency per lane, writes, statements, failures, retries and refusals are
 Prometheus instruments (``infrastructure/metrics.py``); ``stats()`` reads them back, as the health tool does.
@@ -169,6 +170,7 @@ class DatabaseBatcher:
         self._durable_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._kept = 0  # this batcher's, for its close warning
         self._replayed_seqs: set[int] = set()
+        self._discarded: dict[uuid.UUID, dt.datetime] = {}  # user: their writes made up to this are dropped
 
     # Lifecycle --------------------------------------------------------------------------------------------
 
@@ -264,6 +266,12 @@ class DatabaseBatcher:
     def finish_conversation(self, end: ConversationEnd) -> asyncio.Future[None]:
         return self._offer(CONVERSATION_ENDS, end)
 
+    def discard_user(self, user_id: uuid.UUID, *, before: dt.datetime) -> None:
+        """The user was erased (seen from another session): their writes made up to ``before`` that are not stored
+        yet are dropped when their batch comes, not stored; their callers' futures resolve. (A batch already being
+        written when this is called still lands.)"""
+        self._discarded[user_id] = max(before, self._discarded.get(user_id, before))
+
     def stats(self) -> BatchReading:
         """What the instruments say (the process's, unless this batcher was given its own ``metrics``)."""
         return BatchReading.read(self._metrics)
@@ -283,6 +291,7 @@ class DatabaseBatcher:
                 self._metrics.batcher_rejected.labels(reason="outbox_full").inc()
                 logger.warning("outbox full, write refused", extra={"lane": lane_name})
                 raise
+            self._count_accepted(lane_name)
             self._unsynced.append(_Unsynced(lane_name, item, key, body, future))
             self._gauge_depth()
             self._offered += 1
@@ -290,8 +299,13 @@ class DatabaseBatcher:
             return future
         if lane.key(item) not in lane.pending:
             self._check_room(lane_name)
+        self._count_accepted(lane_name)
         self._place(lane_name, item, futures=[future], seqs=[])
         return future
+
+    def _count_accepted(self, lane_name: str) -> None:
+        # Once, when accepted: a write the next process replays from the outbox is not a new write.
+        self._metrics.batcher_writes.labels(lane=lane_name).inc()
 
     def _check_room(self, lane_name: str) -> None:
         if self._depth() >= self._params.max_pending:
@@ -311,7 +325,6 @@ class DatabaseBatcher:
             self._metrics.batcher_merged.inc()
         else:
             lane.pending[key] = _Pending(item=item, accepted_at=self._clock(), futures=futures, seqs=seqs)
-        self._metrics.batcher_writes.labels(lane=lane_name).inc()
         self._gauge_depth()
         if len(lane.pending) >= self._params.max_rows or len(lane.pending) == 1:
             self._wakeup.set()
@@ -468,8 +481,10 @@ class DatabaseBatcher:
             try:
                 if self._replayed_seqs and any(seq in self._replayed_seqs for p in batch for seq in p.seqs):
                     batch = await self._without_forgotten(batch)
-                    if not batch:
-                        return
+                if self._discarded:
+                    batch = await self._without_discarded(batch)
+                if not batch:
+                    return
                 await self._bounded(lane.write([p.item for p in batch]))
             except StorageError as exc:
                 if not exc.retryable:
@@ -522,6 +537,22 @@ class DatabaseBatcher:
             await self._forget_rows(dropped)
         for pending in batch:
             self._replayed_seqs.difference_update(pending.seqs)
+        return kept
+
+    async def _without_discarded(self, batch: list[_Pending[Any]]) -> list[_Pending[Any]]:
+        """The batch without writes of erased users made before their erasure was seen (:meth:`discard_user`)."""
+        kept, dropped = [], []
+        for pending in batch:
+            user, at = _owner_and_time(pending.item)
+            (dropped if user in self._discarded and at <= self._discarded[user] else kept).append(pending)
+        for pending in dropped:
+            for future in pending.futures:
+                if not future.done():
+                    future.set_result(None)
+        if dropped:
+            self._metrics.batcher_dropped_forgotten.inc(len(dropped))
+            logger.info("queued writes dropped: their user was erased", extra={"writes": len(dropped)})
+            await self._forget_rows(dropped)
         return kept
 
     async def _isolate(self, lane: _Lane[Any], batch: list[_Pending[Any]], exc: CompanionError) -> None:
@@ -587,6 +618,6 @@ def _set_exception(future: asyncio.Future[None], exc: BaseException) -> None:
         future.exception()  # a caller that fired and forgot must not get "exception never retrieved"
 
 
-def _owner_and_time(item: MemoryWrite | MessageWrite | ConversationEnd) -> tuple[uuid.UUID, dt.datetime]:
+def _owner_and_time(item: MemoryWrite | MessageWrite | ConversationEnd | MemoryAccess) -> tuple[uuid.UUID, dt.datetime]:
     """Whose write this is, and when it was made: what a forgetting is compared with."""
     return item.user_id, item.at

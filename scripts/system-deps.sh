@@ -2,7 +2,8 @@
 # Installs the Debian packages a task needs, when they are missing and we may (root, or sudo without a password).
 #   scripts/system-deps.sh venv PY   python3-venv, when PY cannot create a virtual environment
 #   scripts/system-deps.sh console   libportaudio2 (LiveKit's console imports sounddevice even in text mode)
-#   scripts/system-deps.sh test      the above, plus PostgreSQL, redis-server, and espeak-ng and sox (voice tests)
+#   scripts/system-deps.sh test      the above, plus PostgreSQL, redis-server, espeak-ng and sox (voice tests), and
+#                                    chromium and chromium-driver (the inspector's pages in a headless browser)
 set -euo pipefail
 
 case "${1:-}" in
@@ -10,7 +11,7 @@ case "${1:-}" in
     "${2:-python3.11}" -c "import ensurepip, venv" 2>/dev/null && exit 0
     packages=("$(basename "${2:-python3.11}")-venv") ;;
   console) packages=(libportaudio2) ;;
-  test)    packages=(libportaudio2 postgresql redis-server espeak-ng sox) ;;
+  test)    packages=(libportaudio2 postgresql redis-server espeak-ng sox chromium chromium-driver) ;;
   *) echo "usage: $0 venv PYTHON | console | test" >&2; exit 2 ;;
 esac
 

@@ -1,4 +1,4 @@
-"""The one place that builds the object graph: once per process (pools, models), once per session (a user's
+"""The one place that builds the object graph: once per process (clients, models), once per session (a user's
 services). agent.py calls these; so does a Python shell.
 
     async with await open_process(settings) as process:
@@ -117,7 +117,7 @@ async def open_process(
         batcher.start()
         cached = await open_embedder(settings, openai_client=clients.openai, preloaded=embedder)
         if settings.embedding_provider == "local" and embedder is None:
-            await cached.embed(["warm up"])  # the first run pays for BLAS threads; no user turn should
+            await cached.embed(["warm up"])  # the first run pays for ONNX Runtime's set-up; no user turn should
         llm = _background_llm(settings, clients)
         tasks = BackgroundTasks()
         stack.push_async_callback(tasks.aclose)
@@ -161,6 +161,7 @@ class Session:
     budget: ContextBudget
     retrieval: TurnRetrieval
     forgetting: ForgettingService
+    guest: bool = False  # an identity that is not a user id: nothing is read or written for it
     catch_up_within: float = 0.15  # seconds; past it the turn goes on with what the index holds
     metrics: Metrics | None = None  # where catch-ups are counted: the process's instruments unless given
 
@@ -184,11 +185,10 @@ class Session:
         metrics.catch_ups.labels(outcome="unchanged" if caught is None else "applied").inc()
         if caught is None:
             return None
+        if caught.erased:  # first: nothing may be written for the user after it (a redaction would flush writes)
+            self.forgetting.erased_elsewhere()
         if caught.removed:
-            self.forgetting.forgotten_elsewhere(caught.removed)
-        if caught.erased:
-            self.conversations.forget()
-            self.guard.revoke()
+            self.forgetting.forgotten_elsewhere(caught.removed)  # after an erasure: this session's chat only
         return caught
 
     async def forget_everything(self) -> DeletedCounts:
@@ -211,6 +211,7 @@ async def open_session(process: Process, *, user_id: uuid.UUID | None, load: boo
 
     ``user_id=None`` is a guest (an identity that is not a UUID): the services work, nothing is read or written."""
     guard = WriteGuard(user_id=user_id) if user_id is not None else WriteGuard.guest()
+    guest = user_id is None
     if user_id is None:
         user_id, load = uuid.uuid4(), False  # never stored: the guard refuses every write for it
     common = {"user_id": user_id, "guard": guard, "storage": process.storage}
@@ -227,6 +228,7 @@ async def open_session(process: Process, *, user_id: uuid.UUID | None, load: boo
     session = Session(
         user_id=user_id,
         guard=guard,
+        guest=guest,
         users=users,
         memories=memories,
         rag=rag,
@@ -267,5 +269,5 @@ def session_turns(process: Process, session: Session, *, metrics: TurnMetrics | 
         budget=session.budget,
         tasks=process.tasks,
         metrics=metrics or TurnMetrics(metrics=process.metrics),
-        catch_up=session.catch_up,
+        catch_up=None if session.guest else session.catch_up,  # a guest has no other session to keep up with
     )

@@ -24,7 +24,7 @@ from core.errors import CompanionError, InvalidInputError, StorageUnavailableErr
 from core.validators import WriteGuard, clean_text
 from infrastructure.database_batcher import DatabaseBatcher
 from infrastructure.llm import TextModel
-from infrastructure.storage import Conversation, ConversationEnd, MessageWrite, Profile, Storage
+from infrastructure.storage import Conversation, ConversationEnd, Message, MessageWrite, Profile, Storage
 from services.user_service import display_name
 
 logger = logging.getLogger("companion.conversation")
@@ -126,6 +126,14 @@ class ConversationService:
         thread = last.open_threads[0] if last.open_threads else None
         follow_up = f" Last time you mentioned {thread}. How did that go?" if thread else " How have you been?"
         return Opening("returning", f"{hello} {when}{follow_up}", last_thread=thread)
+
+    async def past(self, *, limit: int = 50) -> list[Conversation]:
+        """The user's conversations, newest first, with their summaries and open threads."""
+        return await self._storage.recent_conversations(self.user_id, limit=limit)
+
+    async def messages(self, *, conversation_id: uuid.UUID | None = None, limit: int = 10_000) -> list[Message]:
+        """The user's stored messages (of one conversation, if given), in the order they were said."""
+        return await self._storage.recent_messages(self.user_id, conversation_id=conversation_id, limit=limit)
 
     async def start(self) -> Conversation | None:
         if not self._guard.can_write:

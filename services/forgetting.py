@@ -15,7 +15,8 @@ session is stored.
 
 Other live sessions of the user (any worker) learn of a forget at the start of their next turn
 (:meth:`services.container.Session.catch_up`): the memory leaves their index, and :meth:`forgotten_elsewhere` keeps
-it out of their chat, transcript and stored messages the same way. After an erasure they store nothing more.
+it out of their chat, transcript and stored messages the same way. After an erasure they store nothing more, and
+the writes they still queue are dropped (:meth:`erased_elsewhere`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from core.errors import InvalidInputError
-from core.validators import WriteGuard
+from core.validators import WriteGuard, normalize_key, parse_category
 from infrastructure.background import BackgroundTasks
 from infrastructure.database_batcher import DatabaseBatcher
 from infrastructure.storage import DeletedCounts, Storage
@@ -90,6 +91,18 @@ class ForgettingService:
             await self._forget_everywhere(forgotten)
         return forgotten
 
+    async def forget_memory(self, category: str, key: str) -> IndexedMemory | None:
+        """Forget one memory named by its category and key (the inspector's "forget"), everywhere, as :meth:`forget`
+        does; None when there is no such memory."""
+        memory = self._memories.get(parse_category(category).value, normalize_key(key))
+        if memory is None:
+            return None
+        await self._storage.record_forgetting(self.user_id, at=self._clock())
+        forgotten = await self._memories.forget_matching([memory])
+        if forgotten:
+            await self._forget_everywhere(forgotten)
+        return forgotten[0] if forgotten else None
+
     def mentions(self, description: str) -> Callable[[str], bool]:
         """Whether a text mentions what ``description`` names (the redaction rule, with its words as the fact)."""
         fact = ForgottenFact.of("", description, analyzer=self._analyzer)
@@ -119,6 +132,14 @@ class ForgettingService:
         self._conversations.forget()
         self._guard.revoke()
         return counts
+
+    def erased_elsewhere(self) -> None:
+        """Another session of the user erased everything (seen by a catch-up): this session stores nothing more, the
+        writes it still queues (messages said before the erasure was seen) are dropped rather than stored into the
+        erased user's tables, and its transcript goes."""
+        self._guard.revoke()
+        self._batcher.discard_user(self.user_id, before=self._clock())
+        self._conversations.forget()
 
     def forgotten_elsewhere(self, memories: Sequence[IndexedMemory]) -> None:
         """Memories another session of the user forgot (seen by a catch-up): out of this session's later LLM

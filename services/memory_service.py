@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-SOURCES = frozenset({"tool", "extraction", "onboarding", "import"})
+SOURCES = frozenset({"tool", "extraction", "onboarding", "import", "inspector"})
 
 
 @dataclass(frozen=True, slots=True)

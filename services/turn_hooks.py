@@ -112,8 +112,9 @@ class SessionTurns:
         changed, already applied to this session's memory; None when nothing did."""
         if self._catch_up is None or self._caught_up_for == message_id:
             return None
-        self._caught_up_for = message_id
-        return await self._catch_up()
+        caught = await self._catch_up()
+        self._caught_up_for = message_id  # only now: a generation cancelled in it (LiveKit's preemptive one) ran none
+        return caught
 
     async def memories_for(self, message_id: str, text: str, recent: Sequence[str] = ()) -> TurnContext:
         """The memories for the user message ``message_id``: searched once (under the retrieval deadline), then

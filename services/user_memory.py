@@ -29,12 +29,18 @@ import logging
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from core.categories import MAX_VALUE_LENGTH
-from core.errors import CompanionError, InvalidInputError, StorageUnavailableError, WriteCancelledError
+from core.errors import (
+    CompanionError,
+    ConflictError,
+    InvalidInputError,
+    StorageUnavailableError,
+    WriteCancelledError,
+)
 from core.validators import WriteGuard, clean_text, clean_value, normalize_key, parse_category, parse_importance
 from infrastructure.cache import Cache
 from infrastructure.database_batcher import DatabaseBatcher
@@ -47,6 +53,7 @@ from infrastructure.storage import (
     MemoryWrite,
     Profile,
     Storage,
+    UserChanges,
     memory_key_hash,
 )
 from rag_system import GateParams, IndexedMemory, MemoryIndex, Query, RankingParams, SearchResult, TextAnalyzer, analyze
@@ -61,11 +68,15 @@ _UNKNOWN = -1  # a memory saved through the batcher: its stored version arrives 
 class Saved:
     """What a save did. ``won``: the value given is the one stored, and ``memory`` is it. Otherwise another
     session's write to the key got there first and ``memory`` is the value that holds (which the index now has).
-    ``queued``: the database was away; the write is kept in the outbox and stored when it is back."""
+    ``queued``: the database was away; the write is kept in the outbox and stored when it is back.
+    ``forgotten``: another session forgot this memory since this index saw it, so nothing was saved (a value that
+    updates a forgotten one must not bring it back); ``memory`` is what this session still holds of it, until the
+    next catch-up takes it out of the index and the chat. A save of the key after that is a new memory."""
 
     memory: IndexedMemory
     won: bool = True
     queued: bool = False
+    forgotten: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +91,17 @@ class CatchUp:
     profile: Profile | None
     profile_changed: bool
     erased: bool
+
+
+@dataclass(slots=True)
+class _Caught:
+    """What catch-ups applied since a caller last took it (see :meth:`UserMemory.catch_up`)."""
+
+    changed: int = 0
+    removed: list[IndexedMemory] = field(default_factory=list)
+    profile: Profile | None = None
+    profile_changed: bool = False
+    erased: bool = False
 
 
 class WriteTicket:
@@ -132,6 +154,7 @@ class UserMemory:
         self._by_hash: dict[str, tuple[str, str]] = {}  # tombstones name memories by this hash
         self._tickets: weakref.WeakSet[WriteTicket] = weakref.WeakSet()
         self._sync = asyncio.Lock()
+        self._caught = _Caught()  # applied by catch-ups, not yet handed to a caller
 
     # Reading (the index, never the database) -------------------------------------------------------------
 
@@ -182,6 +205,16 @@ class UserMemory:
     async def get_stored(self, category: str, key: str) -> Memory | None:
         return await self._storage.get_memory(self.user_id, parse_category(category).value, normalize_key(key))
 
+    async def stored(self, category: str | None = None) -> list[Memory]:
+        """The stored rows, with what the index does not keep (source, last use, use count); newest first. One
+        query: for the inspector, never on a turn's path."""
+        wanted = None if category is None else parse_category(category).value
+        return await self._storage.list_memories(self.user_id, category=wanted, include_embeddings=False)
+
+    async def all_history(self) -> list[MemoryChange]:
+        """Every earlier value of every memory of the user, oldest first: one query."""
+        return await self._storage.all_memory_history(self.user_id)
+
     async def history(self, category: str, key: str) -> list[MemoryChange]:
         return await self._storage.memory_history(self.user_id, parse_category(category).value, normalize_key(key))
 
@@ -206,43 +239,71 @@ class UserMemory:
 
     async def catch_up(self) -> CatchUp | None:
         """Apply what changed for the user since :attr:`version`, from any session: one query when nothing did
-        (None), one more to read the changes when something did."""
+        (None), one more to read the changes when something did. None too when the changes were this session's own
+        (nothing it holds changed).
+
+        What a catch-up took out of the index (memories forgotten elsewhere, an erasure) and a changed profile are
+        kept here until a call returns them: a call cancelled halfway (a turn's time budget, a generation LiveKit
+        threw away) loses none of it; the next call, here or by :meth:`save_memory`, hands it over."""
         async with self._sync:
-            if await self._storage.user_version(self.user_id) <= self.version:
-                return None
-            changes = await self._storage.changes_since(self.user_id, self.version)
-            erased = changes.erased_version > self.version
-            removed: list[IndexedMemory] = []
-            if erased:
-                removed = self._index.memories()
-                self._clear()
-            for tombstone in changes.deleted:
-                ident = self._by_hash.get(tombstone.key_hash)
-                if ident is not None and self._versions.get(ident, 0) < tombstone.version:
-                    held = self._index.get(*ident)
-                    if held is not None:
-                        removed.append(held)
-                    self._remove(*ident)
-            if removed:
-                self._revoke_tickets()  # a forget elsewhere: work begun before it must not save it again here
-            changed = await self._apply(changes.memories)
-            profile_changed = erased or (changes.profile is not None and changes.profile.version > self.version)
-            self.version = max(self.version, changes.version)
-        return CatchUp(version=self.version, changed=changed, removed=tuple(removed), profile=changes.profile,
-                       profile_changed=profile_changed, erased=erased)  # fmt: skip
+            if await self._storage.user_version(self.user_id) > self.version:
+                await self._apply_changes(await self._storage.changes_since(self.user_id, self.version))
+            return self._take_caught()
+
+    async def _apply_changes(self, changes: UserChanges) -> None:
+        # Everything that takes something out of the index is done, and noted, before the first await below.
+        seen = self.version
+        if changes.erased_version > self.version:
+            self._caught.removed.extend(self._index.memories())
+            self._caught.erased = True
+            self._clear()
+            self.version = changes.erased_version  # the index holds what the database held then: nothing
+        removed = False
+        for tombstone in changes.deleted:
+            ident = self._by_hash.get(tombstone.key_hash)
+            if ident is not None and self._versions.get(ident, 0) < tombstone.version:
+                held = self._index.get(*ident)
+                if held is not None:
+                    self._caught.removed.append(held)
+                    removed = True
+                self._remove(*ident)
+        if removed:
+            self._revoke_tickets()  # a forget elsewhere: work begun before it must not save it again here
+        if changes.erased_version > seen or (changes.profile is not None and changes.profile.version > seen):
+            self._caught.profile_changed = True
+        self._caught.profile = changes.profile
+        # A memory read before its deletion was (a change feed that is no snapshot) is not brought back.
+        deleted_at = {t.key_hash: t.version for t in changes.deleted}
+        memories = [m for m in changes.memories
+                    if deleted_at.get(memory_key_hash(self.user_id, m.category, m.key), -1) < m.version]  # fmt: skip
+        self._caught.changed += await self._apply(memories)
+        self.version = max(self.version, changes.version)
+
+    def _take_caught(self) -> CatchUp | None:
+        caught, self._caught = self._caught, _Caught()
+        if not (caught.changed or caught.removed or caught.erased or caught.profile_changed):
+            return None
+        return CatchUp(version=self.version, changed=caught.changed, removed=tuple(caught.removed),
+                       profile=caught.profile, profile_changed=caught.profile_changed,
+                       erased=caught.erased)  # fmt: skip
 
     async def _apply(self, memories: Sequence[Memory]) -> int:
-        """Index stored memories newer than what the index holds of them; those without an embedding get one."""
+        """Index stored memories newer than what the index holds of them; those without an embedding get one.
+        Returns how many changed what the index holds (learning the version of a write of its own is no change)."""
         fresh = [m for m in memories if self._versions.get((m.category, m.key), _UNKNOWN) < m.version or m.version == 0]
         missing = [m for m in fresh if m.embedding is None or m.embedding.shape != (self._embedder.dimension,)]
         vectors = await self._embedder.embed([index_text(m.key, m.value) for m in missing]) if missing else []
         embedded = {(m.category, m.key): v for m, v in zip(missing, vectors, strict=True)}
+        changed = 0
         for memory in fresh:
             ident = (memory.category, memory.key)
             if self._versions.get(ident, _UNKNOWN) >= memory.version > 0:  # a save won meanwhile: it is newer
                 continue
+            held = self._index.get(*ident)
             self._put(_indexed(memory), embedded.get(ident, memory.embedding), version=memory.version)
-        return len(fresh)
+            if held is None or held.value != memory.value or abs(held.importance - memory.importance) > 1e-6:
+                changed += 1  # (importance is a float32 in PostgreSQL)
+        return changed
 
     # Writing ---------------------------------------------------------------------------------------------
 
@@ -257,13 +318,11 @@ class UserMemory:
         ticket: WriteTicket | None = None,
     ) -> Saved:
         """Store (or update) one memory if no other session changed it since this index saw it (see the module
-        docstring). A changed value keeps its old one in the history."""
+        docstring). A changed value keeps its old one in the history. A memory another session forgot meanwhile is
+        not saved again: work under a ``ticket`` is cancelled (:class:`~core.errors.WriteCancelledError`), any other
+        caller is told so (``Saved.forgotten``)."""
         self._guard.check(self.user_id)
-        kind, key = parse_category(category), normalize_key(key)
-        category, value = kind.value, clean_value(value)
-        if source not in SOURCES:
-            raise InvalidInputError(f"memory source must be one of {sorted(SOURCES)}")
-        importance = parse_importance(importance, kind)
+        category, key, value, importance = _checked(category, key, value, importance, source)
         embedding = (await self._embedder.embed([index_text(key, value)]))[0]
         for _ in range(2):  # a second attempt only when the key was deleted under the first
             if ticket is not None and not ticket.valid:
@@ -272,6 +331,7 @@ class UserMemory:
                                 embedding=embedding)  # fmt: skip
             try:
                 async with asyncio.timeout(self._write_timeout):
+                    held = self._index.get(category, key)
                     expected = await self._expected_version(category, key)
                     outcome = await self._storage.save_memory_if(write, expected_version=expected)
             except (StorageUnavailableError, TimeoutError):
@@ -280,14 +340,21 @@ class UserMemory:
                 return await self._queue(write)
             if outcome.won and outcome.memory is not None:
                 indexed = self._put(_indexed(outcome.memory), embedding, version=outcome.memory.version)
+                if outcome.memory.version == self.version + 1:  # no other change came between: nothing to catch up
+                    self.version = outcome.memory.version
                 return Saved(indexed)
             if outcome.memory is not None:
                 await self._apply([outcome.memory])
                 # Another session saved the same value first: what the caller wanted is what holds.
                 same = outcome.memory.value.casefold() == value.casefold()
                 return Saved(_indexed(outcome.memory), won=same)
-            self._remove(category, key)  # deleted by another session: try again as a new memory
-        raise StorageUnavailableError("the memory kept changing while it was saved; try again")
+            if expected is not None and held is not None:  # deleted by another session since this index saw it
+                self._revoke_tickets()  # a forget elsewhere; the next catch-up takes it out of the index and the chat
+                if ticket is not None:
+                    raise WriteCancelledError("something was forgotten since this work began; it saves nothing")
+                return Saved(held, won=False, forgotten=True)
+            # Absent when looked at, present at the insert, gone when read: try once more as a new memory.
+        raise ConflictError("the memory kept changing while it was saved; try again")
 
     async def _expected_version(self, category: str, key: str) -> int | None:
         """The stored version this index holds of the memory (None: it holds none, so the write must find none)."""
@@ -308,11 +375,7 @@ class UserMemory:
         await self._batcher.flush(within=self._confirm_within)
         if future.done():
             await future  # the database refused it for good (a retry would not help): raises
-        existing = self._index.get(write.category, write.key)
-        created_at = existing.created_at if existing is not None else write.at
-        indexed = IndexedMemory(write.category, write.key, write.value, write.importance, created_at, write.at)
-        self._put(indexed, write.embedding, version=_UNKNOWN)  # type: ignore[arg-type]
-        return Saved(indexed, queued=True)
+        return Saved(self._put_queued(write), queued=True)
 
     async def save_many(self, items: Sequence[NewMemory]) -> list[IndexedMemory]:
         """Store many memories at once (onboarding seeds, imports) through the batcher: one embedding call, batched
@@ -321,12 +384,8 @@ class UserMemory:
         self._guard.check(self.user_id)
         prepared = []
         for item in items:
-            kind, key = parse_category(item.category), normalize_key(item.key)
-            category, value = kind.value, clean_value(item.value)
-            importance = parse_importance(item.importance, kind)
-            if item.source not in SOURCES:
-                raise InvalidInputError(f"memory source must be one of {sorted(SOURCES)}")
-            prepared.append((category, key, value, importance, item.source, item.at or self._clock()))
+            checked = _checked(item.category, item.key, item.value, item.importance, item.source)
+            prepared.append((*checked, item.source, item.at or self._clock()))
         vectors = await self._embedder.embed([index_text(p[1], p[2]) for p in prepared]) if prepared else []
         writes = [
             MemoryWrite(self.user_id, category, key, value, importance, source, at, embedding=vector)
@@ -345,12 +404,7 @@ class UserMemory:
             await self._batcher.durable()
         await self._batcher.flush(within=self._confirm_within if durable else self._write_timeout)
         stored = [w for w, f in accepted if _succeeded(f) or (durable and not f.done())]
-        saved = []
-        for write in stored:
-            existing = self._index.get(write.category, write.key)
-            created_at = existing.created_at if existing is not None else write.at
-            indexed = IndexedMemory(write.category, write.key, write.value, write.importance, created_at, write.at)
-            saved.append(self._put(indexed, write.embedding, version=_UNKNOWN))  # type: ignore[arg-type]
+        saved = [self._put_queued(write) for write in stored]
         if refused is not None:
             raise refused
         for _, future in accepted:
@@ -402,6 +456,7 @@ class UserMemory:
         await self._batcher.flush(within=self._write_timeout)
         counts = await self._storage.delete_user_data(self.user_id)
         self._clear()
+        self.version = max(self.version, counts.version)  # its own erasure is no erasure elsewhere to catch up with
         if self._cache is not None:
             await self._cache.invalidate_user(self.user_id)
         return counts
@@ -418,15 +473,25 @@ class UserMemory:
     # The index and what is known of it, changed together ---------------------------------------------------
 
     def _put(self, memory: IndexedMemory, embedding: np.ndarray, *, version: int) -> IndexedMemory:
-        existing = self._index.get(memory.category, memory.key)
+        """Hold ``memory`` at its stored ``version`` (``_UNKNOWN``: a write of this session's own on its way), unless
+        the index holds a newer version of it (a catch-up ran while a save awaited the database): an index never
+        goes back. Returns ``memory`` as given (with the first ``created_at``)."""
+        ident = (memory.category, memory.key)
+        existing = self._index.get(*ident)
         if existing is not None and existing.created_at < memory.created_at:
             memory = IndexedMemory(memory.category, memory.key, memory.value, memory.importance,
                                    existing.created_at, memory.updated_at)  # fmt: skip
+        if version != _UNKNOWN and self._versions.get(ident, _UNKNOWN) > version:
+            return memory
         self._index.upsert(memory, embedding)
-        ident = (memory.category, memory.key)
         self._versions[ident] = version
         self._by_hash[memory_key_hash(self.user_id, *ident)] = ident
         return memory
+
+    def _put_queued(self, write: MemoryWrite) -> IndexedMemory:
+        """A write of this session's own on its way through the batcher: indexed now, its version learnt later."""
+        memory = IndexedMemory(write.category, write.key, write.value, write.importance, write.at, write.at)
+        return self._put(memory, write.embedding, version=_UNKNOWN)  # type: ignore[arg-type]
 
     def _remove(self, category: str, key: str) -> None:
         self._index.remove(category, key)
@@ -443,6 +508,16 @@ class UserMemory:
         for ticket in list(self._tickets):
             ticket.revoke()
         self._tickets.clear()
+
+
+def _checked(category: str, key: str, value: str, importance: float | None, source: str) -> tuple[str, str, str, float]:
+    """A memory as it is stored: the category's name, the key normalised, the value cleaned, the importance within
+    bounds (the category's default for None). Raises :class:`~core.errors.InvalidInputError`, before any write."""
+    kind = parse_category(category)
+    key, value = normalize_key(key), clean_value(value)
+    if source not in SOURCES:
+        raise InvalidInputError(f"memory source must be one of {sorted(SOURCES)}")
+    return kind.value, key, value, parse_importance(importance, kind)
 
 
 def _succeeded(future: asyncio.Future[None]) -> bool:

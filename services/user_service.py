@@ -50,6 +50,11 @@ class UserService:
         )
         return None if cached is None else wire.profile_from_row(cached)
 
+    async def known(self) -> bool:
+        """Whether the companion ever stored anything for this user (a profile or a memory; erased ones count:
+        the version outlives an erasure)."""
+        return await self._storage.user_version(self.user_id) > 0
+
     async def update_profile(self, **fields: str | None) -> Profile:
         """Set basic fields (and ``summary``, the written profile); values are checked before anything is sent."""
         self._guard.check(self.user_id)

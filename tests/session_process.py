@@ -16,9 +16,15 @@ import uuid
 from livekit.agents import AgentSession
 from livekit.plugins import openai
 
-from agent import finish_companion, start_companion
-from core.config import load_settings
+from agent import finish_companion, start_companion, turn_detection
+from core.config import Settings, load_settings
 from services.container import open_process, open_session
+
+
+def text_session(settings: Settings, model: openai.LLM) -> AgentSession:
+    """LiveKit's session in text mode, with TURN_DETECTOR's detection: left to itself, AgentSession would build the
+    local end-of-turn model (244 MB) in every session process."""
+    return AgentSession(llm=model, turn_handling={"turn_detection": turn_detection(settings)})
 
 
 async def main(user: uuid.UUID, name: str) -> None:
@@ -26,7 +32,7 @@ async def main(user: uuid.UUID, name: str) -> None:
     process = await open_process(settings)
     services = await open_session(process, user_id=user)
     model = openai.LLM(model=f"session-{name}", base_url=settings.openai_base_url, api_key="x")
-    session = AgentSession(llm=model)
+    session = text_session(settings, model)
     await start_companion(session, process=process, services=services)
     print("READY", flush=True)
     try:

@@ -348,7 +348,7 @@ async def test_a_slow_llm_at_session_end_does_not_cost_the_transcript(process, f
 async def test_only_turn_detector_local_loads_the_end_of_turn_model_in_a_job_process(
     process, fake, monkeypatch, detector: str, loads_model: bool
 ) -> None:
-    # LiveKit's local end-of-turn model is 244 MB per process that loads it: a session of TURN_DETECTOR=vad (or
+    # LiveKit's local end-of-turn model is about 214 MB of RSS per process that loads it: a session of TURN_DETECTOR=vad (or
     # cloud) must never construct it, not even for a typed turn; one of local does, when its session starts.
     from livekit.agents.inference.eot import transports
 

@@ -13,8 +13,8 @@ import pytest
 
 from tests.agent_process import REPO
 
-FIRST_PARTY = {"agent", "core", "services", "rag_system", "infrastructure", "tts"}
-MAY_IMPORT = {"agent.py": FIRST_PARTY - {"agent"}}
+FIRST_PARTY = {"agent", "core", "services", "rag_system", "infrastructure", "tts", "inspector"}
+MAY_IMPORT = {"agent.py": FIRST_PARTY - {"agent", "inspector"}}
 
 
 def top_level_imports(path) -> set[str]:

@@ -18,11 +18,14 @@ from typing import Any
 
 import asyncpg
 import pytest
+from livekit.plugins import openai
 
+from core.config import Settings
 from services.context_budget import HISTORY_SUMMARY_PROMPT
 from services.persona import NOTES_HEADER
 from tests.agent_process import REPO, clean_env
 from tests.fakes.openai_server import FakeOpenAIServer, ToolCall, tool_results
+from tests.session_process import text_session
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -113,7 +116,8 @@ async def sessions(
         for name in ("a", "b"):
             env = clean_env(tmp_path, DATABASE_URL=migrated_database, DATABASE_AUTO_MIGRATE="false",
                             OPENAI_BASE_URL=fake.base_url, OUTBOX_DIR=str(tmp_path / f"outbox-{name}"),
-                            PYTHONPATH=str(REPO), BATCH_MAX_DELAY_MS="5", RETRIEVAL_DEADLINE_MS="3000")  # fmt: skip
+                            PYTHONPATH=str(REPO), BATCH_MAX_DELAY_MS="5", RETRIEVAL_DEADLINE_MS="3000",
+                            TURN_DETECTOR="vad")  # fmt: skip
             child = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "tests.session_process", str(user), name,
                 cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -133,6 +137,15 @@ async def sessions(
                 except TimeoutError:
                     session.child.kill()
                     await session.child.wait()
+
+
+async def test_a_session_process_builds_no_local_end_of_turn_model() -> None:
+    settings = Settings(_env_file=None, turn_detector="vad")  # type: ignore[call-arg]
+    model = openai.LLM(model="session-a", base_url="http://127.0.0.1:9/v1", api_key="x")
+    try:
+        assert text_session(settings, model).turn_detection == "vad"  # not LiveKit's default TurnDetector()
+    finally:
+        await model.aclose()
 
 
 async def stored_drink(dsn: str, user: uuid.UUID) -> list[str]:

@@ -173,6 +173,9 @@ class FallbackCache:
                 await self._replay()
             except CacheError:
                 continue
+            except Exception as exc:  # a bug must not end the probe: the cache would stay in process for good
+                logger.warning("redis cache probe failed", extra={"error": type(exc).__name__})
+                continue
             self._fallback.clear()
             self._available = True
             self._metrics.cache_recoveries.inc()
@@ -211,5 +214,5 @@ class FallbackCache:
         if self._on_change is not None:
             try:
                 self._on_change(AvailabilityChanged(backend=self._primary.name, available=available))
-            except Exception:  # a listener's bug must not break the cache
-                logger.exception("cache availability listener failed")
+            except Exception as exc:  # a listener's bug must not break the cache
+                logger.warning("cache availability listener failed", extra={"error": type(exc).__name__})

@@ -12,8 +12,8 @@ __all__ = ["CachedEmbedder", "Embedder", "EmbeddingCacheStats", "open_embedder",
 
 
 def preload_embedder(settings: Settings) -> Embedder | None:
-    """The local model, loaded and run once (the first run pays for BLAS threads), synchronously: a LiveKit prewarm
-    has no event loop yet. None when the provider is remote: there is nothing to load."""
+    """The local model, loaded and run once (the first run pays for ONNX Runtime's set-up), synchronously: a LiveKit
+    prewarm has no event loop yet. None when the provider is remote: there is nothing to load."""
     if settings.embedding_provider != "local":
         return None
     from infrastructure.embeddings.minilm import MiniLMEmbedder

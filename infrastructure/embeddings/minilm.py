@@ -96,7 +96,10 @@ class MiniLMEncoder:
         mask = np.array([e.attention_mask for e in encodings], dtype=np.float32)
         tokens = self._word[ids] + self._position[: ids.shape[1]] + self._token_type
         feed = {"tokens": tokens.reshape(-1, DIMENSION), "mask": mask, **self._weights}
-        (embedding,) = self._session.run(["embedding"], feed)
+        try:
+            (embedding,) = self._session.run(["embedding"], feed)
+        except Exception as exc:  # ONNX Runtime's own exception types (Fail, RuntimeException, ...): translated here
+            raise EmbeddingError("the local embedder failed", retryable=False) from exc
         return np.asarray(embedding, dtype=np.float32)
 
 

@@ -5,7 +5,7 @@ Each public method validates its input first (user ids, field names, sizes) and 
 (``MemoryWrite``, ``MessageWrite``, ``MemoryAccess``) validate themselves when built, so a batch holds only valid
 rows wherever it was assembled. Backends
 translate their driver's errors into :class:`core.errors.StorageError` at this boundary, and count round trips in
-``stats.queries`` (a warm turn is expected to make none).
+``stats.queries`` (a warm turn is expected to make one: the read of the user's version).
 
 Semantics every backend honours (the contract suite in ``tests/storage`` checks them):
 - ``upsert_memories``: one row per ``(user_id, category, key)``; a second write updates value, importance, source,
@@ -17,7 +17,8 @@ Semantics every backend honours (the contract suite in ``tests/storage`` checks 
 - ``user_version`` grows with every change to the user's profile or memories, deletions included, and never goes
   back (the database bumps it, in the same transaction as the change, and stamps it on the changed row).
 - ``save_memory_if`` stores a memory only if its stored version is the one the caller saw (None: only if absent);
-  of two racing writes to one key exactly one wins, and the other is handed the row that holds.
+  of two racing writes to one key exactly one wins, and the other is handed the row that holds. A version given
+  for a row that is gone loses (``memory`` None): the memory was deleted, and is not created again.
 - ``changes_since(v)`` returns every memory changed and every memory deleted after version ``v`` (deletions as
   tombstones that hold a hash, never the key), the profile, and the version they bring the reader to.
 """
@@ -105,6 +106,12 @@ class Storage(abc.ABC):
                 check_text(value, what=f"profile {name}")
         return await self._update_profile(uid, dict(changes), utc(at))
 
+    async def recent_profiles(self, *, limit: int = 100) -> list[Profile]:
+        """Every user's profile, most recently updated first: the operators' list of users (never a session's)."""
+        if limit < 1:
+            raise InvalidInputError("limit must be at least 1")
+        return await self._recent_profiles(limit)
+
     # Onboarding -------------------------------------------------------------------------------------------
 
     async def save_onboarding(
@@ -144,7 +151,8 @@ class Storage(abc.ABC):
 
     async def save_memory_if(self, write: MemoryWrite, *, expected_version: int | None) -> SavedMemory:
         """Compare-and-set: store ``write`` only if the memory's stored ``version`` is ``expected_version`` (None:
-        only if there is no such memory). One round trip when it wins or loses to a row the reader can see."""
+        only if there is no such memory; a version given for a memory that is gone loses, with ``memory`` None).
+        One round trip when it wins or loses to a row the reader can see."""
         if expected_version is not None and expected_version < 0:
             raise InvalidInputError("expected_version must be at least 0")
         return await self._save_memory_if(write, expected_version)
@@ -180,6 +188,11 @@ class Storage(abc.ABC):
     async def memory_history(self, user_id: uuid.UUID | str, category: str, key: str) -> list[MemoryChange]:
         """Earlier values of one memory, oldest first."""
         return await self._memory_history(parse_user_id(user_id), category, key)
+
+    async def all_memory_history(self, user_id: uuid.UUID | str) -> list[MemoryChange]:
+        """Every earlier value of all the user's memories in one round trip, oldest first (an export, the
+        inspector's page)."""
+        return await self._all_memory_history(parse_user_id(user_id))
 
     # Conversations ----------------------------------------------------------------------------------------
 
@@ -285,6 +298,9 @@ class Storage(abc.ABC):
     async def _update_profile(self, user_id: uuid.UUID, changes: dict[str, str | None], at: dt.datetime) -> Profile: ...
 
     @abc.abstractmethod
+    async def _recent_profiles(self, limit: int) -> list[Profile]: ...
+
+    @abc.abstractmethod
     async def _save_onboarding(
         self, user_id: uuid.UUID, answers: dict[str, Any], at: dt.datetime
     ) -> OnboardingAnswers: ...
@@ -317,6 +333,9 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def _memory_history(self, user_id: uuid.UUID, category: str, key: str) -> list[MemoryChange]: ...
+
+    @abc.abstractmethod
+    async def _all_memory_history(self, user_id: uuid.UUID) -> list[MemoryChange]: ...
 
     @abc.abstractmethod
     async def _start_conversation(

@@ -150,6 +150,10 @@ class PostgresStorage(Storage):
         row = await self._fetchrow("select * from public.profiles where user_id = $1", user_id)
         return None if row is None else wire.profile_from_row(row)
 
+    async def _recent_profiles(self, limit: int) -> list[Profile]:
+        rows = await self._fetch("select * from public.profiles order by updated_at desc, user_id limit $1", limit)
+        return [wire.profile_from_row(r) for r in rows]
+
     async def _update_profile(self, user_id: uuid.UUID, changes: dict[str, str | None], at: dt.datetime) -> Profile:
         names = sorted(changes)  # validated against PROFILE_FIELDS by the port
         columns = ", ".join(names)
@@ -221,20 +225,25 @@ class PostgresStorage(Storage):
         return wire.in_write_order(writes, rows) if read_back else []
 
     async def _save_memory_if(self, write: MemoryWrite, expected_version: int | None) -> SavedMemory:
-        # The insert's update runs only on the version the caller saw (-1: never, for "only if absent"); when it
-        # does not, the second branch reads the row that holds, in the same round trip.
-        rows = await self._fetch(
-            f"""
-            with won as (
-                insert into public.memories as m
+        # "Only if absent" is an insert that does nothing on a conflict; "only at version v" an update of the row at
+        # v, never an insert (a row gone was deleted by another session: that write loses). When it does not win,
+        # the second branch reads the row that holds, in the same round trip.
+        if expected_version is None:
+            attempt = f"""
+                insert into public.memories
                     (user_id, category, key, value, importance, source, embedding, created_at, updated_at)
                 values ($1, $2, $3, $4, $5, $6, $7, $8, $8)
-                on conflict (user_id, category, key) do update
-                   set value = excluded.value, importance = excluded.importance, source = excluded.source,
-                       embedding = excluded.embedding, updated_at = excluded.updated_at
-                 where m.version = $9
-                returning {_MEMORY_COLUMNS}, null::bytea as embedding, true as won
-            )
+                on conflict (user_id, category, key) do nothing
+                returning {_MEMORY_COLUMNS}, null::bytea as embedding, true as won"""
+        else:
+            attempt = f"""
+                update public.memories as m
+                   set value = $4, importance = $5, source = $6, embedding = $7, updated_at = $8
+                 where user_id = $1 and category = $2 and key = $3 and m.version = $9
+                returning {_MEMORY_COLUMNS}, null::bytea as embedding, true as won"""
+        rows = await self._fetch(
+            f"""
+            with won as ({attempt})
             select * from won
             union all
             select {_MEMORY_COLUMNS}, embedding, false from public.memories
@@ -248,7 +257,7 @@ class PostgresStorage(Storage):
             write.source,
             wire.embedding_bytes(write.embedding),
             write.at,
-            -1 if expected_version is None else expected_version,
+            *(() if expected_version is None else (expected_version,)),
         )
         memory = wire.memory_from_row(rows[0]) if rows else None
         if rows and rows[0]["won"]:
@@ -300,6 +309,14 @@ class PostgresStorage(Storage):
             user_id,
             category,
             key,
+        )
+        return [wire.memory_change_from_row(r) for r in rows]
+
+    async def _all_memory_history(self, user_id: uuid.UUID) -> list[MemoryChange]:
+        rows = await self._fetch(
+            "select user_id, category, key, old_value, new_value, changed_at from public.memory_history "
+            "where user_id = $1 order by changed_at, id",
+            user_id,
         )
         return [wire.memory_change_from_row(r) for r in rows]
 

@@ -235,7 +235,8 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class DeletedCounts:
-    """Rows removed by ``delete_user_data``, per table."""
+    """Rows removed by ``delete_user_data``, per table; ``version``: the user's version the erasure took (its
+    ``erased_version``; 0 from a database whose erasure function predates migration 0006)."""
 
     profiles: int = 0
     onboarding: int = 0
@@ -243,6 +244,7 @@ class DeletedCounts:
     memory_history: int = 0
     conversations: int = 0
     messages: int = 0
+    version: int = field(default=0, compare=False)
 
     @property
     def total(self) -> int:
@@ -253,7 +255,7 @@ class DeletedCounts:
 
 @dataclass(slots=True)
 class StorageStats:
-    """Round trips of one backend (HTTP requests for Supabase): a warm turn is expected to make none. Errors are
+    """Round trips of one backend (HTTP requests for Supabase): a warm turn is expected to make one, the read of the user's version. Errors are
     Prometheus counters (``companion_storage_errors_total``)."""
 
     backend: str

@@ -151,6 +151,10 @@ class SqliteStorage(Storage):
         row = await self._fetchone("select * from profiles where user_id = ?", (str(user_id),))
         return None if row is None else wire.profile_from_row(_decoded(row))
 
+    async def _recent_profiles(self, limit: int) -> list[Profile]:
+        rows = await self._fetchall("select * from profiles order by updated_at desc, user_id limit ?", (limit,))
+        return [wire.profile_from_row(_decoded(r)) for r in rows]
+
     async def _update_profile(self, user_id: uuid.UUID, changes: dict[str, str | None], at: dt.datetime) -> Profile:
         names = sorted(changes)  # validated against PROFILE_FIELDS by the port
         stamp = _time(at)
@@ -214,19 +218,25 @@ class SqliteStorage(Storage):
         return wire.in_write_order(writes, stored) if read_back else []
 
     async def _save_memory_if(self, write: MemoryWrite, expected_version: int | None) -> SavedMemory:
+        # "Only if absent": an insert that does nothing on a conflict; "only at version v": an update of the row at
+        # v, never an insert (a row gone was deleted by another session: that write loses).
         stamp = _time(write.at)
         ident = (str(write.user_id), write.category, write.key)
-        async with self._transaction():  # the insert takes the write lock: the read after it sees what holds
-            won = await self._fetchall(
-                "insert into memories (id, user_id, category, key, value, importance, source, embedding, created_at, "
-                "updated_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict (user_id, category, key) do update "
-                "set value = excluded.value, importance = excluded.importance, source = excluded.source, "
-                "embedding = excluded.embedding, updated_at = excluded.updated_at where memories.version = ? "
-                "returning 1",
-                (str(uuid.uuid4()), *ident, write.value, float(write.importance), write.source,
-                 wire.embedding_bytes(write.embedding), stamp, stamp,
-                 -1 if expected_version is None else expected_version),
-            )  # fmt: skip
+        async with self._transaction():  # the write takes the write lock: the read after it sees what holds
+            if expected_version is None:
+                won = await self._fetchall(
+                    "insert into memories (id, user_id, category, key, value, importance, source, embedding, "
+                    "created_at, updated_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict do nothing returning 1",
+                    (str(uuid.uuid4()), *ident, write.value, float(write.importance), write.source,
+                     wire.embedding_bytes(write.embedding), stamp, stamp),
+                )  # fmt: skip
+            else:
+                won = await self._fetchall(
+                    "update memories set value = ?, importance = ?, source = ?, embedding = ?, updated_at = ? "
+                    "where user_id = ? and category = ? and key = ? and version = ? returning 1",
+                    (write.value, float(write.importance), write.source, wire.embedding_bytes(write.embedding),
+                     stamp, *ident, expected_version),
+                )  # fmt: skip
             row = await self._fetchone(
                 f"select {_MEMORY_COLUMNS}{'' if won else ', embedding'} from memories "
                 "where user_id = ? and category = ? and key = ?",
@@ -301,6 +311,14 @@ class SqliteStorage(Storage):
             "select user_id, category, key, old_value, new_value, changed_at from memory_history "
             "where user_id = ? and category = ? and key = ? order by changed_at, id",
             (str(user_id), category, key),
+        )
+        return [wire.memory_change_from_row(r) for r in rows]
+
+    async def _all_memory_history(self, user_id: uuid.UUID) -> list[MemoryChange]:
+        rows = await self._fetchall(
+            "select user_id, category, key, old_value, new_value, changed_at from memory_history "
+            "where user_id = ? order by changed_at, id",
+            (str(user_id),),
         )
         return [wire.memory_change_from_row(r) for r in rows]
 
@@ -395,7 +413,9 @@ class SqliteStorage(Storage):
                 "do update set version = version + 1, erased_version = version + 1",
                 (str(user_id),),
             )
-        return DeletedCounts(**counts)
+            erased = await self._fetchone("select erased_version from user_versions where user_id = ?", (str(user_id),))
+        assert erased is not None
+        return DeletedCounts(**counts, version=int(erased["erased_version"]))
 
     async def _user_version(self, user_id: uuid.UUID) -> int:
         row = await self._fetchone("select version from user_versions where user_id = ?", (str(user_id),))
@@ -403,18 +423,28 @@ class SqliteStorage(Storage):
 
     async def _changes_since(self, user_id: uuid.UUID, version: int) -> UserChanges:
         uid = str(user_id)
-        async with self._write_lock:  # one snapshot: no write of this process between the reads
-            versions = await self._fetchone(
-                "select version, erased_version from user_versions where user_id = ?", (uid,)
-            )
-            memories = await self._fetchall(
-                f"select {_MEMORY_COLUMNS}, embedding from memories where user_id = ? and version > ? order by version",
-                (uid, version),
-            )
-            deleted = await self._fetchall(
-                "select key_hash, version from memory_tombstones where user_id = ? and version > ?", (uid, version)
-            )
-            profile = await self._fetchone("select * from profiles where user_id = ?", (uid,))
+        # One snapshot: the reads run in one read transaction (in WAL mode it sees the database as of its first
+        # read, whatever other processes commit meanwhile), under the lock that keeps this process's writes out.
+        async with self._write_lock:
+            with self._translate():
+                await self._db.execute("begin")
+            try:
+                versions = await self._fetchone(
+                    "select version, erased_version from user_versions where user_id = ?", (uid,)
+                )
+                memories = await self._fetchall(
+                    f"select {_MEMORY_COLUMNS}, embedding from memories where user_id = ? and version > ? "
+                    "order by version",
+                    (uid, version),
+                )
+                deleted = await self._fetchall(
+                    "select key_hash, version from memory_tombstones where user_id = ? and version > ?", (uid, version)
+                )
+                profile = await self._fetchone("select * from profiles where user_id = ?", (uid,))
+            finally:
+                if not self._closed:
+                    with self._translate():
+                        await self._db.rollback()  # it wrote nothing
         return UserChanges(
             version=0 if versions is None else int(versions["version"]),
             erased_version=0 if versions is None else int(versions["erased_version"]),

@@ -81,7 +81,7 @@ begin
 end;
 
 -- A version per user, bumped by the database on every change to the user's profile or memories, and stamped on the
--- changed row (see supabase/migrations/0003_user_versions.sql and 0005_memory_changes.sql). Never deleted: a version
+-- changed row (see supabase/migrations/0003, 0005 and 0006: only a real change moves it). Never deleted: a version
 -- never goes back to an old number. A deleted memory's tombstone (a hash of user, category and key) is written by
 -- the backend in the same transaction as the delete. Columns added since a file was created are added by
 -- SqliteStorage.open before this script runs.

@@ -54,12 +54,21 @@ class SupabaseStorage(Storage):
 
     @classmethod
     async def open(
-        cls, url: str, service_role_key: str, *, http_client: httpx.AsyncClient | None = None
+        cls,
+        url: str,
+        service_role_key: str,
+        *,
+        http_client: httpx.AsyncClient | None = None,
+        access_token: str | None = None,
     ) -> SupabaseStorage:
-        """Connect to the project at ``url``; pass ``http_client`` to share a pooled client."""
+        """Connect to the project at ``url``; pass ``http_client`` to share a pooled client. With ``access_token``
+        (a signed-in user's JWT, and the anon key in place of the service role's) every request carries that JWT,
+        so row-level security decides what it may read: the inspector's app users."""
         owns = http_client is None
         http = http_client or httpx.AsyncClient(timeout=10.0)
         options = AsyncClientOptions(httpx_client=http, postgrest_client_retry=False)
+        if access_token is not None:
+            options.headers["Authorization"] = f"Bearer {access_token}"
         client = await acreate_client(url, service_role_key, options=options)
         return cls(client=client, http_client=http, owns_http_client=owns)
 
@@ -116,6 +125,10 @@ class SupabaseStorage(Storage):
     async def _get_profile(self, user_id: uuid.UUID) -> Profile | None:
         rows = await self._rows(self._table("profiles").select("*").eq("user_id", str(user_id)))
         return wire.profile_from_row(rows[0]) if rows else None
+
+    async def _recent_profiles(self, limit: int) -> list[Profile]:
+        request = self._table("profiles").select("*").order("updated_at", desc=True).order("user_id").limit(limit)
+        return [wire.profile_from_row(r) for r in await self._rows(request)]
 
     async def _update_profile(self, user_id: uuid.UUID, changes: dict[str, str | None], at: dt.datetime) -> Profile:
         # PostgREST's upsert sets the columns sent; the profiles_keep_created_at trigger keeps the first created_at.
@@ -254,6 +267,16 @@ class SupabaseStorage(Storage):
             .eq("user_id", str(user_id))
             .eq("category", category)
             .eq("key", key)
+            .order("changed_at")
+            .order("id")
+        )
+        return [wire.memory_change_from_row(r) for r in rows]
+
+    async def _all_memory_history(self, user_id: uuid.UUID) -> list[MemoryChange]:
+        rows = await self._rows(
+            self._table("memory_history")
+            .select("user_id,category,key,old_value,new_value,changed_at")
+            .eq("user_id", str(user_id))
             .order("changed_at")
             .order("id")
         )

@@ -205,6 +205,8 @@ class RecordedRequest:
     params: list[tuple[str, str]]
     prefer: set[str]
     body: Any
+    role: str = "service_role"  # or "authenticated": the anon key with a signed-in user's JWT
+    sub: str | None = None  # that user's id
 
     def param(self, name: str) -> str | None:
         return next((v for k, v in self.params if k == name), None)
@@ -213,8 +215,14 @@ class RecordedRequest:
 class PostgrestStub:
     """``await stub.start()`` gives ``stub.url`` (the Supabase project URL); ``stub.requests`` records traffic."""
 
-    def __init__(self, *, service_role_key: str) -> None:
+    def __init__(self, *, service_role_key: str, anon_key: str | None = None) -> None:
         self.service_role_key = service_role_key
+        # Supabase Auth's edge: signed-in users' JWTs (access tokens) and whose they are. With the anon key, a
+        # request carrying one is the "authenticated" role, and row-level security (0002_row_level_security.sql)
+        # applies: it reads its user's rows only, and writes nothing (onboarding answers aside, not modelled).
+        self.anon_key = anon_key
+        self.access_tokens: dict[str, str] = {}
+        self.auth_requests: list[dict[str, str | None]] = []
         self.tables = _schema()
         self.requests: list[RecordedRequest] = []
         self._runner: web.AppRunner | None = None
@@ -222,6 +230,7 @@ class PostgrestStub:
 
     async def start(self) -> None:
         app = web.Application()
+        app.router.add_get("/auth/v1/user", self._auth_user)
         app.router.add_route("*", "/rest/v1/rpc/{function}", self._rpc)
         app.router.add_route("*", "/rest/v1/{table}", self._table_request)
         self._runner = web.AppRunner(app, access_log=None)
@@ -248,17 +257,35 @@ class PostgrestStub:
             body=json.loads(raw) if raw else None,
         )
         self.requests.append(recorded)
-        if (
-            request.headers.get("apikey") != self.service_role_key
-            or request.headers.get("Authorization") != f"Bearer {self.service_role_key}"
-        ):
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if self.anon_key is not None and request.headers.get("apikey") == self.anon_key:
+            if token not in self.access_tokens:
+                raise PgError(401, "PGRST301", "JWT invalid or expired")
+            recorded.role, recorded.sub = "authenticated", self.access_tokens[token]
+            return recorded
+        if request.headers.get("apikey") != self.service_role_key or token != self.service_role_key:
             raise PgError(401, "PGRST301", "JWT missing or not the service role")
         return recorded
+
+    async def _auth_user(self, request: web.Request) -> web.Response:
+        """Supabase Auth's ``GET /auth/v1/user``: who a JWT belongs to, asked with the anon key."""
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        self.auth_requests.append({"apikey": request.headers.get("apikey"), "token": token})
+        if self.anon_key is None or request.headers.get("apikey") != self.anon_key:
+            return web.json_response({"message": "Invalid API key"}, status=401)
+        if token not in self.access_tokens:
+            return web.json_response({"code": 403, "error_code": "bad_jwt", "msg": "invalid JWT"}, status=403)
+        return web.json_response({"id": self.access_tokens[token], "aud": "authenticated", "role": "authenticated"})
 
     async def _table_request(self, request: web.Request) -> web.Response:
         try:
             recorded = await self._record(request)
             table = self._table(request.match_info["table"])
+            if recorded.role == "authenticated":  # row-level security: the owner reads, and writes nothing
+                if request.method != "GET":
+                    raise PgError(403, "42501", "new row violates row-level security policy")
+                table = Table(table.columns, table.primary_key, table.unique,
+                              [r for r in table.rows if str(r.get("user_id")) == recorded.sub])  # fmt: skip
             handler = {"GET": self._select, "POST": self._insert, "PATCH": self._update, "DELETE": self._delete}
             if request.method not in handler:
                 raise PgError(405, "PGRST117", "unsupported HTTP method")
@@ -273,6 +300,8 @@ class PostgrestStub:
             recorded = await self._record(request)
             if request.method != "POST":
                 raise PgError(405, "PGRST117", "functions are called with POST")
+            if recorded.role == "authenticated":
+                raise PgError(403, "42501", "permission denied for function")
             function = {
                 "companion_record_memory_access": self._record_memory_access,
                 "companion_delete_user_data": self._delete_user_data,
@@ -380,7 +409,7 @@ class PostgrestStub:
         tombstones.rows[:] = [r for r in tombstones.rows if r["user_id"] != user_id]
         erased = self._bump_version(user_id)
         next(r for r in self.tables["user_versions"].rows if r["user_id"] == user_id)["erased_version"] = erased
-        return counts
+        return counts | {"version": erased}  # 0006
 
     # Helpers -----------------------------------------------------------------------------------------------
 

@@ -56,6 +56,22 @@ class OwnPostgresServer:
             while time.monotonic() < deadline and _alive(pid):
                 time.sleep(0.02)
 
+    def pause(self) -> None:
+        """SIGSTOP to the postmaster and its backends: connections stay open and nothing answers (a stalled host)."""
+        for pid in self._processes():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in self._processes():
+            os.kill(pid, signal.SIGCONT)
+
+    def _processes(self) -> list[int]:
+        pid = self._postmaster_pid()
+        if pid is None:
+            return []
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [pid, *(int(child) for child in children)]
+
     @property
     def running(self) -> bool:
         pid = self._postmaster_pid()

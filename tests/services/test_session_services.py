@@ -370,3 +370,38 @@ async def test_an_erasure_in_another_session_stops_this_one_storing(process: Pro
     assert len(here.memories) == 0
     assert not here.guard.can_write
     assert here.conversations.transcript == []
+
+
+async def test_an_erasure_seen_from_another_session_drops_what_this_one_still_queues(
+    settings: Settings, clock: Clock
+) -> None:
+    process = await open_process(settings.model_copy(update={"batch_max_delay_ms": 60_000}), clock=clock)
+    try:
+        user = uuid.uuid4()
+        here, there = await open_session(process, user_id=user), await open_session(process, user_id=user)
+        await there.memories.save_memory("FACT", "job", "Works as a nurse")
+        await here.catch_up()
+        await there.forget_everything()
+        here.conversations.log_message("user", "My bank PIN is 4921")  # said before this session saw it
+
+        assert (await here.catch_up()).erased
+        await eventually(lambda: process.tasks.stats().running == 0)
+        await process.batcher.flush(within=5)
+
+        assert await process.storage.recent_messages(user) == []
+        assert await process.storage.user_version(user) == here.memories.version
+    finally:
+        await process.aclose()
+
+
+async def test_a_sessions_own_save_is_counted_as_no_change_by_its_next_catch_up(process: Process) -> None:
+    session = await open_session(process, user_id=uuid.uuid4())
+    await session.memories.save_memory("FACT", "job", "Works as a nurse")
+    applied = process.metrics.value("companion_catch_ups_total", outcome="applied")
+    unchanged = process.metrics.value("companion_catch_ups_total", outcome="unchanged")
+
+    await session.catch_up()
+    await session.catch_up()
+
+    assert process.metrics.value("companion_catch_ups_total", outcome="applied") == applied
+    assert process.metrics.value("companion_catch_ups_total", outcome="unchanged") == unchanged + 2

@@ -3,6 +3,8 @@ OpenAI-compatible fake standing in for the LLM provider."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +20,7 @@ from services.container import Process, Session, open_process, open_session, ses
 from services.context_budget import HISTORY_SUMMARY_PROMPT, SUMMARY_HEADER, HistoryItem
 from services.memory_extraction import EXTRACTION_PROMPT
 from services.turn_hooks import SUMMARY_ID, SessionTurns
+from services.user_memory import CatchUp
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.waiting import eventually
 
@@ -156,6 +159,16 @@ async def test_a_guest_conversation_extracts_nothing(process: Process, fake: Fak
     assert extractions(fake) == []
 
 
+async def test_a_guest_conversation_reads_nothing_at_the_start_of_a_turn(process: Process, metrics) -> None:
+    guest = await open_session(process, user_id=None)
+    turns = session_turns(process, guest, metrics=metrics)
+    queries = process.storage.stats.queries
+
+    assert await turns.catch_up("message-1") is None
+    assert await turns.catch_up("message-2") is None
+    assert process.storage.stats.queries == queries
+
+
 async def test_after_forget_everything_no_extraction_starts(
     turns: SessionTurns, session: Session, process: Process, fake: FakeOpenAIServer
 ) -> None:
@@ -205,3 +218,33 @@ async def test_a_user_message_catches_up_with_the_users_other_sessions_once(
     assert (await turns.catch_up("message-2")).changed == 1
     assert process.metrics.value("companion_catch_ups_total", outcome="applied") == applied + 2  # counted, timed
     assert process.metrics.value("companion_catch_up_seconds_count") == checks + 2
+
+
+async def test_a_generation_cancelled_while_catching_up_leaves_the_catch_up_to_the_next_one_of_the_turn(
+    process: Process, session: Session, metrics: TurnMetrics
+) -> None:
+    other = await open_session(process, user_id=session.user_id)
+    await other.memories.save_memory("PREFERENCE", "drink", "Prefers green tea")
+    entered, calls = asyncio.Event(), []
+
+    async def first_one_cut_short() -> CatchUp | None:  # as LiveKit cancels a preemptive generation
+        calls.append(1)
+        if len(calls) == 1:
+            entered.set()
+            await asyncio.Event().wait()
+        return await session.catch_up()
+
+    turns = SessionTurns(user_id=session.user_id, guard=session.guard, conversations=session.conversations,
+                         profiles=session.profiles, extractor=session.extractor, rag=session.rag,
+                         retrieval=session.retrieval, budget=session.budget, tasks=process.tasks, metrics=metrics,
+                         catch_up=first_one_cut_short)  # fmt: skip
+    cut = asyncio.create_task(turns.catch_up("message-1"))
+    await entered.wait()
+    cut.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await cut
+
+    caught = await turns.catch_up("message-1")  # the generation that answers
+
+    assert caught is not None
+    assert caught.changed == 1

@@ -4,18 +4,20 @@ SQLite (one file) and PostgreSQL: catching up, compare-and-set writes, forgettin
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from core.errors import WriteCancelledError
+from core.errors import ConflictError, StorageUnavailableError, WriteCancelledError
 from core.validators import WriteGuard
 from infrastructure.database_batcher import BatcherParams, DatabaseBatcher
-from infrastructure.embeddings import CachedEmbedder
-from infrastructure.storage import Storage
+from infrastructure.embeddings import CachedEmbedder, Embedder
+from infrastructure.storage import MemoryWrite, SavedMemory, Storage, UserChanges
 from infrastructure.storage.postgres import PostgresStorage
 from infrastructure.storage.sqlite import SqliteStorage
 from rag_system import analyzer_for
@@ -196,3 +198,150 @@ async def test_two_sessions_saving_the_same_value_at_once_are_both_told_it_is_sa
     )
     assert [o.won for o in outcomes] == [True, True]  # the value each wanted is the one that holds
     assert len({o.memory.value.casefold() for o in outcomes}) == 1
+
+
+async def test_a_memory_forgotten_in_one_session_is_not_saved_again_by_the_other_before_it_catches_up(workers) -> None:
+    one, two = await two_sessions(workers)
+    await one.save_memory("HEALTH", "pin", "Bank PIN is 4921")
+    await two.catch_up()
+    extraction = two.ticket()
+
+    assert [m.key for m in await one.forget("my bank PIN")] == ["pin"]
+    with pytest.raises(WriteCancelledError):  # background work (extraction) holding the old value
+        await two.save_memory("HEALTH", "pin", "Bank PIN is 4922", ticket=extraction)
+    told = await two.save_memory("HEALTH", "pin", "Bank PIN is 4922")  # the remember tool
+
+    assert told.forgotten
+    assert not told.won
+    assert await workers[0].storage.get_memory(one.user_id, "HEALTH", "pin") is None
+    caught = await two.catch_up()
+    assert [m.value for m in caught.removed] == ["Bank PIN is 4921"]  # still named, for the chat to be scrubbed
+    assert two.get("HEALTH", "pin") is None
+    assert (await two.save_memory("HEALTH", "pin", "Bank PIN is 4922")).won  # asked again: a new memory
+
+
+class GatedEmbedder(Embedder):
+    """The real encoder, held at a gate while ``hold`` is set: the moment a catch-up awaits an embedding."""
+
+    def __init__(self) -> None:
+        self._inner = encoder()
+        self.name, self.dimension = self._inner.name, self._inner.dimension
+        self.hold = False
+        self.entered = asyncio.Event()
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if self.hold:
+            self.entered.set()
+            await asyncio.Event().wait()  # until cancelled
+        return await self._inner.embed(texts)
+
+
+async def test_a_catch_up_cancelled_halfway_still_hands_over_what_was_forgotten_elsewhere(workers) -> None:
+    user = uuid.uuid4()
+    one = workers[0].memory(user)
+    embedder = GatedEmbedder()
+    two = UserMemory(user_id=user, guard=WriteGuard(user_id=user), storage=workers[1].storage,
+                     batcher=workers[1].batcher, embedder=embedder, analyzer=analyzer_for("en"), clock=lambda: NOW)  # fmt: skip
+    await one.save_memory("HEALTH", "pin", "Bank PIN is 4921")
+    await two.load()
+    await one.forget("my bank PIN")
+    await workers[0].storage.upsert_memories(  # a change without an embedding: the catch-up must embed it
+        [MemoryWrite(user, "FACT", "job", "Works as a nurse", 0.5, "tool", NOW)]
+    )
+
+    embedder.hold = True
+    cut = asyncio.create_task(two.catch_up())
+    await embedder.entered.wait()
+    cut.cancel()  # a turn's time budget, or a generation LiveKit threw away
+    with pytest.raises(asyncio.CancelledError):
+        await cut
+    assert two.get("HEALTH", "pin") is None  # already out of the index
+
+    embedder.hold = False
+    caught = await two.catch_up()
+    assert caught is not None
+    assert [m.value for m in caught.removed] == ["Bank PIN is 4921"]  # still named, for the chat to be scrubbed
+    assert two.get("FACT", "job").value == "Works as a nurse"
+    assert await two.catch_up() is None  # handed over once
+
+
+async def test_a_sessions_own_erasure_is_not_caught_up_with_as_an_erasure_elsewhere(workers) -> None:
+    one, two = await two_sessions(workers)
+    await one.save_memory("FACT", "job", "Works as a nurse")
+
+    await one.forget_everything()
+
+    assert await one.catch_up() is None  # nothing to hide again: what is said after it stays in the chat
+    assert (await two.catch_up()).erased
+
+
+async def test_a_sessions_own_saves_are_no_change_to_catch_up_with(workers) -> None:
+    one, two = await two_sessions(workers)
+    await one.save_memory("FACT", "job", "Works as a nurse")
+    await one.save_memory("PREFERENCE", "drink", "Prefers tea")
+
+    assert one.version == await workers[0].storage.user_version(one.user_id)  # nothing came between: moved on
+    assert await one.catch_up() is None
+    await one.save_many([NewMemory("FACT", "city", "Lives in Porto", source="onboarding")])
+    assert await one.catch_up() is None  # its own batched write: its version learnt, nothing changed
+    assert (await two.catch_up()).changed == 3
+
+
+async def test_a_save_answered_after_a_newer_value_was_caught_up_with_does_not_put_the_older_one_back(
+    workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, two = await two_sessions(workers)
+    await one.save_memory("FACT", "job", "Works as a nurse")
+    await two.catch_up()
+    save_memory_if = workers[0].storage.save_memory_if
+
+    async def then_a_newer_write_arrives(write: MemoryWrite, *, expected_version: int | None) -> SavedMemory:
+        outcome = await save_memory_if(write, expected_version=expected_version)
+        await two.catch_up()
+        assert (await two.save_memory("FACT", "job", "Works as a surgeon")).won
+        await one.catch_up()  # while the save below still awaits its answer
+        return outcome
+
+    monkeypatch.setattr(workers[0].storage, "save_memory_if", then_a_newer_write_arrives)
+    assert (await one.save_memory("FACT", "job", "Works as a midwife")).won
+
+    assert one.get("FACT", "job").value == "Works as a surgeon"
+
+
+async def test_a_memory_read_before_its_tombstone_in_one_change_feed_is_not_brought_back(workers) -> None:
+    one, two = await two_sessions(workers)
+    await one.save_memory("HEALTH", "pin", "Bank PIN is 4921")
+    await two.catch_up()
+    saved = await one.save_memory("HEALTH", "pin", "Bank PIN is 4922")
+    stored = await workers[0].storage.get_memory(one.user_id, "HEALTH", "pin")
+    await one.delete("HEALTH", "pin")
+    changes = await workers[1].storage.changes_since(two.user_id, two.version)
+    assert changes.memories == ()
+    torn = dataclasses.replace(changes, memories=(stored,))  # what a feed read in several steps can hold
+    changes_since = workers[1].storage.changes_since
+
+    async def torn_feed(user_id: uuid.UUID, version: int) -> UserChanges:
+        await changes_since(user_id, version)
+        return torn
+
+    workers[1].storage.changes_since = torn_feed  # type: ignore[method-assign]
+    caught = await two.catch_up()
+
+    assert saved.won
+    assert two.get("HEALTH", "pin") is None
+    assert [m.value for m in caught.removed] == ["Bank PIN is 4921"]
+
+
+async def test_a_save_that_keeps_losing_to_other_sessions_is_a_retryable_conflict_not_an_outage(
+    workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, _ = await two_sessions(workers)
+
+    async def created_and_deleted_by_others_each_time(write: MemoryWrite, *, expected_version: int | None):
+        return SavedMemory(won=False, memory=None)  # absent when looked at, present at the insert, gone when read
+
+    monkeypatch.setattr(workers[0].storage, "save_memory_if", created_and_deleted_by_others_each_time)
+    with pytest.raises(ConflictError) as raised:
+        await one.save_memory("FACT", "job", "Works as a nurse")
+    assert raised.value.retryable
+    assert not isinstance(raised.value, StorageUnavailableError)  # the database answered: no outbox fallback

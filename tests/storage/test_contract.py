@@ -56,6 +56,22 @@ async def test_a_changed_value_is_kept_in_the_memory_history(backend: Backend) -
     assert [(h.old_value, h.new_value, h.changed_at) for h in history] == [("nurse", "midwife", T0 + minutes(2))]
 
 
+async def test_all_of_a_users_memory_history_comes_in_one_call_oldest_first(backend: Backend) -> None:
+    store, user, other = backend.storage, uuid.uuid4(), uuid.uuid4()
+    await store.upsert_memories([memory(user, "city", "Lisbon"), memory(user, "drink", "tea"), memory(other, "x", "a")])
+    await store.upsert_memories([memory(user, "city", "Porto", at=T0 + minutes(1))])
+    await store.upsert_memories([memory(user, "drink", "coffee", at=T0 + minutes(2))])
+    await store.upsert_memories([memory(other, "x", "b", at=T0 + minutes(3))])
+
+    changes = await store.all_memory_history(user)
+
+    assert [(c.key, c.old_value, c.new_value) for c in changes] == [
+        ("city", "Lisbon", "Porto"),
+        ("drink", "tea", "coffee"),
+    ]
+    assert await store.all_memory_history(uuid.uuid4()) == []
+
+
 async def test_embeddings_come_back_as_the_same_float32_vectors(backend: Backend) -> None:
     store, user = backend.storage, uuid.uuid4()
     vector = np.random.default_rng(7).standard_normal(384).astype(np.float32)
@@ -233,6 +249,18 @@ async def test_update_profile_changes_only_the_fields_given(backend: Backend) ->
         await store.update_profile(user, {"is_admin": "yes"}, at=T0)
 
 
+async def test_recent_profiles_lists_every_user_newest_first(backend: Backend) -> None:
+    store, first, second = backend.storage, uuid.uuid4(), uuid.uuid4()
+    await store.update_profile(first, {"name": "Ana"}, at=T0 + minutes(1))
+    await store.update_profile(second, {"name": "Bo"}, at=T0 + minutes(2))
+
+    listed = [p.user_id for p in await store.recent_profiles(limit=1_000) if p.user_id in (first, second)]
+    assert listed == [second, first]
+    assert len(await store.recent_profiles(limit=1)) == 1
+    with pytest.raises(InvalidInputError, match="limit"):
+        await store.recent_profiles(limit=0)
+
+
 async def test_onboarding_is_claimed_by_exactly_one_of_several_racing_sessions(backend: Backend) -> None:
     store, user = backend.storage, uuid.uuid4()
     assert await store.claim_onboarding(user, at=T0) is False  # nothing to claim yet
@@ -352,6 +380,26 @@ async def test_the_user_version_grows_with_every_change_and_never_goes_back(back
     assert await store.user_version(other) == 0
 
 
+async def test_the_user_version_moves_only_when_something_changed(backend: Backend) -> None:
+    store, user = backend.storage, uuid.uuid4()
+    await store.ensure_profile(user, at=T0)
+    saved = await store.save_memory_if(memory(user, "drink", "Prefers tea"), expected_version=None)
+    version = await store.user_version(user)
+
+    await store.ensure_profile(user, at=T0 + minutes(1))  # every session start
+    lost = await store.save_memory_if(memory(user, "drink", "Prefers coffee"), expected_version=None)
+    stale = await store.save_memory_if(
+        memory(user, "drink", "Prefers water"), expected_version=saved.memory.version - 1
+    )
+    await store.upsert_memories([memory(user, "drink", "Prefers tea", at=T0 + minutes(2))])  # the same value
+
+    assert not lost.won
+    assert not stale.won
+    assert await store.user_version(user) == version
+    await store.upsert_memories([memory(user, "drink", "Prefers juice", at=T0 + minutes(3))])
+    assert await store.user_version(user) == version + 1  # a real change moves it, by one
+
+
 async def test_rewriting_texts_changes_only_the_named_rows_of_that_user(backend: Backend) -> None:
     store, user, other = backend.storage, uuid.uuid4(), uuid.uuid4()
     conversation, foreign = uuid.uuid4(), uuid.uuid4()
@@ -410,6 +458,20 @@ async def test_of_two_compare_and_set_writes_to_one_key_exactly_one_wins(backend
     assert late.memory.value == winner.memory.value
 
 
+async def test_a_compare_and_set_on_a_deleted_memory_loses_and_does_not_create_it_again(backend: Backend) -> None:
+    store, user = backend.storage, uuid.uuid4()
+    first = await store.save_memory_if(memory(user, "pin", "Bank PIN is 4921"), expected_version=None)
+    await store.delete_memories(user, [("FACT", "pin")])  # forgotten by another session
+    version = await store.user_version(user)
+
+    stale = await store.save_memory_if(memory(user, "pin", "Bank PIN is 4922"), expected_version=first.memory.version)
+
+    assert not stale.won
+    assert stale.memory is None
+    assert await store.get_memory(user, "FACT", "pin") is None
+    assert await store.user_version(user) == version
+
+
 async def test_the_change_feed_holds_what_changed_after_a_version_and_tombstones_without_keys(backend: Backend) -> None:
     store, user = backend.storage, uuid.uuid4()
     await store.ensure_profile(user, at=T0)
@@ -445,3 +507,13 @@ async def test_an_erasure_leaves_no_tombstone_and_notes_its_version(backend: Bac
     assert changes.memories == ()
     assert changes.profile is None
     assert changes.erased_version == changes.version == await store.user_version(user) > 0
+
+
+async def test_an_erasure_returns_the_version_it_took(backend: Backend) -> None:
+    store, user = backend.storage, uuid.uuid4()
+    await store.upsert_memories([memory(user, "job", "nurse")])
+    counts = await store.delete_user_data(user)
+    await store.upsert_memories([memory(user, "city", "Lisbon")])  # said after it
+
+    assert counts.memories == 1
+    assert counts.version == (await store.changes_since(user, 0)).erased_version > 0
