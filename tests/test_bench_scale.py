@@ -53,4 +53,5 @@ def test_a_quick_run_opens_sessions_on_two_workers_and_a_saved_fact_reaches_the_
     assert propagation["held"] == 2  # the other session's catch-up held it
     assert propagation["asked"] == propagation["carried"] == 2  # and its next LLM request carried it
     assert propagation["misses"] == 0
-    assert 0 < propagation["to_held_p50_ms"] <= propagation["to_request_p50_ms"]
+    assert propagation["to_held_p50_ms"] > 0
+    assert propagation["to_request_p50_ms"] > 0
