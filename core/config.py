@@ -45,6 +45,8 @@ class SqliteTarget:
 class PostgresTarget:
     dsn: SecretStr
     auto_migrate: bool
+    pool_max_size: int = 10
+    statement_cache_size: int = 100
     kind: Literal["postgres"] = "postgres"
 
 
@@ -82,6 +84,11 @@ class Settings(BaseSettings):
     # Storage: DATABASE_URL wins; Supabase is used when it is configured and DATABASE_URL is not.
     database_url: str | None = None
     database_auto_migrate: bool = True
+    # PostgreSQL: connections per job process at most (README "Scaling out": 2 in use measured), and asyncpg's
+    # prepared statements per connection; 0 behind a pooler in transaction mode (Supavisor on 6543, PgBouncer
+    # before 1.21), where a named prepared statement may land on another server connection.
+    database_pool_max_size: int = Field(default=10, ge=1, le=100)
+    database_statement_cache_size: int = Field(default=100, ge=0, le=10_000)
     supabase_url: str | None = None
     supabase_service_role_key: SecretStr | None = None
     supabase_anon_key: SecretStr | None = None
@@ -254,7 +261,9 @@ class Settings(BaseSettings):
         url = self.database_url or DEFAULT_DATABASE_URL
         if url.startswith("sqlite:///"):
             return SqliteTarget(path=Path(url.removeprefix("sqlite:///")))
-        return PostgresTarget(dsn=SecretStr(url), auto_migrate=self.database_auto_migrate)
+        return PostgresTarget(dsn=SecretStr(url), auto_migrate=self.database_auto_migrate,
+                              pool_max_size=self.database_pool_max_size,
+                              statement_cache_size=self.database_statement_cache_size)  # fmt: skip
 
     @property
     def outbox_path(self) -> Path:

@@ -56,10 +56,11 @@ async def open_storage(target: StorageTarget, *, http_client: httpx.AsyncClient 
             from infrastructure.storage.sqlite import SqliteStorage
 
             return await SqliteStorage.open(path)
-        case PostgresTarget(dsn=dsn, auto_migrate=migrate):
+        case PostgresTarget(dsn=dsn, auto_migrate=migrate, pool_max_size=size, statement_cache_size=cache):
             from infrastructure.storage.postgres import PostgresStorage
 
-            return await PostgresStorage.open(dsn.get_secret_value(), migrate=migrate)
+            return await PostgresStorage.open(dsn.get_secret_value(), migrate=migrate, max_size=size,
+                                              statement_cache_size=cache)  # fmt: skip
         case SupabaseTarget(url=url, service_role_key=key):
             from infrastructure.storage.supabase import SupabaseStorage
 

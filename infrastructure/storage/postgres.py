@@ -56,14 +56,18 @@ class PostgresStorage(Storage):
         max_size: int = 10,
         migrate: bool = True,
         command_timeout: float = 10.0,
+        statement_cache_size: int = 100,
     ) -> PostgresStorage:
-        """Open a pool on ``dsn`` and, with ``migrate``, apply pending migrations first."""
+        """Open a pool on ``dsn`` and, with ``migrate``, apply pending migrations first. ``statement_cache_size=0``
+        behind a pooler in transaction mode: asyncpg then prepares no named statement that could outlive a
+        transaction's server connection."""
         try:
             pool = await asyncpg.create_pool(
                 dsn,
-                min_size=min_size,
+                min_size=min(min_size, max_size),
                 max_size=max_size,
                 command_timeout=command_timeout,
+                statement_cache_size=statement_cache_size,
                 init=_init_connection,
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:

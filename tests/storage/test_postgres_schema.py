@@ -141,3 +141,22 @@ async def test_calls_after_close_raise_a_storage_error_not_a_driver_error(migrat
     await store.aclose()  # idempotent
     with pytest.raises(StorageUnavailableError):
         await store.get_profile(uuid.uuid4())
+
+
+@pytest.mark.parametrize(("cache_size", "prepares_named"), [(0, False), (100, True)])
+async def test_statement_cache_size_zero_leaves_no_named_prepared_statement_on_the_connection(
+    migrated_database: str, cache_size: int, prepares_named: bool
+) -> None:
+    # Behind a pooler in transaction mode (Supavisor on 6543, PgBouncer before 1.21) the next transaction may run on
+    # another server connection, where a statement asyncpg prepared by name does not exist.
+    store = await PostgresStorage.open(migrated_database, migrate=False, max_size=1, statement_cache_size=cache_size)
+    try:
+        user = uuid.uuid4()
+        await _seed(store, user)
+        await store.get_profile(user)
+        await store.list_memories(user)
+        async with store._pool.acquire() as conn:  # the pool's one connection: the one that ran them
+            named = await conn.fetchval("select count(*) from pg_prepared_statements")
+    finally:
+        await store.aclose()
+    assert (named > 0) is prepares_named
