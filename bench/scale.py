@@ -70,7 +70,6 @@ from aiohttp import web  # noqa: E402
 
 from bench.turn import (  # noqa: E402
     ARRIVED,
-    REPLY,
     FakeLLM,
     SwitchedRetrieval,
     _background_answer,
@@ -82,12 +81,14 @@ from bench.turn import (  # noqa: E402
     memory_mb,
     seed_embeddings,
     seed_writes,
+    stream_reply,
     user_turns,
 )
+from core.config import Settings  # noqa: E402
 
 CARRIED = "x-bench-carried"  # the fact names the fake server found in a streamed chat request
 REMEMBER = "Remember that "
-POOL_MAX = 10  # PostgresStorage.open's max_size: every job process's pool
+POOL_MAX = Settings.model_fields["database_pool_max_size"].default  # every job process's pool, at most
 RELATIONS = ["neighbour", "cousin", "landlord", "dentist", "piano teacher", "barber", "godmother", "old flatmate"]
 PETS = ["parrot", "tortoise", "ferret", "goldfish", "iguana", "hamster", "donkey", "canary"]
 SYLLABLES = ["zor", "vath", "quel", "brim", "tano", "wex", "lup", "dris", "mork", "yan", "fel", "gorp"]
@@ -155,11 +156,7 @@ class ScaleLLM(FakeLLM):
             await response.write(_event(_chunk(body, {"role": "assistant", "tool_calls": [call]}, finish=None)))
             await response.write(_event(_chunk(body, {}, finish="tool_calls")))
         else:
-            words = REPLY.split(" ")
-            for i in range(0, len(words), 4):
-                delta = {"content": " ".join(words[i : i + 4]) + " "} | ({"role": "assistant"} if i == 0 else {})
-                await response.write(_event(_chunk(body, delta, finish=None)))
-            await response.write(_event(_chunk(body, {}, finish="stop")))
+            await stream_reply(response, body)
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

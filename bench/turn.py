@@ -145,11 +145,7 @@ class FakeLLM:
             return web.json_response(_completion(body, _background_answer(body)))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", ARRIVED: repr(arrived)})
         await response.prepare(request)
-        words = REPLY.split(" ")
-        for i in range(0, len(words), 4):
-            delta = {"content": " ".join(words[i : i + 4]) + " "} | ({"role": "assistant"} if i == 0 else {})
-            await response.write(_event(_chunk(body, delta, finish=None)))
-        await response.write(_event(_chunk(body, {}, finish="stop")))
+        await stream_reply(response, body)
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
@@ -174,6 +170,15 @@ def _completion(body: dict[str, Any], text: str) -> dict[str, Any]:
             "model": body.get("model", "fake"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}}  # fmt: skip
+
+
+async def stream_reply(response: web.StreamResponse, body: dict[str, Any]) -> None:
+    """REPLY as a streamed chat completion, four words a chunk, then its stop chunk."""
+    words = REPLY.split(" ")
+    for i in range(0, len(words), 4):
+        delta = {"content": " ".join(words[i : i + 4]) + " "} | ({"role": "assistant"} if i == 0 else {})
+        await response.write(_event(_chunk(body, delta, finish=None)))
+    await response.write(_event(_chunk(body, {}, finish="stop")))
 
 
 def _event(payload: dict[str, Any]) -> bytes:

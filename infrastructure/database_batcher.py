@@ -527,14 +527,7 @@ class DatabaseBatcher:
         for pending, (user, at) in zip(batch, owners, strict=True):
             replayed = any(seq in self._replayed_seqs for seq in pending.seqs)
             (dropped if replayed and user in forgotten and at < forgotten[user] else kept).append(pending)
-        for pending in dropped:
-            for future in pending.futures:
-                if not future.done():
-                    future.set_result(None)
-        if dropped:
-            self._metrics.batcher_dropped_forgotten.inc(len(dropped))
-            logger.info("replayed writes dropped: their user forgot since", extra={"writes": len(dropped)})
-            await self._forget_rows(dropped)
+        await self._drop(dropped, why="replayed writes dropped: their user forgot since")
         for pending in batch:
             self._replayed_seqs.difference_update(pending.seqs)
         return kept
@@ -545,15 +538,20 @@ class DatabaseBatcher:
         for pending in batch:
             user, at = _owner_and_time(pending.item)
             (dropped if user in self._discarded and at <= self._discarded[user] else kept).append(pending)
+        await self._drop(dropped, why="queued writes dropped: their user was erased")
+        return kept
+
+    async def _drop(self, dropped: list[_Pending[Any]], *, why: str) -> None:
+        """Writes not to be stored: their callers hear success (what they wrote is meant to be gone), and the
+        outbox lets them go."""
         for pending in dropped:
             for future in pending.futures:
                 if not future.done():
                     future.set_result(None)
         if dropped:
             self._metrics.batcher_dropped_forgotten.inc(len(dropped))
-            logger.info("queued writes dropped: their user was erased", extra={"writes": len(dropped)})
+            logger.info(why, extra={"writes": len(dropped)})
             await self._forget_rows(dropped)
-        return kept
 
     async def _isolate(self, lane: _Lane[Any], batch: list[_Pending[Any]], exc: CompanionError) -> None:
         """A batch the database refused for good: write its rows one by one, so one bad row fails alone."""
