@@ -730,7 +730,7 @@ async def entrypoint(ctx: JobContext) -> None:
             logger.info("guest session: the participant identity is not a user id, nothing will be stored")
     services = await open_session(process, user_id=user_id)
     gc.freeze()  # what the session loaded (its index) lives as long as this job process, which exits after it
-    language = Persona.from_settings(settings).language_for(await services.users.get_profile())
+    language = Persona.from_settings(settings).language_for(services.profile_at_open)
     providers = build_providers(settings, client=process.clients.openai, language=language)
     session = build_session(providers, vad=ctx.proc.userdata["vad"], turn_detection=turn_detection(settings))
     ctx.add_shutdown_callback(

@@ -2,9 +2,9 @@
 
     python bench/infrastructure.py [--n 10000] [--users 20] [--sessions 50] [--requests 200]
 
-The cache holds what a session start reads through it: the user's profile (``UserService.get_profile``, three
-times per session start: ``open_session``, ``start_companion`` and the entrypoint's language). A turn reads nothing
-through it (the index is in process). So the cache part times session starts with no cache, the in-process cache
+The cache holds what a session start reads through it: the user's profile (``UserService.get_profile``, once per
+session start, in ``open_session``; ``start_companion`` keeps the row ``ensure_profile`` answers with, and the
+entrypoint's language uses the one ``open_session`` read). A turn reads nothing through it (the index is in process). So the cache part times session starts with no cache, the in-process cache
 and Redis, every fifth session of a user first changing the profile (a new version: the next read misses).
 
 Runs against real PostgreSQL and Redis on loopback, started (or reused) exactly as the test command does
@@ -47,7 +47,7 @@ from infrastructure.storage.postgres import PostgresStorage  # noqa: E402
 from infrastructure.storage.sqlite import SqliteStorage  # noqa: E402
 from services.user_service import UserService  # noqa: E402
 
-READS_PER_SESSION_START = 3
+READS_PER_SESSION_START = 1
 
 T0 = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 SENTENCES = [

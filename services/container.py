@@ -162,6 +162,7 @@ class Session:
     retrieval: TurnRetrieval
     forgetting: ForgettingService
     guest: bool = False  # an identity that is not a user id: nothing is read or written for it
+    profile_at_open: Profile | None = None  # as open_session read it (its language and time zone set up retrieval)
     catch_up_within: float = 0.15  # seconds; past it the turn goes on with what the index holds
     metrics: Metrics | None = None  # where catch-ups are counted: the process's instruments unless given
 
@@ -229,6 +230,7 @@ async def open_session(process: Process, *, user_id: uuid.UUID | None, load: boo
         user_id=user_id,
         guard=guard,
         guest=guest,
+        profile_at_open=profile,
         users=users,
         memories=memories,
         rag=rag,

@@ -233,12 +233,11 @@ async def begin_conversation(
     *, guard: WriteGuard, onboarding: OnboardingService, users: UserService, conversations: ConversationService
 ) -> Profile | None:
     """Before the first turn: the app's onboarding answers (once per user), the profile row, the conversation row;
-    returns the profile the agent starts with."""
+    returns the profile the agent starts with (the row ``ensure_profile_exists`` answers with: no second read)."""
     await onboarding.run()
-    if guard.can_write:
-        await users.ensure_profile_exists()
+    profile = await users.ensure_profile_exists() if guard.can_write else await users.get_profile()
     await conversations.start()
-    return await users.get_profile()
+    return profile
 
 
 async def end_conversation(

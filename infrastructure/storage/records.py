@@ -255,8 +255,8 @@ class DeletedCounts:
 
 @dataclass(slots=True)
 class StorageStats:
-    """Round trips of one backend (HTTP requests for Supabase): a warm turn is expected to make one, the read of the user's version. Errors are
-    Prometheus counters (``companion_storage_errors_total``)."""
+    """Round trips of one backend (HTTP requests for Supabase): a warm turn is expected to make one, the read of the
+    user's version. Errors are Prometheus counters (``companion_storage_errors_total``)."""
 
     backend: str
     queries: int = 0
