@@ -20,6 +20,8 @@ sys.path.insert(0, str(REPO))
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from core.config import Settings  # noqa: E402
 from inspector.server import serve  # noqa: E402
@@ -58,7 +60,10 @@ def shoot(url: str, token: str, out: Path) -> None:
     try:
         driver.get(url + "/login")
         driver.find_element(By.ID, "token").send_keys(token)
-        driver.find_element(By.CSS_SELECTOR, "form[action='/login'] button").click()
+        button = driver.find_element(By.CSS_SELECTOR, "form[action='/login'] button")
+        button.click()
+        # The sign-in's own navigation must end first: one still under way replaces the next page's document.
+        WebDriverWait(driver, 30).until(expected_conditions.staleness_of(button))
         driver.get(f"{url}/users/{PERSON}")
         driver.find_element(By.CSS_SELECTOR, "#m-RELATIONSHIP-sister_city details summary").click()  # its history
         for _ in range(3):  # the window's frame takes some of its height: grow until the page fits
