@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-import math
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import httpx
 
 from core.categories import MemoryCategory
 from core.errors import ConflictError, InvalidInputError, NotFoundError, WriteForbiddenError
-from core.validators import normalize_key, parse_category
+from core.validators import normalize_key, parse_category, parse_importance
 from infrastructure.storage import Conversation, DeletedCounts, Memory, MemoryChange, Message, Profile
 from infrastructure.storage.supabase import SupabaseStorage
 from inspector.auth import AppUser, SupabaseAuth
@@ -231,7 +230,7 @@ class UserAccess:
             raise InvalidInputError("give a new value or importance")
         if value is not None and not isinstance(value, str):
             raise InvalidInputError("value must be text")
-        level = current.importance if importance is None else _importance(importance)
+        level = current.importance if importance is None else parse_importance(importance, MemoryCategory(category))
         saved = await self._session.memories.save_memory(
             category, key, current.value if value is None else value, level, source="inspector"
         )
@@ -287,16 +286,6 @@ def _view(memory: Memory, history: list[MemoryChange]) -> MemoryView:
     return MemoryView(memory.category, memory.key, memory.value, memory.importance, memory.source,
                       memory.created_at, memory.updated_at, memory.last_accessed_at, memory.access_count,
                       tuple(history))  # fmt: skip
-
-
-def _importance(raw: object) -> float:
-    try:
-        level = float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise InvalidInputError("importance must be a number from 0 to 1") from None
-    if isinstance(raw, bool) or not math.isfinite(level) or not 0 <= level <= 1:
-        raise InvalidInputError("importance must be a number from 0 to 1")
-    return level
 
 
 def _time(at: dt.datetime | None) -> str | None:
