@@ -17,16 +17,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support import expected_conditions  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from core.config import Settings  # noqa: E402
 from inspector.server import serve  # noqa: E402
 from services.container import open_process, open_session  # noqa: E402
 from services.memory_service import NewMemory  # noqa: E402
+from tests.inspector.browser import chromium_driver, wait_until_gone  # noqa: E402
 
 PERSON = uuid.UUID("7e57ab1e-0000-4000-8000-00000000a11a")  # fictional: Ana Ferreira, who does not exist
 WIDTH = 900
@@ -51,19 +48,14 @@ async def seed(settings: Settings) -> None:
 
 
 def shoot(url: str, token: str, out: Path) -> None:
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     f"--window-size={WIDTH},900", "--hide-scrollbars", "--force-device-scale-factor=1"):  # fmt: skip
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path="/usr/bin/chromedriver"))
+    driver = chromium_driver(width=WIDTH, arguments=("--hide-scrollbars", "--force-device-scale-factor=1"))
     try:
         driver.get(url + "/login")
         driver.find_element(By.ID, "token").send_keys(token)
         button = driver.find_element(By.CSS_SELECTOR, "form[action='/login'] button")
         button.click()
         # The sign-in's own navigation must end first: one still under way replaces the next page's document.
-        WebDriverWait(driver, 30).until(expected_conditions.staleness_of(button))
+        wait_until_gone(driver, button)
         driver.get(f"{url}/users/{PERSON}")
         driver.find_element(By.CSS_SELECTOR, "#m-RELATIONSHIP-sister_city details summary").click()  # its history
         for _ in range(3):  # the window's frame takes some of its height: grow until the page fits

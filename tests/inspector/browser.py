@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException, WebDriverException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -28,13 +28,35 @@ MISSING = (
 )
 
 
-def chromium_driver(*, width: int = 1000, height: int = 900) -> webdriver.Chrome:
+def chromium_driver(*, width: int = 1000, height: int = 900, arguments: tuple[str, ...] = ()) -> webdriver.Chrome:
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     f"--window-size={width},{height}", "--disable-extensions", "--no-first-run"):  # fmt: skip
+                     f"--window-size={width},{height}", "--disable-extensions", "--no-first-run", *arguments):  # fmt: skip
         options.add_argument(argument)
     return webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+
+
+def wait_until_gone(driver: webdriver.Chrome, element: WebElement, *, timeout: float = 30) -> None:
+    """Wait for the page that held ``element`` to be replaced (a form's navigation has ended).
+
+    Selenium's ``staleness_of`` knows only "stale element reference"; while the old document is being torn down,
+    chromedriver may instead answer "unknown error: ... Node with given id does not belong to the document",
+    which means the same thing (a clean-clone CI run failed on it).
+    """
+
+    def gone(_: webdriver.Chrome) -> bool:
+        try:
+            element.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as error:
+            if "does not belong to the document" in (error.msg or ""):
+                return True
+            raise
+        return False
+
+    WebDriverWait(driver, timeout).until(gone)
 
 
 def require_chromium() -> None:
@@ -82,7 +104,7 @@ class Browser:
                 except WebDriverException:  # chromedriver now and then loses a node it just found: find it again
                     if attempt == 2:
                         raise
-            WebDriverWait(self.driver, 30).until(expected_conditions.staleness_of(button))
+            wait_until_gone(self.driver, button)
 
         await asyncio.to_thread(submit)
 
