@@ -179,17 +179,22 @@ class Companion(Agent):
 
     async def _apply(self, caught: CatchUp) -> bool:
         """What the user's other sessions changed, in LiveKit's chat: after an erasure nothing said before stays; a
-        rename changes the instructions. True when the instructions changed."""
+        rename changes the instructions. True when the instructions changed.
+
+        The catch-up has been handed over and will not come again, so the profile is taken before the first await:
+        a generation cancelled during ``hide`` (with a realtime model, which awaits) loses none of it."""
+        changed = False
+        if caught.profile_changed:
+            self._profile = caught.profile  # its written part goes into this turn's notes
+            instructions = self._persona.instructions(caught.profile)
+            # A new empty profile, a new summary: the instructions stay, and so does LiveKit's preemptive
+            # generation, which changed instructions would throw away.
+            changed = instructions != self.instructions
+            if changed:
+                await self.update_instructions(instructions)  # from the next request on
         if caught.erased:
             await self.hide(lambda text: True)
-        if not caught.profile_changed:
-            return False
-        self._profile = caught.profile  # its written part goes into this turn's notes
-        instructions = self._persona.instructions(caught.profile)
-        if instructions == self.instructions:  # a new empty profile, a new summary: the instructions stay, and so
-            return False  # does LiveKit's preemptive generation, which changed instructions would throw away
-        await self.update_instructions(instructions)  # from the next request on
-        return True
+        return changed
 
     # LiveKit's events to the turn hooks ----------------------------------------------------------------------
 
