@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     outbox_dir: Path | None = None
     outbox_max_rows: int = Field(default=10_000, ge=100, le=1_000_000)
     outbox_max_mb: float = Field(default=64.0, ge=1.0, le=16_384.0)
+    # How long a forgotten memory's tombstone (a hash of its key, which other sessions of the user catch up from)
+    # stays before every process start prunes it; a session idle for longer reads all its memories once instead.
+    tombstone_retention_hours: float = Field(default=24.0, gt=0, le=8_760)
 
     # Embeddings: "local" runs all-MiniLM-L6-v2 in process (384 dimensions); "openai" calls the embeddings API.
     embedding_provider: Literal["local", "openai"] = "local"

@@ -37,7 +37,7 @@ from infrastructure.turn_metrics import TurnMetrics
 from rag_system import analyzer_for
 from services.context_budget import ContextBudget
 from services.conversation_service import ConversationService
-from services.forgetting import ForgettingService
+from services.forgetting import ForgettingService, prune_tombstones
 from services.memory_extraction import MemoryExtractor
 from services.onboarding_service import OnboardingService
 from services.persona import Persona
@@ -121,6 +121,8 @@ async def open_process(
         llm = _background_llm(settings, clients)
         tasks = BackgroundTasks()
         stack.push_async_callback(tasks.aclose)
+        before = clock() - dt.timedelta(hours=settings.tombstone_retention_hours)
+        tasks.spawn(prune_tombstones(clients.storage, before=before), name="prune-tombstones")
     except BaseException:
         await stack.aclose()
         raise

@@ -16,16 +16,19 @@ session is stored.
 Other live sessions of the user (any worker) learn of a forget at the start of their next turn
 (:meth:`services.container.Session.catch_up`): the memory leaves their index, and :meth:`forgotten_elsewhere` keeps
 it out of their chat, transcript and stored messages the same way. After an erasure they store nothing more, and
-the writes they still queue are dropped (:meth:`erased_elsewhere`).
+the writes they still queue are dropped (:meth:`erased_elsewhere`). What tells them, a tombstone holding a hash of
+the forgotten memory's key, is pruned after ``TOMBSTONE_RETENTION_HOURS`` by :func:`prune_tombstones`, which every
+process runs as it opens: a short key hashed is easily guessed, and would say for good what was forgotten.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 
-from core.errors import InvalidInputError
+from core.errors import CompanionError, InvalidInputError
 from core.validators import WriteGuard, normalize_key, parse_category
 from infrastructure.background import BackgroundTasks
 from infrastructure.database_batcher import DatabaseBatcher
@@ -35,6 +38,8 @@ from services.conversation_service import ConversationService
 from services.redaction import FORGOTTEN, ForgottenFact, redact, redact_json_strings
 from services.user_memory import UserMemory
 from services.user_service import UserService
+
+logger = logging.getLogger("companion.forgetting")
 
 # How far back stored text is redacted. A user past these has older rows left as they are; forget_everything
 # removes them all.
@@ -196,3 +201,16 @@ class ForgettingService:
             self.user_id, conversation_id=conversation_id, limit=MAX_MESSAGES_SCANNED
         )
         return {m.id: rewrite(m.content) for m in said if rewrite(m.content) != m.content}
+
+
+async def prune_tombstones(storage: Storage, *, before: dt.datetime) -> int:
+    """Prune every user's tombstones written before ``before``; a session behind one then reads all its user's
+    memories once. Run in the background as a process opens: a database away now is asked again next time."""
+    try:
+        pruned = await storage.prune_tombstones(before=before)
+    except CompanionError as exc:
+        logger.warning("tombstones not pruned", extra={"error": type(exc).__name__})
+        return 0
+    if pruned:
+        logger.info("tombstones pruned", extra={"pruned": pruned})
+    return pruned

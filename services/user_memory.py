@@ -258,15 +258,23 @@ class UserMemory:
             self._caught.erased = True
             self._clear()
             self.version = changes.erased_version  # the index holds what the database held then: nothing
+        gone = [
+            ident
+            for tombstone in changes.deleted
+            if (ident := self._by_hash.get(tombstone.key_hash)) is not None
+            and self._versions.get(ident, 0) < tombstone.version
+        ]
+        if changes.everything:  # deletions no tombstone names any more: what is held, stored then, and not listed
+            listed = {(m.category, m.key) for m in changes.memories}
+            gone += [ident for ident, version in self._versions.items()
+                     if ident not in listed and _UNKNOWN < version <= changes.version]  # fmt: skip
         removed = False
-        for tombstone in changes.deleted:
-            ident = self._by_hash.get(tombstone.key_hash)
-            if ident is not None and self._versions.get(ident, 0) < tombstone.version:
-                held = self._index.get(*ident)
-                if held is not None:
-                    self._caught.removed.append(held)
-                    removed = True
-                self._remove(*ident)
+        for ident in gone:
+            held = self._index.get(*ident)
+            if held is not None:
+                self._caught.removed.append(held)
+                removed = True
+            self._remove(*ident)
         if removed:
             self._revoke_tickets()  # a forget elsewhere: work begun before it must not save it again here
         if changes.erased_version > seen or (changes.profile is not None and changes.profile.version > seen):

@@ -20,7 +20,8 @@ Semantics every backend honours (the contract suite in ``tests/storage`` checks 
   of two racing writes to one key exactly one wins, and the other is handed the row that holds. A version given
   for a row that is gone loses (``memory`` None): the memory was deleted, and is not created again.
 - ``changes_since(v)`` returns every memory changed and every memory deleted after version ``v`` (deletions as
-  tombstones that hold a hash, never the key), the profile, and the version they bring the reader to.
+  tombstones that hold a hash, never the key), the profile, and the version they bring the reader to; when a
+  tombstone newer than ``v`` was pruned (``prune_tombstones``), every memory instead, marked ``everything``.
 """
 
 from __future__ import annotations
@@ -254,6 +255,11 @@ class Storage(abc.ABC):
             raise InvalidInputError("version must be at least 0")
         return await self._changes_since(parse_user_id(user_id), version)
 
+    async def prune_tombstones(self, *, before: dt.datetime) -> int:
+        """Delete every user's tombstones written before ``before`` (a hash of a forgotten key must not stay for
+        good); a session behind one of them then reads everything (see ``changes_since``). Returns how many."""
+        return await self._prune_tombstones(utc(before))
+
     async def record_forgetting(self, user_id: uuid.UUID | str, *, at: dt.datetime) -> None:
         """Note that something of the user was forgotten at ``at`` (the latest such time is kept)."""
         await self._record_forgetting(parse_user_id(user_id), utc(at))
@@ -371,6 +377,9 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def _changes_since(self, user_id: uuid.UUID, version: int) -> UserChanges: ...
+
+    @abc.abstractmethod
+    async def _prune_tombstones(self, before: dt.datetime) -> int: ...
 
     @abc.abstractmethod
     async def _record_forgetting(self, user_id: uuid.UUID, at: dt.datetime) -> None: ...

@@ -422,19 +422,22 @@ class PostgresStorage(Storage):
         with self._translate():  # one snapshot: the version read is the one the rows read belong to
             async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
                 versions = await conn.fetchrow(
-                    "select version, erased_version from public.user_versions where user_id = $1", user_id
+                    "select version, erased_version, pruned_version from public.user_versions where user_id = $1",
+                    user_id,
                 )
+                everything = versions is not None and version < int(versions["pruned_version"])
+                since = -1 if everything else version
                 memories = await conn.fetch(
                     f"select {_MEMORY_COLUMNS}, embedding from public.memories where user_id = $1 and version > $2 "
                     "order by version",
                     user_id,
-                    version,
+                    since,
                 )
-                deleted = await conn.fetch(
+                deleted = [] if everything else await conn.fetch(
                     "select key_hash, version from public.memory_tombstones where user_id = $1 and version > $2",
                     user_id,
                     version,
-                )
+                )  # fmt: skip
                 profile = await conn.fetchrow("select * from public.profiles where user_id = $1", user_id)
         return UserChanges(
             version=0 if versions is None else int(versions["version"]),
@@ -442,7 +445,11 @@ class PostgresStorage(Storage):
             memories=tuple(wire.memory_from_row(r) for r in memories),
             deleted=tuple(Tombstone(r["key_hash"], int(r["version"])) for r in deleted),
             profile=None if profile is None else wire.profile_from_row(profile),
+            everything=everything,
         )
+
+    async def _prune_tombstones(self, before: dt.datetime) -> int:
+        return int(await self._fetchval("select public.companion_prune_tombstones($1)", before))
 
     async def _record_forgetting(self, user_id: uuid.UUID, at: dt.datetime) -> None:
         await self._execute(

@@ -136,13 +136,16 @@ class UserChanges:
     ``version``: the user's version when read; a reader that applies these holds everything up to it.
     ``erased_version``: the version of the user's last erasure (0: never); a reader behind it drops all it holds
     first. ``memories`` (with embeddings) and ``deleted`` changed after the version asked for; ``profile`` is the
-    current one (None when there is none)."""
+    current one (None when there is none). ``everything``: the version asked for is older than a pruned tombstone,
+    so the deletions since cannot all be named: ``memories`` then holds every memory of the user, ``deleted`` none,
+    and a reader drops what it holds that is not among them."""
 
     version: int
     erased_version: int
     memories: tuple[Memory, ...]
     deleted: tuple[Tombstone, ...]
     profile: Profile | None
+    everything: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -281,10 +281,16 @@ class SqliteStorage(Storage):
         at the version the deletion brought, as 0005's trigger does on PostgreSQL."""
         if keys:
             await self._fetchall(
-                "insert into memory_tombstones (user_id, key_hash, version) select ?, h.value, "
-                "(select version from user_versions where user_id = ?) from json_each(?) as h where true "
-                "on conflict (user_id, key_hash) do update set version = excluded.version",
-                (str(user_id), str(user_id), json.dumps([memory_key_hash(user_id, c, k) for c, k in keys])),
+                "insert into memory_tombstones (user_id, key_hash, version, created_at) select ?, h.value, "
+                "(select version from user_versions where user_id = ?), ? from json_each(?) as h where true "
+                "on conflict (user_id, key_hash) do update set version = excluded.version, "
+                "created_at = excluded.created_at",
+                (
+                    str(user_id),
+                    str(user_id),
+                    _time(dt.datetime.now(dt.UTC)),
+                    json.dumps([memory_key_hash(user_id, c, k) for c, k in keys]),
+                ),  # fmt: skip
             )
 
     async def _record_memory_access(self, accesses: list[MemoryAccess]) -> None:
@@ -430,16 +436,17 @@ class SqliteStorage(Storage):
                 await self._db.execute("begin")
             try:
                 versions = await self._fetchone(
-                    "select version, erased_version from user_versions where user_id = ?", (uid,)
+                    "select version, erased_version, pruned_version from user_versions where user_id = ?", (uid,)
                 )
+                everything = versions is not None and version < int(versions["pruned_version"])
                 memories = await self._fetchall(
                     f"select {_MEMORY_COLUMNS}, embedding from memories where user_id = ? and version > ? "
                     "order by version",
-                    (uid, version),
+                    (uid, -1 if everything else version),
                 )
-                deleted = await self._fetchall(
+                deleted = [] if everything else await self._fetchall(
                     "select key_hash, version from memory_tombstones where user_id = ? and version > ?", (uid, version)
-                )
+                )  # fmt: skip
                 profile = await self._fetchone("select * from profiles where user_id = ?", (uid,))
             finally:
                 if not self._closed:
@@ -451,7 +458,21 @@ class SqliteStorage(Storage):
             memories=tuple(wire.memory_from_row(_decoded(r)) for r in memories),
             deleted=tuple(Tombstone(r["key_hash"], int(r["version"])) for r in deleted),
             profile=None if profile is None else wire.profile_from_row(_decoded(profile)),
+            everything=everything,
         )
+
+    async def _prune_tombstones(self, before: dt.datetime) -> int:
+        async with self._transaction():  # as 0007's companion_prune_tombstones: the horizons move with the deletes
+            await self._fetchall(
+                "update user_versions set pruned_version = max(pruned_version, p.version) from (select user_id, "
+                "max(version) as version from memory_tombstones where created_at < ? group by user_id) as p "
+                "where user_versions.user_id = p.user_id",
+                (_time(before),),
+            )
+            pruned = await self._fetchall(
+                "delete from memory_tombstones where created_at < ? returning 1", (_time(before),)
+            )
+        return len(pruned)
 
     async def _record_forgetting(self, user_id: uuid.UUID, at: dt.datetime) -> None:
         async with self._transaction():
@@ -499,6 +520,8 @@ _ADDED_COLUMNS = (
     ("memories", "version", "integer not null default 0"),
     ("profiles", "version", "integer not null default 0"),
     ("user_versions", "erased_version", "integer not null default 0"),
+    ("user_versions", "pruned_version", "integer not null default 0"),
+    ("memory_tombstones", "created_at", "text not null default ''"),  # older than any time: pruned at once
 )
 
 

@@ -83,21 +83,24 @@ end;
 -- A version per user, bumped by the database on every change to the user's profile or memories, and stamped on the
 -- changed row (see supabase/migrations/0003, 0005 and 0006: only a real change moves it). Never deleted: a version
 -- never goes back to an old number. A deleted memory's tombstone (a hash of user, category and key) is written by
--- the backend in the same transaction as the delete. Columns added since a file was created are added by
--- SqliteStorage.open before this script runs.
+-- the backend in the same transaction as the delete, and pruned after a while (0007). Columns added since a file
+-- was created are added by SqliteStorage.open before this script runs.
 create table if not exists user_versions (
     user_id        text primary key,
     version        integer not null default 0,
-    erased_version integer not null default 0
+    erased_version integer not null default 0,
+    pruned_version integer not null default 0  -- 0007: the newest tombstone pruned
 );
 
 create table if not exists memory_tombstones (
-    user_id  text not null,
-    key_hash text not null,
-    version  integer not null,
+    user_id    text not null,
+    key_hash   text not null,
+    version    integer not null,
+    created_at text not null default '',  -- 0007: pruned after TOMBSTONE_RETENTION_HOURS
     primary key (user_id, key_hash)
 );
 create index if not exists memory_tombstones_user_version on memory_tombstones (user_id, version);
+create index if not exists memory_tombstones_created_at on memory_tombstones (created_at);
 create index if not exists memories_user_version on memories (user_id, version);
 
 -- Recursive triggers are off (SQLite's default), so the stamping update below does not fire these again.

@@ -101,7 +101,7 @@ def _schema() -> dict[str, Table]:
             unique=(("user_id", "category", "key"),),
         ),
         "memory_tombstones": Table(
-            columns={"user_id": uid, "key_hash": text, "version": Column("bigint", nullable=False)},
+            columns={"user_id": uid, "key_hash": text, "version": Column("bigint", nullable=False), "created_at": now},
             primary_key=("user_id", "key_hash"),
         ),
         "memory_history": Table(
@@ -148,6 +148,7 @@ def _schema() -> dict[str, Table]:
                 "user_id": uid,
                 "version": Column("bigint", nullable=False, default=lambda: 0),
                 "erased_version": Column("bigint", nullable=False, default=lambda: 0),
+                "pruned_version": Column("bigint", nullable=False, default=lambda: 0),
             },
             primary_key=("user_id",),
         ),
@@ -305,6 +306,7 @@ class PostgrestStub:
             function = {
                 "companion_record_memory_access": self._record_memory_access,
                 "companion_delete_user_data": self._delete_user_data,
+                "companion_prune_tombstones": self._prune_tombstones,
             }.get(request.match_info["function"])
             if function is None:
                 raise PgError(404, "PGRST202", "Could not find the function in the schema cache")
@@ -411,6 +413,16 @@ class PostgrestStub:
         next(r for r in self.tables["user_versions"].rows if r["user_id"] == user_id)["erased_version"] = erased
         return counts | {"version": erased}  # 0006
 
+    def _prune_tombstones(self, p_before: str) -> int:
+        before = _coerce("p_before", "timestamptz", p_before)
+        tombstones = self.tables["memory_tombstones"]  # 0007: the horizons move with the deletes
+        pruned = [t for t in tombstones.rows if t["created_at"] < before]
+        for tombstone in pruned:
+            row = next(r for r in self.tables["user_versions"].rows if r["user_id"] == tombstone["user_id"])
+            row["pruned_version"] = max(row["pruned_version"], tombstone["version"])
+        tombstones.rows[:] = [t for t in tombstones.rows if t["created_at"] >= before]
+        return len(pruned)
+
     # Helpers -----------------------------------------------------------------------------------------------
 
     def _table(self, name: str) -> Table:
@@ -463,7 +475,7 @@ class PostgrestStub:
         versions = self.tables["user_versions"].rows
         row = next((r for r in versions if r["user_id"] == user_id), None)
         if row is None:
-            row = {"user_id": user_id, "version": 0, "erased_version": 0}
+            row = {"user_id": user_id, "version": 0, "erased_version": 0, "pruned_version": 0}
             versions.append(row)
         row["version"] += 1
         return row["version"]
@@ -485,7 +497,9 @@ class PostgrestStub:
         key_hash = memory_key_hash(uuid.UUID(memory["user_id"]), memory["category"], memory["key"])
         tombstones = self.tables["memory_tombstones"].rows
         tombstones[:] = [t for t in tombstones if (t["user_id"], t["key_hash"]) != (memory["user_id"], key_hash)]
-        tombstones.append({"user_id": memory["user_id"], "key_hash": key_hash, "version": version})
+        tombstones.append(
+            {"user_id": memory["user_id"], "key_hash": key_hash, "version": version, "created_at": _now()}
+        )
 
     def _filtered(self, table: Table, req: RecordedRequest, *, apply_limits: bool = True) -> list[dict[str, Any]]:
         rows = list(table.rows)

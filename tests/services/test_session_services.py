@@ -405,3 +405,26 @@ async def test_a_sessions_own_save_is_counted_as_no_change_by_its_next_catch_up(
 
     assert process.metrics.value("companion_catch_ups_total", outcome="applied") == applied
     assert process.metrics.value("companion_catch_ups_total", outcome="unchanged") == unchanged + 2
+
+
+async def test_a_process_prunes_the_tombstones_older_than_the_retention_as_it_opens(
+    settings: Settings, process: Process
+) -> None:
+    user = uuid.uuid4()
+    session = await open_session(process, user_id=user)
+    assert (await session.memories.save_memory("HEALTH", "pin", "Bank PIN is 4921")).won
+    behind = await process.storage.user_version(user)
+    await session.memories.forget("my bank PIN")
+    assert (await process.storage.changes_since(user, behind)).deleted  # its tombstone, for the other sessions
+
+    later = Clock()
+    later.now = dt.datetime.now(dt.UTC) + dt.timedelta(hours=settings.tombstone_retention_hours, minutes=1)
+    next_start = await open_process(settings, clock=later)
+    try:
+        await eventually(lambda: not next_start.tasks.running("prune-tombstones"))
+        changes = await process.storage.changes_since(user, behind)
+    finally:
+        await next_start.aclose()
+
+    assert changes.deleted == ()  # no hash of the forgotten key is left
+    assert changes.everything  # a session that was behind it reads every memory instead

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -178,6 +179,30 @@ async def test_work_begun_before_a_forget_in_any_session_saves_nothing(workers) 
         await two.save_memory("HEALTH", "pin", "Bank PIN is 4921", ticket=remote)
     assert await workers[0].storage.get_memory(one.user_id, "HEALTH", "pin") is None
     assert (await two.save_memory("FACT", "job", "Works as a nurse", ticket=two.ticket())).won  # a new one may
+
+
+async def test_a_session_behind_a_pruned_tombstone_still_drops_what_was_forgotten_and_keeps_its_own_news(
+    workers,
+) -> None:
+    one, two = await two_sessions(workers)
+    await one.save_memory("HEALTH", "pin", "Bank PIN is 4921")
+    await one.save_memory("PREFERENCE", "drink", "Prefers green tea")
+    await two.catch_up()
+    await one.forget("my bank PIN")
+    await one.save_memory("PREFERENCE", "drink", "Prefers rooibos now")
+    # Session two sleeps past the retention: the tombstone that named the forgotten PIN is pruned.
+    assert await workers[0].storage.prune_tombstones(before=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)) >= 1
+    assert (await two.save_memory("GOAL", "marathon", "Training for the Porto half")).won  # newer than the prune
+
+    caught = await two.catch_up()
+
+    assert caught is not None
+    assert [m.value for m in caught.removed] == ["Bank PIN is 4921"]
+    assert {(m.key, m.value) for m in await two.list_memories()} == {
+        ("drink", "Prefers rooibos now"),
+        ("marathon", "Training for the Porto half"),
+    }
+    assert await two.catch_up() is None  # past the horizon now: the next catch-up reads only what changes
 
 
 async def test_memories_saved_in_a_batch_take_their_versions_from_the_next_catch_up(workers) -> None:

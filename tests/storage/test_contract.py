@@ -495,6 +495,27 @@ async def test_the_change_feed_holds_what_changed_after_a_version_and_tombstones
     assert (await store.changes_since(user, changes.version)).memories == ()
 
 
+async def test_pruned_tombstones_send_a_reader_behind_them_to_read_every_memory(backend: Backend) -> None:
+    store, user = backend.storage, uuid.uuid4()
+    await store.upsert_memories([memory(user, "job", "nurse"), memory(user, "pin", "4921")])
+    behind = await store.user_version(user)
+    await store.delete_memories(user, [("FACT", "pin")])
+    caught_up = await store.user_version(user)
+    assert await store.prune_tombstones(before=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)) == 0  # too young
+    assert (await store.changes_since(user, behind)).deleted != ()
+
+    assert await store.prune_tombstones(before=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)) >= 1
+    changes = await store.changes_since(user, behind)
+
+    assert changes.everything
+    assert changes.deleted == ()
+    assert [(m.key, m.value) for m in changes.memories] == [("job", "nurse")]
+    assert changes.version == caught_up
+    ahead = await store.changes_since(user, caught_up)  # a reader past the pruned tombstone reads changes as ever
+    assert not ahead.everything
+    assert (ahead.memories, ahead.deleted) == ((), ())
+
+
 async def test_an_erasure_leaves_no_tombstone_and_notes_its_version(backend: Backend) -> None:
     store, user = backend.storage, uuid.uuid4()
     await store.upsert_memories([memory(user, "job", "nurse")])
