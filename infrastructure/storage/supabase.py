@@ -34,7 +34,6 @@ from infrastructure.storage.records import (
     OnboardingAnswers,
     Profile,
     SavedMemory,
-    Tombstone,
     UserChanges,
 )
 from infrastructure.storage.retryable import is_retryable
@@ -372,33 +371,13 @@ class SupabaseStorage(Storage):
         return int(rows[0]["version"]) if rows else 0
 
     async def _changes_since(self, user_id: uuid.UUID, version: int) -> UserChanges:
-        # Five requests, the version first: a row changed after it is also read again next time, which is harmless
-        # (applying a change twice gives the same index), while one read before it is never missed. The pruning
-        # horizon after the tombstones: a prune committed before that read moved it, and everything is read instead.
-        uid = str(user_id)
-        versions = await self._rows(self._table("user_versions").select("version,erased_version").eq("user_id", uid))
-        memories = await self._rows(
-            self._table("memories").select(_MEMORY_COLUMNS + ",embedding").eq("user_id", uid).gt("version", version)
+        # One request, one snapshot (0007's companion_changes_since): the version, the rows and the pruning horizon
+        # agree, as PostgresStorage's transaction reads them; five PostgREST reads in a row would cost a turn five
+        # round trips to the project and could not see a prune committed between them.
+        response = await self._run(
+            self._client.rpc("companion_changes_since", {"p_user_id": str(user_id), "p_version": version})
         )
-        deleted = await self._rows(
-            self._table("memory_tombstones").select("key_hash,version").eq("user_id", uid).gt("version", version)
-        )
-        horizon = await self._rows(self._table("user_versions").select("pruned_version").eq("user_id", uid))
-        everything = bool(horizon) and version < int(horizon[0]["pruned_version"])
-        if everything:
-            deleted = []
-            memories = await self._rows(
-                self._table("memories").select(_MEMORY_COLUMNS + ",embedding").eq("user_id", uid)
-            )
-        profile = await self._get_profile(user_id)
-        return UserChanges(
-            version=int(versions[0]["version"]) if versions else 0,
-            erased_version=int(versions[0]["erased_version"]) if versions else 0,
-            memories=tuple(sorted((wire.memory_from_row(r) for r in memories), key=lambda m: m.version)),
-            deleted=tuple(Tombstone(r["key_hash"], int(r["version"])) for r in deleted),
-            profile=profile,
-            everything=everything,
-        )
+        return wire.changes_from_json(response.data)
 
     async def _prune_tombstones(self, before: dt.datetime) -> int:
         response = await self._run(self._client.rpc("companion_prune_tombstones", {"p_before": before.isoformat()}))

@@ -30,6 +30,8 @@ from infrastructure.storage.records import (
     MessageWrite,
     OnboardingAnswers,
     Profile,
+    Tombstone,
+    UserChanges,
 )
 
 Row = Mapping[str, Any]
@@ -174,6 +176,18 @@ def memory_from_row(row: Row) -> Memory:
         access_count=int(row["access_count"]),
         version=int(row["version"]),
         embedding=embedding_array(row["embedding"]) if "embedding" in row.keys() else None,  # noqa: SIM118 (sqlite3.Row has only keys())
+    )
+
+
+def changes_from_json(feed: Row) -> UserChanges:
+    """The change feed as 0007's ``companion_changes_since`` returns it (rows as ``to_jsonb`` writes them)."""
+    return UserChanges(
+        version=int(feed["version"]),
+        erased_version=int(feed["erased_version"]),
+        memories=tuple(memory_from_row(r) for r in feed["memories"]),
+        deleted=tuple(Tombstone(r["key_hash"], int(r["version"])) for r in feed["deleted"]),
+        profile=None if feed["profile"] is None else profile_from_row(feed["profile"]),
+        everything=bool(feed["everything"]),
     )
 
 

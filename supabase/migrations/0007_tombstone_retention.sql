@@ -44,3 +44,34 @@ language sql security definer set search_path = public as $$
 $$;
 revoke all on function public.companion_prune_tombstones(timestamptz) from public, anon, authenticated;
 grant execute on function public.companion_prune_tombstones(timestamptz) to service_role;
+
+-- The change feed in one request (infrastructure/storage/supabase.py), as PostgresStorage reads it in one
+-- transaction: STABLE, so every statement sees the snapshot of the call, and the version, the rows and the pruning
+-- horizon agree. Rows as to_jsonb writes them (PostgREST's shapes: bytea as \x-hex, times in ISO 8601). Only the
+-- worker's service role may call it: security definer reads every user's rows.
+create or replace function public.companion_changes_since(p_user_id uuid, p_version bigint) returns jsonb
+language plpgsql stable security definer set search_path = public as $$
+declare
+    v public.user_versions;
+    everything boolean;
+begin
+    select * into v from public.user_versions where user_id = p_user_id;
+    everything := coalesce(p_version < v.pruned_version, false);
+    return jsonb_build_object(
+        'version', coalesce(v.version, 0),
+        'erased_version', coalesce(v.erased_version, 0),
+        'everything', everything,
+        'memories', coalesce((
+            select jsonb_agg(to_jsonb(m) order by m.version) from public.memories m
+            where m.user_id = p_user_id and m.version > (case when everything then -1 else p_version end)
+        ), '[]'::jsonb),
+        'deleted', case when everything then '[]'::jsonb else coalesce((
+            select jsonb_agg(jsonb_build_object('key_hash', t.key_hash, 'version', t.version))
+            from public.memory_tombstones t where t.user_id = p_user_id and t.version > p_version
+        ), '[]'::jsonb) end,
+        'profile', (select to_jsonb(p) from public.profiles p where p.user_id = p_user_id)
+    );
+end
+$$;
+revoke all on function public.companion_changes_since(uuid, bigint) from public, anon, authenticated;
+grant execute on function public.companion_changes_since(uuid, bigint) to service_role;

@@ -307,6 +307,7 @@ class PostgrestStub:
                 "companion_record_memory_access": self._record_memory_access,
                 "companion_delete_user_data": self._delete_user_data,
                 "companion_prune_tombstones": self._prune_tombstones,
+                "companion_changes_since": self._changes_since,
             }.get(request.match_info["function"])
             if function is None:
                 raise PgError(404, "PGRST202", "Could not find the function in the schema cache")
@@ -422,6 +423,33 @@ class PostgrestStub:
             row["pruned_version"] = max(row["pruned_version"], tombstone["version"])
         tombstones.rows[:] = [t for t in tombstones.rows if t["created_at"] >= before]
         return len(pruned)
+
+    def _changes_since(self, p_user_id: str, p_version: int) -> dict[str, Any]:
+        user_id, since = _coerce("p_user_id", "uuid", p_user_id), _coerce("p_version", "bigint", p_version)
+        versions = next((r for r in self.tables["user_versions"].rows if r["user_id"] == user_id), None)
+        everything = versions is not None and since < versions["pruned_version"]  # 0007: one snapshot, as here
+        memories = sorted((r for r in self.tables["memories"].rows
+                           if r["user_id"] == user_id and r["version"] > (-1 if everything else since)),
+                          key=lambda r: r["version"])  # fmt: skip
+        deleted = [] if everything else [
+            {"key_hash": t["key_hash"], "version": t["version"]}
+            for t in self.tables["memory_tombstones"].rows
+            if t["user_id"] == user_id and t["version"] > since
+        ]  # fmt: skip
+        profile = next((r for r in self.tables["profiles"].rows if r["user_id"] == user_id), None)
+        return {
+            "version": versions["version"] if versions else 0,
+            "erased_version": versions["erased_version"] if versions else 0,
+            "everything": everything,
+            "memories": [self._as_json("memories", r) for r in memories],
+            "deleted": deleted,
+            "profile": None if profile is None else self._as_json("profiles", profile),
+        }
+
+    def _as_json(self, name: str, row: dict[str, Any]) -> dict[str, Any]:
+        """A row as to_jsonb writes it: PostgREST's shapes for every column."""
+        columns = self.tables[name].columns
+        return {n: _render(columns[n].type, row[n]) for n in columns}
 
     # Helpers -----------------------------------------------------------------------------------------------
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import uuid
 from pathlib import Path
 
 import asyncpg
+import numpy as np
 import pytest
 
 from core.errors import StorageUnavailableError
-from infrastructure.storage import MemoryWrite, MessageWrite
+from infrastructure.storage import MemoryWrite, MessageWrite, UserChanges, wire
 from infrastructure.storage.migrations import apply_migrations, discover
 from infrastructure.storage.postgres import PostgresStorage
 from tests.conftest import T0
@@ -160,3 +162,42 @@ async def test_statement_cache_size_zero_leaves_no_named_prepared_statement_on_t
     finally:
         await store.aclose()
     assert (named > 0) is prepares_named
+
+
+async def test_the_one_request_change_feed_function_reads_what_the_postgres_backend_reads(
+    migrated_database: str,
+) -> None:
+    """0007's companion_changes_since, which the Supabase backend calls, on the real server: decoded as that backend
+    decodes it, it equals PostgresStorage's own reading, embeddings and the pruned case included."""
+    store = await PostgresStorage.open(migrated_database, migrate=False)
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        user = uuid.uuid4()
+        vector = np.arange(384, dtype=np.float32) / 384
+        await store.ensure_profile(user, at=T0)
+        await store.upsert_memories([MemoryWrite(user, "FACT", "job", "nurse", 0.5, "tool", T0, embedding=vector),
+                                     MemoryWrite(user, "FACT", "pin", "4921", 0.7, "tool", T0)])  # fmt: skip
+        start = await store.user_version(user)
+        await store.upsert_memories([MemoryWrite(user, "FACT", "job", "midwife", 0.5, "tool", T0, embedding=vector)])
+        await store.delete_memories(user, [("FACT", "pin")])
+
+        async def both(since: int) -> tuple[UserChanges, UserChanges]:
+            feed = json.loads(await conn.fetchval("select public.companion_changes_since($1, $2)", user, since))
+            return wire.changes_from_json(feed), await store.changes_since(user, since)
+
+        for since in (0, start, await store.user_version(user)):
+            called, read = await both(since)
+            assert called == read
+            assert [m.embedding.tobytes() for m in called.memories] == [m.embedding.tobytes() for m in read.memories]
+        assert (await both(start))[0].deleted != ()
+        await store.prune_tombstones(before=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1))
+        called, read = await both(start)
+        assert called == read
+        assert called.everything
+        async with conn.transaction():
+            await _as(conn, "authenticated", user)
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):  # it reads every user's rows: the worker's only
+                await conn.fetchval("select public.companion_changes_since($1, 0)", user)
+    finally:
+        await conn.close()
+        await store.aclose()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 
@@ -131,33 +130,9 @@ async def test_a_compare_and_set_save_is_an_insert_without_resolution_or_a_patch
     assert len(stub.requests) == 1  # won: nothing read again
 
 
-async def test_the_change_feed_reads_the_version_first(stub, store) -> None:
+async def test_the_change_feed_is_one_request_to_the_database_function(stub, store) -> None:
     user = uuid.uuid4()
     await store.changes_since(user, 7)
-    assert [r.path for r in stub.requests] == ["/rest/v1/user_versions", "/rest/v1/memories",
-                                               "/rest/v1/memory_tombstones", "/rest/v1/user_versions",
-                                               "/rest/v1/profiles"]  # fmt: skip
-    assert stub.requests[1].param("version") == "gt.7"
-    assert stub.requests[2].param("version") == "gt.7"
-    assert stub.requests[3].param("select") == "pruned_version"  # after the tombstones: a prune between is seen
-
-
-async def test_a_prune_while_the_feed_is_read_makes_it_read_every_memory_instead(stub, store, monkeypatch) -> None:
-    user = uuid.uuid4()
-    await store.upsert_memories([MemoryWrite(user, "FACT", "job", "nurse", 0.5, "tool", T0),
-                                 MemoryWrite(user, "FACT", "pin", "4921", 0.5, "tool", T0)])  # fmt: skip
-    behind = await store.user_version(user)
-    await store.delete_memories(user, [("FACT", "pin")])
-    rows = store._rows
-
-    async def prune_after_the_memories(request):  # no request-level hook in PostgREST: the race, made certain
-        found = await rows(request)
-        if stub.requests[-1].path == "/rest/v1/memories" and len(stub.requests) < 20:
-            await store.prune_tombstones(before=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1))
-        return found
-
-    monkeypatch.setattr(store, "_rows", prune_after_the_memories)
-    changes = await store.changes_since(user, behind)
-
-    assert changes.everything  # the tombstone read found none: without the horizon the forget would be missed
-    assert [m.key for m in changes.memories] == ["job"]
+    request = only_request(stub)  # one round trip a catch-up, one snapshot
+    assert (request.method, request.path) == ("POST", "/rest/v1/rpc/companion_changes_since")
+    assert request.body == {"p_user_id": str(user), "p_version": 7}
