@@ -14,6 +14,10 @@ bench/rag.py's latency table searches: bench/data's real memories repeated with 
 - ``gc_tracked_objects``: how many more objects the garbage collector tracks (and a full collection walks) with
   the index than without it: the index's own share of every full collection, free of timing noise (built with
   the stemmer's word cache off, whose lists belong to the analyzer);
+- ``user_memory``: what a :class:`UserMemory` keeps per memory besides the index's own arrays (each memory's stored
+  version, the hash tombstones name it by): tracemalloc after ``UserMemory.load`` of ``n`` stored memories (one
+  version each, read anew from a stand-in storage), minus tracemalloc after the same memories were upserted into
+  a bare index the same way (reserved, then compacted), the stemmer's word cache off for both. Columns of the index's own count in ``index_mb``, not here;
 - ``gc_collect_ms``: a full ``gc.collect()``, median and max of 15, with the model and the sets loaded but no index
   (``no_index``), with the index (``index``), and with the index after ``gc.collect(); gc.freeze()``
   (``index_frozen``). The process's own objects (the model, the loaded sets) set the floor of the first two.
@@ -34,8 +38,9 @@ import sys
 import tempfile
 import time
 import tracemalloc
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -43,8 +48,12 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from bench.rag import DATA, dataset_files, latest, load_set, realistic_index  # noqa: E402
+from core.validators import WriteGuard  # noqa: E402
 from infrastructure.embeddings import CachedEmbedder  # noqa: E402
 from infrastructure.embeddings.minilm import MiniLMEmbedder  # noqa: E402
+from infrastructure.storage import Memory  # noqa: E402
+from rag_system import IndexedMemory, MemoryIndex  # noqa: E402
+from services.user_memory import UserMemory  # noqa: E402
 
 SIZES = (10_000, 100_000)
 COLLECTIONS = 15
@@ -79,6 +88,62 @@ def tracked_objects(sources: list[Any], n: int, *, now: Any) -> int:
     return tracked
 
 
+class _Stored:
+    """The two reads ``UserMemory.load`` makes. Each list is made anew from a built index (new strings, as a
+    database read makes): what a load keeps of it is traced, the list itself is freed once loaded."""
+
+    def __init__(self, source: MemoryIndex, vectors: list[np.ndarray], user: uuid.UUID) -> None:
+        self.source, self.vectors, self.user = source, vectors, user
+
+    async def user_version(self, user_id: uuid.UUID) -> int:
+        return len(self.source)
+
+    async def list_memories(self, user_id: uuid.UUID) -> list[Memory]:
+        return [Memory(uuid.uuid4(), self.user, m.category, m.key, m.value, m.importance, "import", m.created_at,
+                       m.updated_at, None, 0, version=row + 1, embedding=self.vectors[row % len(self.vectors)])
+                for row, m in enumerate(self.source.memories())]  # fmt: skip
+
+
+def traced_bytes() -> int:
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0]
+
+
+async def user_memory_share(sources: list[Any], n: int, *, now: Any, embedder: Any) -> dict[str, Any]:
+    """UserMemory's own bookkeeping: a loaded UserMemory minus a bare index loaded with the same memories."""
+    user = uuid.uuid4()
+    vectors = [loaded.vectors[i] for loaded in sources for i in range(len(loaded.index))]
+    stored = _Stored(realistic_index(sources, n, now=now, rng=np.random.default_rng(7)), vectors, user)
+    analyzer = sources[0].index.analyzer
+    stemmer = analyzer.stemmer  # its word cache fills in whichever run comes first: off for both
+    kept, stemmer.maxCacheSize = stemmer.maxCacheSize, 0
+    tracemalloc.start()
+    index = MemoryIndex(dimension=embedder.dimension, analyzer=analyzer)
+    listed = await stored.list_memories(user)
+    index.reserve(len(listed))
+    for m in listed:
+        indexed = IndexedMemory(m.category, m.key, m.value, m.importance, m.created_at, m.updated_at)
+        index.upsert(indexed, cast(np.ndarray, m.embedding))
+    index.compact()
+    del listed
+    index_bytes = traced_bytes()
+    tracemalloc.stop()
+    del index
+    tracemalloc.start()
+    memory = UserMemory(user_id=user, guard=WriteGuard(user_id=user), storage=cast(Any, stored),
+                        batcher=cast(Any, None), embedder=embedder, analyzer=analyzer)  # fmt: skip
+    await memory.load()
+    user_bytes = traced_bytes()
+    tracemalloc.stop()
+    stemmer.maxCacheSize = kept
+    assert len(memory) == n
+    return {
+        "index_mb": round(index_bytes / 1e6, 1),
+        "user_memory_mb": round(user_bytes / 1e6, 1),
+        "bookkeeping_bytes_per_memory": round((user_bytes - index_bytes) / n),
+    }
+
+
 async def one_size(n: int, repeats: int) -> dict[str, Any]:
     model = MiniLMEmbedder.load()
     embedder = CachedEmbedder(embedder=model, max_entries=50_000)
@@ -111,9 +176,12 @@ async def one_size(n: int, repeats: int) -> dict[str, Any]:
     gc.collect()
     gc.freeze()
     frozen = collect_ms()
-    vectors = n * index.dimension * 4
+    vectors, memories = n * index.dimension * 4, len(index)
+    del index
+    gc.unfreeze()
+    bookkeeping = await user_memory_share(sources, n, now=now, embedder=embedder)
     return {
-        "memories": len(index),
+        "memories": memories,
         "traced_bytes_per_memory": round(traced / n),
         "traced_mb": round(traced / 1e6, 1),
         "vectors_mb": round(vectors / 1e6, 1),
@@ -122,6 +190,7 @@ async def one_size(n: int, repeats: int) -> dict[str, Any]:
         "build_s": round(statistics.median(builds), 2),
         "gc_tracked_objects": tracked,
         "gc_collect_ms": {"no_index": no_index, "index": with_index, "index_frozen": frozen},
+        "user_memory": bookkeeping,
     }
 
 

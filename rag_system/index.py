@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,8 +101,9 @@ class MemoryIndex:
         """Sort the postings written since the last compaction (writes do it on their own once it pays)."""
         self._postings.compact()
 
-    def upsert(self, memory: IndexedMemory, embedding: np.ndarray) -> None:
-        """Add the memory, or replace the one with the same (category, key)."""
+    def upsert(self, memory: IndexedMemory, embedding: np.ndarray, *, version: int = 0, key_hash: int = 0) -> None:
+        """Add the memory, or replace the one with the same (category, key); the owner's ``version`` and
+        ``key_hash`` of it are kept alongside (:meth:`version_of`, :meth:`with_key_hashes`, :meth:`with_versions`)."""
         vector = np.asarray(embedding, dtype=np.float32)
         if vector.shape != (self.dimension,):
             raise ValueError(f"embedding must have {self.dimension} dimensions")
@@ -112,10 +114,10 @@ class MemoryIndex:
         row = self._table.row(memory.category, memory.key)
         if row is None:
             self._grow(len(self._table) + 1)
-            row = self._table.append(memory)
+            row = self._table.append(memory, version=version, key_hash=key_hash)
         else:
             self._postings.drop(row)
-            self._table.replace(row, memory)
+            self._table.replace(row, memory, version=version, key_hash=key_hash)
         self._vectors[row] = vector / norm
         self._length[row] = len(terms)
         self._postings.add(row, terms)
@@ -132,6 +134,18 @@ class MemoryIndex:
             self._length[row] = self._length[last]
             self._postings.move(last, row)
         return True
+
+    def version_of(self, category: str, key: str) -> int | None:
+        row = self._table.row(category, key)
+        return None if row is None else self._table.version(row)
+
+    def with_key_hashes(self, hashes: Sequence[int]) -> list[tuple[str, str]]:
+        """(category, key) of the memories upserted with one of these ``key_hash``es, in row order."""
+        return [self._table.identity(row) for row in self._table.with_key_hashes(hashes).tolist()]
+
+    def with_versions(self, *, above: int, up_to: int) -> list[tuple[str, str]]:
+        """(category, key) of the memories upserted with a version above ``above`` and at most ``up_to``."""
+        return [self._table.identity(row) for row in self._table.with_versions(above=above, up_to=up_to).tolist()]
 
     def clear(self) -> None:
         self.__init__(dimension=self.dimension, analyzer=self.analyzer)  # type: ignore[misc]

@@ -6,6 +6,10 @@ importance and times numbers in arrays (a time as unix seconds, which float64 ho
 for its time zone: ``fromtimestamp`` gives the same datetime back). :meth:`MemoryTable.memory` makes the
 IndexedMemory when a caller asks for it.
 
+Two columns are the owner's bookkeeping, kept here so that it too costs no object per memory: each memory's
+stored ``version`` and a ``key_hash`` (a uint64 the owner derives from the memory's identity), found back in one
+vectorised compare.
+
 Rows are dense, ``0 .. len - 1``: removing a row moves the last one into its place, as the index's other arrays
 do. A removed or replaced memory's bytes are overwritten with zeros at once and the space reclaimed later.
 """
@@ -13,7 +17,7 @@ do. A removed or replaced memory's bytes are overwritten with zeros at once and 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -47,6 +51,8 @@ class MemoryTable:
         self._created = np.zeros(capacity, dtype=np.float64)  # unix seconds
         self._updated = np.zeros(capacity, dtype=np.float64)
         self._spans = np.zeros((capacity, 3), dtype=np.int64)  # key start, value start, value end in _text
+        self._version = np.zeros(capacity, dtype=np.int64)
+        self._key_hash = np.zeros(capacity, dtype=np.uint64)
         self._text = bytearray()
         self._garbage = 0  # bytes of _text that no row uses
         self._size = 0
@@ -69,6 +75,25 @@ class MemoryTable:
     @property
     def updated(self) -> np.ndarray:
         return self._updated[: self._size]
+
+    def version(self, row: int) -> int:
+        return int(self._version[row])
+
+    def identity(self, row: int) -> tuple[str, str]:
+        """The row's (category, key), without making the rest of its memory."""
+        key_start, value_start, _ = self._spans[row].tolist()
+        category = self._categories.values[self._category[row].item()]
+        return category, self._text[key_start:value_start].decode("utf-8", "surrogatepass")
+
+    def with_key_hashes(self, hashes: Sequence[int]) -> np.ndarray:
+        """Rows whose key_hash is one of ``hashes``, in row order."""
+        wanted = np.fromiter(hashes, dtype=np.uint64)
+        return np.flatnonzero(np.isin(self._key_hash[: self._size], wanted))
+
+    def with_versions(self, *, above: int, up_to: int) -> np.ndarray:
+        """Rows whose version is above ``above`` and at most ``up_to``, in row order."""
+        versions = self._version[: self._size]
+        return np.flatnonzero((versions > above) & (versions <= up_to))
 
     def row(self, category: str, key: str) -> int | None:
         code = self._categories.find(category)
@@ -106,20 +131,20 @@ class MemoryTable:
         counts = np.bincount(codes)
         return {self._categories.values[code]: int(counts[code]) for code in present[np.argsort(first)].tolist()}
 
-    def append(self, memory: IndexedMemory) -> int:
+    def append(self, memory: IndexedMemory, *, version: int = 0, key_hash: int = 0) -> int:
         """Add a memory no row holds yet; returns its row."""
         row = self._size
         if row == len(self._category):
             self.reserve(max(1, 2 * row))
         self._size += 1
         self._rows[f"{self._categories.code(memory.category)}\0{memory.key}"] = row
-        self._write(row, memory)
+        self._write(row, memory, version=version, key_hash=key_hash)
         return row
 
-    def replace(self, row: int, memory: IndexedMemory) -> None:
+    def replace(self, row: int, memory: IndexedMemory, *, version: int = 0, key_hash: int = 0) -> None:
         """Put a new version of the row's memory (same category and key) in its place."""
         self._erase(row)
-        self._write(row, memory)
+        self._write(row, memory, version=version, key_hash=key_hash)
         self._maybe_rewrite_text()
 
     def remove(self, row: int) -> int:
@@ -136,6 +161,8 @@ class MemoryTable:
                 self._created,
                 self._updated,
                 self._spans,
+                self._version,
+                self._key_hash,
             ):
                 column[row] = column[last]
             self._rows[self._identity(row)] = row
@@ -155,8 +182,10 @@ class MemoryTable:
         self._created = _resized(self._created, size)
         self._updated = _resized(self._updated, size)
         self._spans = _resized(self._spans, size)
+        self._version = _resized(self._version, size)
+        self._key_hash = _resized(self._key_hash, size)
 
-    def _write(self, row: int, memory: IndexedMemory) -> None:
+    def _write(self, row: int, memory: IndexedMemory, *, version: int, key_hash: int) -> None:
         key = memory.key.encode("utf-8", "surrogatepass")
         value = memory.value.encode("utf-8", "surrogatepass")
         start = len(self._text)
@@ -171,6 +200,7 @@ class MemoryTable:
         self._importance[row] = self._ranking_importance[row] = memory.importance
         self._created[row] = memory.created_at.timestamp()
         self._updated[row] = memory.updated_at.timestamp()
+        self._version[row], self._key_hash[row] = version, key_hash
 
     def _erase(self, row: int) -> None:
         """Overwrite the row's key and value: what was forgotten does not linger in the buffer."""

@@ -150,8 +150,8 @@ class UserMemory:
         self.ranking = ranking or RankingParams()  # one set for search and forget: forget finds what search finds
         self.gate = gate or GateParams()
         self.version = 0  # the user version this index has applied
-        self._versions: dict[tuple[str, str], int] = {}  # the stored version of each memory held
-        self._by_hash: dict[str, tuple[str, str]] = {}  # tombstones name memories by this hash
+        # Each held memory's stored version, and the first 64 bits of the hash tombstones name it by, are columns
+        # of the index (MemoryIndex.upsert's version and key_hash): no Python object per memory.
         self._tickets: weakref.WeakSet[WriteTicket] = weakref.WeakSet()
         self._sync = asyncio.Lock()
         self._caught = _Caught()  # applied by catch-ups, not yet handed to a caller
@@ -258,16 +258,18 @@ class UserMemory:
             self._caught.erased = True
             self._clear()
             self.version = changes.erased_version  # the index holds what the database held then: nothing
+        # Rows whose hash begins as a tombstone's; the whole hash decides (two keys may share the first 64 bits).
+        candidates = self._index.with_key_hashes([_hash_prefix(t.key_hash) for t in changes.deleted])
+        held = {memory_key_hash(self.user_id, *ident): ident for ident in candidates}
         gone = [
             ident
             for tombstone in changes.deleted
-            if (ident := self._by_hash.get(tombstone.key_hash)) is not None
-            and self._versions.get(ident, 0) < tombstone.version
+            if (ident := held.get(tombstone.key_hash)) is not None and self._version(*ident) < tombstone.version
         ]
         if changes.everything:  # deletions no tombstone names any more: what is held, stored then, and not listed
             listed = {(m.category, m.key) for m in changes.memories}
-            gone += [ident for ident, version in self._versions.items()
-                     if ident not in listed and _UNKNOWN < version <= changes.version]  # fmt: skip
+            stored = self._index.with_versions(above=_UNKNOWN, up_to=changes.version)
+            gone += [ident for ident in stored if ident not in listed]
         removed = False
         for ident in gone:
             held = self._index.get(*ident)
@@ -298,14 +300,14 @@ class UserMemory:
     async def _apply(self, memories: Sequence[Memory]) -> int:
         """Index stored memories newer than what the index holds of them; those without an embedding get one.
         Returns how many changed what the index holds (learning the version of a write of its own is no change)."""
-        fresh = [m for m in memories if self._versions.get((m.category, m.key), _UNKNOWN) < m.version or m.version == 0]
+        fresh = [m for m in memories if self._version(m.category, m.key) < m.version or m.version == 0]
         missing = [m for m in fresh if m.embedding is None or m.embedding.shape != (self._embedder.dimension,)]
         vectors = await self._embedder.embed([index_text(m.key, m.value) for m in missing]) if missing else []
         embedded = {(m.category, m.key): v for m, v in zip(missing, vectors, strict=True)}
         changed = 0
         for memory in fresh:
             ident = (memory.category, memory.key)
-            if self._versions.get(ident, _UNKNOWN) >= memory.version > 0:  # a save won meanwhile: it is newer
+            if self._version(*ident) >= memory.version > 0:  # a save won meanwhile: it is newer
                 continue
             held = self._index.get(*ident)
             self._put(_indexed(memory), embedded.get(ident, memory.embedding), version=memory.version)
@@ -368,7 +370,7 @@ class UserMemory:
         """The stored version this index holds of the memory (None: it holds none, so the write must find none)."""
         if (category, key) not in self._index:
             return None
-        version = self._versions.get((category, key), _UNKNOWN)
+        version = self._version(category, key)
         if version == _UNKNOWN:  # saved through the batcher: its version is learnt from the database
             stored = await self._storage.get_memory(self.user_id, category, key)
             version = stored.version if stored is not None else _UNKNOWN
@@ -489,12 +491,16 @@ class UserMemory:
         if existing is not None and existing.created_at < memory.created_at:
             memory = IndexedMemory(memory.category, memory.key, memory.value, memory.importance,
                                    existing.created_at, memory.updated_at)  # fmt: skip
-        if version != _UNKNOWN and self._versions.get(ident, _UNKNOWN) > version:
+        if version != _UNKNOWN and self._version(*ident) > version:
             return memory
-        self._index.upsert(memory, embedding)
-        self._versions[ident] = version
-        self._by_hash[memory_key_hash(self.user_id, *ident)] = ident
+        key_hash = _hash_prefix(memory_key_hash(self.user_id, *ident))
+        self._index.upsert(memory, embedding, version=version, key_hash=key_hash)
         return memory
+
+    def _version(self, category: str, key: str) -> int:
+        """The stored version of the memory held (``_UNKNOWN`` when none is, or its write is on its way)."""
+        version = self._index.version_of(category, key)
+        return _UNKNOWN if version is None else version
 
     def _put_queued(self, write: MemoryWrite) -> IndexedMemory:
         """A write of this session's own on its way through the batcher: indexed now, its version learnt later."""
@@ -503,13 +509,9 @@ class UserMemory:
 
     def _remove(self, category: str, key: str) -> None:
         self._index.remove(category, key)
-        self._versions.pop((category, key), None)
-        self._by_hash.pop(memory_key_hash(self.user_id, category, key), None)
 
     def _clear(self) -> None:
         self._index.clear()
-        self._versions.clear()
-        self._by_hash.clear()
         self._revoke_tickets()
 
     def _revoke_tickets(self) -> None:
@@ -526,6 +528,11 @@ def _checked(category: str, key: str, value: str, importance: float | None, sour
     if source not in SOURCES:
         raise InvalidInputError(f"memory source must be one of {sorted(SOURCES)}")
     return kind.value, key, value, parse_importance(importance, kind)
+
+
+def _hash_prefix(key_hash: str) -> int:
+    """The first 64 bits of a memory's key hash (hex), as the index keeps them."""
+    return int(key_hash[:16], 16)
 
 
 def _succeeded(future: asyncio.Future[None]) -> bool:

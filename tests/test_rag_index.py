@@ -143,6 +143,29 @@ def test_interleaved_upserts_and_removes_answer_as_a_rebuild_does() -> None:
     assert written_terms > 5 * MIN_TAIL
 
 
+def test_versions_and_key_hashes_follow_their_memories_through_replaces_and_removals() -> None:
+    rng = random.Random(5)
+    index = MemoryIndex(dimension=DIMENSION, analyzer=EN, capacity=1)
+    expected: dict[tuple[str, str], tuple[int, int]] = {}  # identity -> (version, key_hash)
+    for step in range(600):
+        ident = (rng.choice(("FACT", "EVENT")), f"k{rng.randrange(60)}")
+        if rng.random() < 0.3:
+            index.remove(*ident)
+            expected.pop(ident, None)
+        else:
+            version, key_hash = rng.randrange(-1, 50), rng.choice((rng.getrandbits(64), 2**64 - 1, 0))
+            index.upsert(memory(ident[1], "tea", category=ident[0]), vector(step), version=version, key_hash=key_hash)
+            expected[ident] = (version, key_hash)
+    for ident, (version, _) in expected.items():
+        assert index.version_of(*ident) == version
+    assert index.version_of("FACT", "never") is None
+    hashes = [h for _, h in rng.sample(sorted(expected.values()), 10)] + [12345]
+    assert sorted(index.with_key_hashes(hashes)) == sorted(i for i, (_, h) in expected.items() if h in hashes)
+    assert sorted(index.with_versions(above=-1, up_to=20)) == sorted(
+        i for i, (v, _) in expected.items() if -1 < v <= 20
+    )
+
+
 def test_the_index_gives_the_garbage_collector_nothing_to_walk_per_memory() -> None:
     texts = [(f"m{i}", f"{WORDS[i % 20]} {WORDS[(i * 3) % 20]} number {i}") for i in range(2_000)]
     for key, value in texts:  # PyStemmer caches each word it stems in a list of its own (10,000 at most)

@@ -205,6 +205,23 @@ async def test_a_session_behind_a_pruned_tombstone_still_drops_what_was_forgotte
     assert await two.catch_up() is None  # past the horizon now: the next catch-up reads only what changes
 
 
+async def test_a_tombstone_is_applied_only_to_the_memory_its_whole_hash_names(workers, monkeypatch) -> None:
+    """The index keeps 64 bits of each memory's key hash; two keys sharing them (every key, here) are told apart by
+    the whole hash: a tombstone forgets its own memory only."""
+    monkeypatch.setattr("services.user_memory._hash_prefix", lambda key_hash: 7)
+    one, two = await two_sessions(workers)
+    await one.save_memory("HEALTH", "pin", "Bank PIN is 4921")
+    await one.save_memory("PREFERENCE", "drink", "Prefers green tea")
+    await two.catch_up()
+    assert await one.delete("HEALTH", "pin")
+
+    caught = await two.catch_up()
+
+    assert caught is not None
+    assert [m.key for m in caught.removed] == ["pin"]
+    assert [m.key for m in await two.list_memories()] == ["drink"]
+
+
 async def test_memories_saved_in_a_batch_take_their_versions_from_the_next_catch_up(workers) -> None:
     one, two = await two_sessions(workers)
     await one.save_many([NewMemory("FACT", "job", "Works as a nurse", source="onboarding")])
