@@ -7,8 +7,10 @@ bench/rag.py's latency table searches: bench/data's real memories repeated with 
 (``bench.rag.realistic_index``, capacity reserved up front as a loaded session's is). Per size:
 
 - ``traced_bytes_per_memory`` / ``traced_mb``: what tracemalloc sees the build leave allocated (numpy's buffers
-  included); ``vectors_mb`` is the embedding matrix's share of it (float32, one row a memory), ``without_vectors_mb``
-  the rest;
+  included); ``vectors_mb`` is the embeddings' share of it (``rag_system.vectors``: int8 codes, two float32 per
+  row and the float64 sums for the z-scores' statistics), ``without_vectors_mb`` the rest;
+- ``vectors_file_mb``: the exact float32 vectors in the unlinked temporary file, read with ``pread``: page cache,
+  not the process's memory (0 when the index fell back to float32 in memory);
 - ``rss_delta_mb``: the process's resident memory after the build minus before it (first build);
 - ``build_s``: median wall time of ``repeats`` builds;
 - ``gc_tracked_objects``: how many more objects the garbage collector tracks (and a full collection walks) with
@@ -111,13 +113,14 @@ async def one_size(n: int, repeats: int) -> dict[str, Any]:
     gc.collect()
     gc.freeze()
     frozen = collect_ms()
-    vectors = n * index.dimension * 4
+    vectors, vectors_file = index.vectors.memory_bytes, index.vectors.file_bytes
     return {
         "memories": len(index),
         "traced_bytes_per_memory": round(traced / n),
         "traced_mb": round(traced / 1e6, 1),
         "vectors_mb": round(vectors / 1e6, 1),
         "without_vectors_mb": round((traced - vectors) / 1e6, 1),
+        "vectors_file_mb": round(vectors_file / 1e6, 1),
         "rss_delta_mb": round(rss_delta / 1e6, 1),
         "build_s": round(statistics.median(builds), 2),
         "gc_tracked_objects": tracked,

@@ -85,8 +85,10 @@ class QuantizedVectors:
 
     @property
     def memory_bytes(self) -> int:
-        """What the rows cost in memory: codes and their two floats, or the float32 rows without a file."""
-        return self._codes.nbytes + self._scale.nbytes + self._slack.nbytes + self._exact.nbytes
+        """What the vectors cost in memory: the codes and their two floats (or the float32 rows without a file),
+        and the sums for the statistics."""
+        rows = self._codes.nbytes + self._scale.nbytes + self._slack.nbytes + self._exact.nbytes
+        return rows + self._sum.nbytes + self._gram.nbytes + self._pending.nbytes + self._signs.nbytes
 
     @property
     def file_bytes(self) -> int:
