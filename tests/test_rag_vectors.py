@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from rag_system import IndexedMemory, MemoryIndex, analyze, analyzer_for, scoring
+from rag_system import index as index_module
 from rag_system.query import query_vector
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
@@ -86,9 +87,15 @@ def test_returned_memories_carry_the_float32_numbers() -> None:
         assert [s for _, s in nearest] == pytest.approx([float(semantic[int(m.key[1:])]) for m, _ in nearest], abs=1e-6)
 
 
-def test_rankings_are_those_of_float32_vectors_in_memory(no_temp_folder: None) -> None:
+@pytest.mark.parametrize("rescored", [index_module.RESCORED, 1])
+def test_rankings_are_those_of_float32_vectors_in_memory(
+    rescored: int, no_temp_folder: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The same memories in an index without a temporary file (float32 in memory, every cosine exact) answer every
-    question the same, score for score."""
+    question the same, score for score; also when the first round rescores the top k alone, and the error bounds
+    must find every other row that could be in it."""
+    monkeypatch.setattr(index_module, "RESCORED", rescored)
+    monkeypatch.setattr(index_module, "RESCORED_PER_RESULT", 1 if rescored == 1 else index_module.RESCORED_PER_RESULT)
     reference, vectors = random_index(3_000, seed=3)
     assert not reference.vectors.quantized
     with pytest.MonkeyPatch.context() as patch:
@@ -182,3 +189,14 @@ def test_the_rows_cost_a_quarter_of_float32_in_memory() -> None:
     index, _ = random_index(1_000, seed=8)
     assert index.vectors.memory_bytes == 1_024 * (DIMENSION + 8) + SUMS  # capacity 1,024 after doubling
     assert index.vectors.file_bytes == 1_000 * DIMENSION * 4
+
+
+def test_every_approximate_cosine_is_within_its_bound_of_the_exact_one() -> None:
+    index, vectors = random_index(2_000, seed=9)
+    for _, vector in queries(vectors, 50, seed=10):
+        q = query_vector(vector, history_weight=0.0)
+        approximate, bound = index.vectors.approximate(q)
+        error = np.abs(approximate - vectors @ q)
+        assert (error <= bound).all()
+        assert np.median(error) < 0.001  # what the int8 codes lose: the reason for rescoring, and its size
+        assert bound.max() < 0.02
