@@ -12,7 +12,8 @@ bench/rag.py's latency table searches: bench/data's real memories repeated with 
 - ``vectors_file_mb``: the exact float32 vectors in the unlinked temporary file, read with ``pread``: page cache,
   not the process's memory (0 when the index fell back to float32 in memory);
 - ``rss_delta_mb``: the process's resident memory after the build minus before it (first build);
-- ``build_s``: median wall time of ``repeats`` builds;
+- ``build_s``: median wall time of ``repeats`` builds, with one BLAS thread as in a job process (agent.py's
+  prewarm; several threads on a busy machine make the vector sums' small products many times slower);
 - ``gc_tracked_objects``: how many more objects the garbage collector tracks (and a full collection walks) with
   the index than without it: the index's own share of every full collection, free of timing noise (built with
   the stemmer's word cache off, whose lists belong to the analyzer);
@@ -43,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from bench.rag import DATA, dataset_files, latest, load_set, realistic_index  # noqa: E402
 from infrastructure.embeddings import CachedEmbedder  # noqa: E402
@@ -82,6 +84,7 @@ def tracked_objects(sources: list[Any], n: int, *, now: Any) -> int:
 
 
 async def one_size(n: int, repeats: int) -> dict[str, Any]:
+    threadpool_limits(limits=1, user_api="blas")
     model = MiniLMEmbedder.load()
     embedder = CachedEmbedder(embedder=model, max_entries=50_000)
     with tempfile.TemporaryDirectory() as tmp:
