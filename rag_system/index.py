@@ -1,15 +1,16 @@
-"""One user's memories in process: unit embeddings by row (:mod:`.vectors`), terms in an inverted index (:mod:`.postings`),
-the memories' fields in columns (:mod:`.memory_table`), all numpy arrays and a buffer rather than an object per
-memory, so that 100,000 memories cost little memory and nothing to the garbage collector. Loaded once per session
-and updated in place on every write, so a turn's search touches neither the database nor the network.
+"""One user's memories in process: unit embeddings by row (:mod:`.vectors`), terms in an inverted index
+(:mod:`.postings`), the memories' fields in columns (:mod:`.memory_table`), all numpy arrays and a buffer rather
+than an object per memory, so that 100,000 memories cost little memory and nothing to the garbage collector. Loaded
+once per session and updated in place on every write, so a turn's search touches neither the database nor the
+network.
 
 :meth:`MemoryIndex.search` ranks every memory (:mod:`rag_system.scoring`), keeps the best ``k`` and asks the
 relevance gate (:mod:`rag_system.gate`) whether they should reach the model at all. Every memory's cosine comes
-from its int8 code first; the rows that might be in the top k (the best :data:`RESCORED` by approximate score,
-and any other whose error bound could carry it in) are scored again from the exact vectors, so every number and
-the ranking are the exact vectors' (the z-scores' mean and deviation too, which the vectors keep exactly). :meth:`nearest` and
-:meth:`bm25` are the two plain rankers on their own: the baselines the benchmark compares against, and the
-near-duplicate check for new memories.
+from its int8 code first; the rows that might be in the top k (the best :data:`RESCORED` by approximate score, and
+any other whose error bound could carry it in) are scored again from the exact vectors, so every number and the
+ranking are the exact vectors' (the z-scores' mean and deviation too, which the vectors keep exactly).
+:meth:`nearest` and :meth:`bm25` are the two plain rankers on their own: the baselines the benchmark compares
+against, and the near-duplicate check for new memories.
 """
 
 from __future__ import annotations

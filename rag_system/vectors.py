@@ -2,16 +2,17 @@
 
 A float32 row of 384 dimensions is 1,536 bytes: 154 MB for 100,000 memories. Here a row is an int8 code per
 dimension and two float32s, 392 bytes: 39 MB. The code is symmetric, ``code = round(x / scale)`` with ``scale =
-max|x| / 127``; cosines from it are off by about 0.0003 (0.0015 at most), which is enough to carry a memory across
-the gate's threshold or past a near-equal neighbour (an int8 index alone lost a question of companion_v4), so the
-codes only choose the rows worth scoring exactly. The exact vectors are in an unlinked temporary file (no name,
-mode 0600, gone with the process), written with ``pwrite`` and read back with ``pread`` for those rows alone,
-never mapped, so they cost the page cache and not the process: Qdrant's scalar quantization with rescoring.
+max|x| / 127``; cosines from it are off by 0.00025 (median; 0.0018 at most, bench/data's memories and questions),
+which is enough to carry a memory across the gate's threshold or past a near-equal neighbour (an int8 index alone
+lost a question of companion_v4), so the codes only choose the rows worth scoring exactly. The exact vectors are
+in an unlinked temporary file (no name, mode 0600, gone with the process), written with ``pwrite`` and read back
+with ``pread`` for those rows alone, never mapped, so they cost the page cache and not the process: Qdrant's
+scalar quantization with rescoring.
 
-The second float32 is the norm of what the code leaves out, ``|x - scale * code|``: by Cauchy-Schwarz, the row's
-approximate cosine with a unit query is within that of the exact one, so a caller can tell which rows cannot
-reach its top k whatever their exact score (:func:`rag_system.index.MemoryIndex.search`) and the shortcut changes
-no result.
+The second float32 is the norm of what the code leaves out, ``|x - scale * code|`` (0.007 typically): by
+Cauchy-Schwarz, the row's approximate cosine with a unit query is within that of the exact one, so a caller can
+tell which rows cannot reach its top k whatever their exact score (:meth:`rag_system.index.MemoryIndex.search`)
+and the shortcut changes no result.
 
 The ranking's z-scores need the mean and standard deviation of every row's exact cosine. They come from the sum of
 the vectors and the sum of their outer products (float64, 1.2 MB), kept as rows come and go: mean = s.q / n, mean
