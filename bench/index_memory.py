@@ -7,17 +7,21 @@ bench/rag.py's latency table searches: bench/data's real memories repeated with 
 (``bench.rag.realistic_index``, capacity reserved up front as a loaded session's is). Per size:
 
 - ``traced_bytes_per_memory`` / ``traced_mb``: what tracemalloc sees the build leave allocated (numpy's buffers
-  included); ``vectors_mb`` is the embedding matrix's share of it (float32, one row a memory), ``without_vectors_mb``
-  the rest;
+  included); ``vectors_mb`` is the embeddings' share of it (``rag_system.vectors``: int8 codes, two float32 per
+  row and the float64 sums for the z-scores' statistics), ``without_vectors_mb`` the rest;
+- ``vectors_file_mb``: the exact float32 vectors in the unlinked temporary file, read with ``pread``: page cache,
+  not the process's memory (0 when the index fell back to float32 in memory);
 - ``rss_delta_mb``: the process's resident memory after the build minus before it (first build);
-- ``build_s``: median wall time of ``repeats`` builds;
+- ``build_s``: median wall time of ``repeats`` builds, with one BLAS thread as in a job process (agent.py's
+  prewarm; several threads on a busy machine make the vector sums' small products many times slower);
 - ``gc_tracked_objects``: how many more objects the garbage collector tracks (and a full collection walks) with
   the index than without it: the index's own share of every full collection, free of timing noise (built with
   the stemmer's word cache off, whose lists belong to the analyzer);
 - ``user_memory``: what a :class:`UserMemory` keeps per memory besides the index's own arrays (each memory's stored
   version, the hash tombstones name it by): tracemalloc after ``UserMemory.load`` of ``n`` stored memories (one
   version each, read anew from a stand-in storage), minus tracemalloc after the same memories were upserted into
-  a bare index the same way (reserved, then compacted), the stemmer's word cache off for both. Columns of the index's own count in ``index_mb``, not here;
+  a bare index the same way (reserved, then compacted), the stemmer's word cache off for both. The index's own
+  columns for them count in ``traced_mb``, not here;
 - ``gc_collect_ms``: a full ``gc.collect()``, median and max of 15, with the model and the sets loaded but no index
   (``no_index``), with the index (``index``), and with the index after ``gc.collect(); gc.freeze()``
   (``index_frozen``). The process's own objects (the model, the loaded sets) set the floor of the first two.
@@ -46,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from bench.rag import DATA, dataset_files, latest, load_set, realistic_index  # noqa: E402
 from core.validators import WriteGuard  # noqa: E402
@@ -145,6 +150,7 @@ async def user_memory_share(sources: list[Any], n: int, *, now: Any, embedder: A
 
 
 async def one_size(n: int, repeats: int) -> dict[str, Any]:
+    threadpool_limits(limits=1, user_api="blas")
     model = MiniLMEmbedder.load()
     embedder = CachedEmbedder(embedder=model, max_entries=50_000)
     with tempfile.TemporaryDirectory() as tmp:
@@ -176,7 +182,7 @@ async def one_size(n: int, repeats: int) -> dict[str, Any]:
     gc.collect()
     gc.freeze()
     frozen = collect_ms()
-    vectors, memories = n * index.dimension * 4, len(index)
+    vectors, vectors_file, memories = index.vectors.memory_bytes, index.vectors.file_bytes, len(index)
     del index
     gc.unfreeze()
     bookkeeping = await user_memory_share(sources, n, now=now, embedder=embedder)
@@ -186,6 +192,7 @@ async def one_size(n: int, repeats: int) -> dict[str, Any]:
         "traced_mb": round(traced / 1e6, 1),
         "vectors_mb": round(vectors / 1e6, 1),
         "without_vectors_mb": round((traced - vectors) / 1e6, 1),
+        "vectors_file_mb": round(vectors_file / 1e6, 1),
         "rss_delta_mb": round(rss_delta / 1e6, 1),
         "build_s": round(statistics.median(builds), 2),
         "gc_tracked_objects": tracked,

@@ -1,19 +1,23 @@
-"""One user's memories in process: unit embeddings in a matrix, terms in an inverted index (:mod:`.postings`),
-the memories' fields in columns (:mod:`.memory_table`), all numpy arrays and a buffer rather than an object per
-memory, so that 100,000 memories cost little memory and nothing to the garbage collector. Loaded once per session
-and updated in place on every write, so a turn's search touches neither the database nor the network.
+"""One user's memories in process: unit embeddings by row (:mod:`.vectors`), terms in an inverted index
+(:mod:`.postings`), the memories' fields in columns (:mod:`.memory_table`), all numpy arrays and a buffer rather
+than an object per memory, so that 100,000 memories cost little memory and nothing to the garbage collector. Loaded
+once per session and updated in place on every write, so a turn's search touches neither the database nor the
+network.
 
 :meth:`MemoryIndex.search` ranks every memory (:mod:`rag_system.scoring`), keeps the best ``k`` and asks the
-relevance gate (:mod:`rag_system.gate`) whether they should reach the model at all. :meth:`nearest` and
-:meth:`bm25` are the two plain rankers on their own: the baselines the benchmark compares against, and the
-near-duplicate check for new memories.
+relevance gate (:mod:`rag_system.gate`) whether they should reach the model at all. Every memory's cosine comes
+from its int8 code first; the rows that might be in the top k (the best :data:`RESCORED` by approximate score, and
+any other whose error bound could carry it in) are scored again from the exact vectors, so every number and the
+ranking are the exact vectors' (the z-scores' mean and deviation too, which the vectors keep exactly).
+:meth:`nearest` and :meth:`bm25` are the two plain rankers on their own: the baselines the benchmark compares
+against, and the near-duplicate check for new memories.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,8 +29,15 @@ from rag_system.postings import Postings
 from rag_system.query import Query, query_vector
 from rag_system.scoring import RankingParams, ScoreParts
 from rag_system.text import TextAnalyzer
+from rag_system.vectors import QuantizedVectors
 
 __all__ = ["IndexedMemory", "MemoryIndex", "Retrieved", "SearchResult"]
+
+# Rows scored exactly at least, whatever k: max(RESCORED, RESCORED_PER_RESULT * k). Any row whose error bound could
+# carry it into the top k is rescored as well, so these set the cost (a few dozen 1.5 KB reads), not the result.
+RESCORED = 64
+RESCORED_PER_RESULT = 8
+CLEARED_CAPACITY = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +68,10 @@ class MemoryIndex:
     Row ``r`` of every array is one memory; rows are dense, a removed row taking the last one, so the row order
     (which breaks ties between equal scores) depends only on the sequence of writes."""
 
-    def __init__(self, *, dimension: int, analyzer: TextAnalyzer, capacity: int = 64) -> None:
+    def __init__(self, *, dimension: int, analyzer: TextAnalyzer, capacity: int = CLEARED_CAPACITY) -> None:
         self.dimension = dimension
         self.analyzer = analyzer
-        self._vectors = np.zeros((capacity, dimension), dtype=np.float32)
+        self._vectors = QuantizedVectors(dimension, capacity=capacity)
         self._length = np.zeros(capacity, dtype=np.float32)  # terms, for BM25
         self._table = MemoryTable(capacity=capacity)
         self._postings = Postings(rows=capacity)
@@ -90,6 +101,11 @@ class MemoryIndex:
         ``sorted(memories(), key=lambda m: (m.importance, m.updated_at), reverse=True)[:k]`` gives, making k."""
         return [self._table.memory(row) for row in self._table.most_important()[: max(k, 0)].tolist()]
 
+    @property
+    def vectors(self) -> QuantizedVectors:
+        """The embeddings' storage: for its sizes (bench/index_memory.py) and, in tests, its file."""
+        return self._vectors
+
     def count_by_category(self) -> dict[str, int]:
         return self._table.count_by_category()
 
@@ -114,11 +130,12 @@ class MemoryIndex:
         row = self._table.row(memory.category, memory.key)
         if row is None:
             self._grow(len(self._table) + 1)
+            self._vectors.put(len(self._table), vector / norm)  # first: a failed write changes nothing
             row = self._table.append(memory, version=version, key_hash=key_hash)
         else:
+            self._vectors.put(row, vector / norm)
             self._postings.drop(row)
             self._table.replace(row, memory, version=version, key_hash=key_hash)
-        self._vectors[row] = vector / norm
         self._length[row] = len(terms)
         self._postings.add(row, terms)
 
@@ -127,10 +144,10 @@ class MemoryIndex:
         row = self._table.row(category, key)
         if row is None:
             return False
+        self._vectors.remove(row)
         self._postings.drop(row)
         last = self._table.remove(row)
         if last != row:
-            self._vectors[row] = self._vectors[last]
             self._length[row] = self._length[last]
             self._postings.move(last, row)
         return True
@@ -148,13 +165,17 @@ class MemoryIndex:
         return [self._table.identity(row) for row in self._table.with_versions(above=above, up_to=up_to).tolist()]
 
     def clear(self) -> None:
-        self.__init__(dimension=self.dimension, analyzer=self.analyzer)  # type: ignore[misc]
+        """Forget every memory (the vectors' file is truncated, not left behind)."""
+        self._vectors.clear(capacity=CLEARED_CAPACITY)
+        self._length = np.zeros(CLEARED_CAPACITY, dtype=np.float32)
+        self._table = MemoryTable(capacity=CLEARED_CAPACITY)
+        self._postings = Postings(rows=CLEARED_CAPACITY)
 
     # The two rankers on their own --------------------------------------------------------------------------
 
     def nearest(self, vector: np.ndarray, *, k: int) -> list[tuple[IndexedMemory, float]]:
         """Plain cosine similarity, best first."""
-        similarity = self._cosine(vector)
+        similarity = self._cosine(query_vector(vector, history_weight=0.0), k)
         return [(self._table.memory(r), float(similarity[r])) for r in _top(similarity, k)]
 
     def bm25(self, terms: dict[str, float] | list[str], *, k: int) -> list[tuple[IndexedMemory, float]]:
@@ -182,18 +203,33 @@ class MemoryIndex:
         if n == 0 or k < 1:
             return NOTHING
         vector = query_vector(topic_vector, history_vectors or [], history_weight=params.history_weight)
-        semantic = self._vectors[:n] @ vector
         lexical = self._lexical(query.terms)
-        semantic_z = scoring.standardise(semantic)
         coverage = scoring.coverage(lexical, ideal=self._ideal(query.terms))
-        relevance = scoring.relevance(semantic_z, coverage, lexical_weight=params.lexical_weight)
         in_window = self._in_window(query, n)
         recency = scoring.recency(
             (now.timestamp() - self._table.updated) / 86_400.0, half_life_days=params.half_life_days
         )
         importance = self._table.ranking_importance
-        total = scoring.total(relevance, in_window=in_window, recency_part=recency, importance=importance,
-                              params=params)  # fmt: skip
+        mean, deviation = self._vectors.statistics(vector)
+
+        def parts(semantic: np.ndarray, rows: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            """semantic_z, relevance and total of ``rows`` given their cosines: each rises with the cosine."""
+            semantic_z = scoring.standardise(semantic, mean=mean, deviation=deviation)
+            relevance = scoring.relevance(semantic_z, coverage[rows], lexical_weight=params.lexical_weight)
+            total = scoring.total(relevance, in_window=in_window[rows], recency_part=recency[rows],
+                                  importance=importance[rows], params=params)  # fmt: skip
+            return semantic_z, relevance, total
+
+        approximate, bound = self._vectors.approximate(vector)
+        semantic = approximate.copy()
+
+        def exact_total(rows: np.ndarray) -> np.ndarray:
+            semantic[rows] = self._vectors.exact(rows, vector)
+            return parts(semantic[rows], rows)[2]
+
+        everyone = slice(None)
+        _rescore(parts(approximate, everyone)[2], parts(approximate + bound, everyone)[2], k, exact_total)
+        semantic_z, relevance, total = parts(semantic, everyone)
         rows = _top(total, k)
         ranked = tuple(
             Retrieved(
@@ -225,8 +261,17 @@ class MemoryIndex:
 
     # Internals ---------------------------------------------------------------------------------------------
 
-    def _cosine(self, vector: np.ndarray) -> np.ndarray:
-        return self._vectors[: len(self._table)] @ query_vector(vector, history_weight=0.0)
+    def _cosine(self, unit: np.ndarray, k: int) -> np.ndarray:
+        """Every row's cosine with the unit vector: exact for every row that might be among the best ``k``."""
+        approximate, bound = self._vectors.approximate(unit)
+        similarity = approximate.copy()
+
+        def exact(rows: np.ndarray) -> np.ndarray:
+            similarity[rows] = self._vectors.exact(rows, unit)
+            return similarity[rows]
+
+        _rescore(approximate, approximate + bound, k, exact)
+        return similarity
 
     def _lexical(self, terms: dict[str, float]) -> np.ndarray:
         n = len(self._table)
@@ -257,11 +302,11 @@ class MemoryIndex:
         return inside.astype(np.float32)
 
     def _grow(self, needed: int, *, exact: bool = False) -> None:
-        capacity = self._vectors.shape[0]
+        capacity = self._length.shape[0]
         if needed <= capacity:
             return
         size = needed if exact else max(needed, capacity * 2)
-        self._vectors = _resized(self._vectors, size)
+        self._vectors.reserve(size)
         self._length = _resized(self._length, size)
         self._table.reserve(size)
 
@@ -274,6 +319,25 @@ def _top(scores: np.ndarray, k: int) -> list[int]:
     k = min(k, n)
     top = np.argpartition(-scores, k - 1)[:k]
     return [int(r) for r in top[np.argsort(-scores[top], kind="stable")]]
+
+
+def _rescore(rough: np.ndarray, upper: np.ndarray, k: int, exact: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Have ``exact`` score every row that might be among the ``k`` best: the best by ``rough`` score, then any
+    other whose ``upper`` bound reaches the k-th exact score of those. One more round is never needed: it could
+    only raise the k-th score, and every row left is below the old one."""
+    n = rough.shape[0]
+    if n == 0 or k < 1:
+        return
+    k = min(k, n)
+    size = min(n, max(RESCORED, RESCORED_PER_RESULT * k))
+    first = np.argpartition(-rough, size - 1)[:size] if size < n else np.arange(n)
+    scores = exact(first)
+    kth = np.partition(scores, size - k)[size - k]
+    outside = np.ones(n, dtype=bool)
+    outside[first] = False
+    more = np.flatnonzero(outside & (upper >= kth))
+    if more.size:
+        exact(more)
 
 
 def _resized(array: np.ndarray, size: int) -> np.ndarray:

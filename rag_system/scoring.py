@@ -87,12 +87,14 @@ def bm25(tf: np.ndarray, length: np.ndarray, *, average_length: float, df: int, 
     return idf(df, n) * tf * (BM25_K1 + 1.0) / (tf + norm)
 
 
-def standardise(scores: np.ndarray) -> np.ndarray:
-    """z-scores against these scores' own mean and standard deviation; all zeros when they do not vary."""
-    deviation = float(scores.std())
+def standardise(scores: np.ndarray, *, mean: float | None = None, deviation: float | None = None) -> np.ndarray:
+    """z-scores against a population's mean and standard deviation, by default these scores' own; all zeros when
+    they do not vary. (The index passes its rows' exact statistics and scores some rows only approximately.)"""
+    deviation = float(scores.std()) if deviation is None else deviation
     if deviation <= 1e-12:
         return np.zeros_like(scores, dtype=np.float32)
-    return ((scores - scores.mean()) / deviation).astype(np.float32)
+    mean = float(scores.mean()) if mean is None else mean
+    return ((scores - mean) / deviation).astype(np.float32)
 
 
 def recency(age_days: np.ndarray, *, half_life_days: float) -> np.ndarray:
