@@ -94,6 +94,11 @@ class EmbeddingError(CompanionError):
     """The embedding provider failed; ``retryable`` when the provider may answer next time."""
 
 
+class IndexFileError(CompanionError):
+    """The memory index's temporary file of exact vectors could not be written or read (a full or failing disk).
+    What the index held is unchanged; a retry helps only once the disk has room."""
+
+
 class LLMError(CompanionError):
     """The language model failed (``retryable`` when it may answer next time) or answered unusably."""
 

@@ -34,6 +34,8 @@ import weakref
 
 import numpy as np
 
+from core.errors import IndexFileError
+
 logger = logging.getLogger("companion.rag")
 
 BLOCK = 2048  # rows dequantized at a time: 3 MB of float32, as fast as one float32 product over all rows
@@ -136,7 +138,7 @@ class QuantizedVectors:
                 self._write(row, moved)
                 self._codes[row], self._scale[row], self._slack[row] = (
                     self._codes[last], self._scale[last], self._slack[last])  # fmt: skip
-            os.ftruncate(self._fd, last * self._row_bytes)
+            self._truncate(last)
             self._codes[last], self._scale[last], self._slack[last] = 0, 0, 0
         self._account(gone, -1.0)
         self._count = last
@@ -146,7 +148,7 @@ class QuantizedVectors:
         if self._fd is None:
             self._exact = np.zeros((capacity, self.dimension), dtype=np.float32)
         else:
-            os.ftruncate(self._fd, 0)
+            self._truncate(0)
             self._codes = np.zeros((capacity, self.dimension), dtype=np.int8)
             self._scale = np.zeros(capacity, dtype=np.float32)
             self._slack = np.zeros(capacity, dtype=np.float32)
@@ -232,17 +234,37 @@ class QuantizedVectors:
     def _write(self, row: int, vector: np.ndarray) -> None:
         assert self._fd is not None
         data = vector.tobytes()
-        if os.pwrite(self._fd, data, row * self._row_bytes) != len(data):
-            raise OSError(errno.EIO, "short write to the embeddings' temporary file")
+        try:
+            written = os.pwrite(self._fd, data, row * self._row_bytes)
+        except OSError as error:
+            raise _file_error("written", error) from None
+        if written != len(data):
+            raise IndexFileError("the memory index's temporary file was not written: a short write")
 
     def _read(self, row: int, rows: int) -> np.ndarray:
         if self._fd is None:
             return self._exact[row : row + rows].copy()
         size = rows * self._row_bytes
-        data = os.pread(self._fd, size, row * self._row_bytes)
+        try:
+            data = os.pread(self._fd, size, row * self._row_bytes)
+        except OSError as error:
+            raise _file_error("read", error) from None
         if len(data) != size:
-            raise OSError(errno.EIO, "short read from the embeddings' temporary file")
+            raise IndexFileError("the memory index's temporary file was not read: a short read")
         return np.frombuffer(data, dtype=np.float32).reshape(rows, self.dimension)
+
+    def _truncate(self, rows: int) -> None:
+        assert self._fd is not None
+        try:
+            os.ftruncate(self._fd, rows * self._row_bytes)
+        except OSError as error:
+            raise _file_error("truncated", error) from None
+
+
+def _file_error(done: str, error: OSError) -> IndexFileError:
+    """The OS's error as ours, by its code only (a path or data never reaches the message)."""
+    code = errno.errorcode.get(error.errno or 0, type(error).__name__)
+    return IndexFileError(f"the memory index's temporary file could not be {done} ({code})")
 
 
 def _resized(array: np.ndarray, size: int) -> np.ndarray:

@@ -4,6 +4,7 @@ ranking is the float32 one; what is forgotten leaves the file at once; without a
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
 import os
 import stat
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.errors import IndexFileError
 from rag_system import IndexedMemory, MemoryIndex, analyze, analyzer_for, scoring
 from rag_system import index as index_module
 from rag_system.query import query_vector
@@ -200,3 +202,22 @@ def test_every_approximate_cosine_is_within_its_bound_of_the_exact_one() -> None
         assert (error <= bound).all()
         assert np.median(error) < 0.001  # what the int8 codes lose: the reason for rescoring, and its size
         assert bound.max() < 0.02
+
+
+def test_a_full_disk_is_a_typed_error_and_leaves_the_index_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    index, vectors = random_index(50, seed=5)
+    before = index.nearest(vectors[7], k=3)
+
+    def full(*_: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(IndexFileError, match="ENOSPC"):
+        index.upsert(IndexedMemory("FACT", "new", "a new memory", 0.5, NOW, NOW), vectors[3])
+    with pytest.raises(IndexFileError):
+        index.upsert(IndexedMemory("FACT", "m7", "replaced", 0.5, NOW, NOW), vectors[3])
+
+    assert len(index) == 50
+    assert index.get("FACT", "new") is None
+    assert index.get("FACT", "m7").value != "replaced"
+    assert index.nearest(vectors[7], k=3) == before
