@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rag_system import scoring
+from rag_system.arrays import fitted
 from rag_system.gate import GateDecision, GateParams, decide
 from rag_system.memory_table import IndexedMemory, MemoryTable
 from rag_system.postings import Postings
@@ -307,7 +308,7 @@ class MemoryIndex:
             return
         size = needed if exact else max(needed, capacity * 2)
         self._vectors.reserve(size)
-        self._length = _resized(self._length, size)
+        self._length = fitted(self._length, size)
         self._table.reserve(size)
 
 
@@ -338,9 +339,3 @@ def _rescore(rough: np.ndarray, upper: np.ndarray, k: int, exact: Callable[[np.n
     more = np.flatnonzero(outside & (upper >= kth))
     if more.size:
         exact(more)
-
-
-def _resized(array: np.ndarray, size: int) -> np.ndarray:
-    grown = np.zeros((size, *array.shape[1:]), dtype=array.dtype)
-    grown[: array.shape[0]] = array
-    return grown

@@ -23,6 +23,8 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
+from rag_system.arrays import fitted
+
 T = TypeVar("T", bound=Hashable)
 
 _MIN_GARBAGE = 1 << 16  # bytes of overwritten text below which the buffer is not worth rewriting
@@ -175,15 +177,15 @@ class MemoryTable:
         if capacity <= len(self._category):
             return
         size = capacity
-        self._category = _resized(self._category, size)
-        self._zones = _resized(self._zones, size)
-        self._importance = _resized(self._importance, size)
-        self._ranking_importance = _resized(self._ranking_importance, size)
-        self._created = _resized(self._created, size)
-        self._updated = _resized(self._updated, size)
-        self._spans = _resized(self._spans, size)
-        self._version = _resized(self._version, size)
-        self._key_hash = _resized(self._key_hash, size)
+        self._category = fitted(self._category, size)
+        self._zones = fitted(self._zones, size)
+        self._importance = fitted(self._importance, size)
+        self._ranking_importance = fitted(self._ranking_importance, size)
+        self._created = fitted(self._created, size)
+        self._updated = fitted(self._updated, size)
+        self._spans = fitted(self._spans, size)
+        self._version = fitted(self._version, size)
+        self._key_hash = fitted(self._key_hash, size)
 
     def _write(self, row: int, memory: IndexedMemory, *, version: int, key_hash: int) -> None:
         key = memory.key.encode("utf-8", "surrogatepass")
@@ -244,9 +246,3 @@ class Codes(Generic[T]):
             code = self._codes[value] = len(self.values)
             self.values.append(value)
         return code
-
-
-def _resized(array: np.ndarray, size: int) -> np.ndarray:
-    grown = np.zeros((size, *array.shape[1:]), dtype=array.dtype)
-    grown[: array.shape[0]] = array
-    return grown

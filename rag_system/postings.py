@@ -21,6 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rag_system.arrays import fitted
+
 DROPPED = -1  # the row of a sorted entry whose memory was dropped: the caller's spare last score takes it
 _NO_ROWS, _NO_TF = np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
 MIN_TAIL = 512  # entries: below this an unsorted tail or dropped entries cost less to scan than to compact
@@ -166,7 +168,7 @@ class Postings:
         self._position = np.concatenate((place[old_places[kept[old_places]]], tail_place)).astype(np.int32)
         self._sorted_row, self._sorted_tf = sorted_row, sorted_tf
         self._start = np.concatenate(([0], np.cumsum(sorted_counts + tail_counts, dtype=np.int64)))
-        self._df = _fitted(self._df[: len(self._ids)][used], max(64, 2 * terms))
+        self._df = fitted(self._df[: len(self._ids)][used], max(64, 2 * terms))
         if not used.all():
             self._ids = {term: int(term_ids[i]) for term, i in self._ids.items() if used[i]}
         self._size, self._dead, self._sorted = size, 0, size
@@ -187,21 +189,14 @@ class Postings:
     def _reserve_rows(self, needed: int) -> None:
         if needed > len(self._first):
             size = max(needed, 2 * len(self._first))
-            self._first, self._count = _fitted(self._first, size), _fitted(self._count, size)
+            self._first, self._count = fitted(self._first, size), fitted(self._count, size)
 
     def _reserve_terms(self, needed: int) -> None:
         if needed > len(self._df):
-            self._df = _fitted(self._df, max(needed, 2 * len(self._df)))
+            self._df = fitted(self._df, max(needed, 2 * len(self._df)))
 
     def _reserve_tail(self, needed: int) -> None:
         if needed > len(self._term):
             size = max(needed, 2 * len(self._term))
-            self._term, self._row = _fitted(self._term, size), _fitted(self._row, size)
-            self._tf, self._live = _fitted(self._tf, size), _fitted(self._live, size)
-
-
-def _fitted(array: np.ndarray, size: int) -> np.ndarray:
-    """``array`` in a new buffer of ``size`` entries: cut, or padded with zeros."""
-    fitted = np.zeros(size, dtype=array.dtype)
-    fitted[: min(size, len(array))] = array[:size]
-    return fitted
+            self._term, self._row = fitted(self._term, size), fitted(self._row, size)
+            self._tf, self._live = fitted(self._tf, size), fitted(self._live, size)

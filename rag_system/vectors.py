@@ -35,6 +35,7 @@ import weakref
 import numpy as np
 
 from core.errors import IndexFileError
+from rag_system.arrays import fitted
 
 logger = logging.getLogger("companion.rag")
 
@@ -101,11 +102,11 @@ class QuantizedVectors:
         if capacity <= max(self._codes.shape[0], self._exact.shape[0]):
             return
         if self._fd is None:
-            self._exact = _resized(self._exact, capacity)
+            self._exact = fitted(self._exact, capacity)
         else:
-            self._codes = _resized(self._codes, capacity)
-            self._scale = _resized(self._scale, capacity)
-            self._slack = _resized(self._slack, capacity)
+            self._codes = fitted(self._codes, capacity)
+            self._scale = fitted(self._scale, capacity)
+            self._slack = fitted(self._slack, capacity)
 
     def put(self, row: int, unit: np.ndarray) -> None:
         """Write the unit vector at ``row``: a live row (overwriting its vector at once) or the next one."""
@@ -265,9 +266,3 @@ def _file_error(done: str, error: OSError) -> IndexFileError:
     """The OS's error as ours, by its code only (a path or data never reaches the message)."""
     code = errno.errorcode.get(error.errno or 0, type(error).__name__)
     return IndexFileError(f"the memory index's temporary file could not be {done} ({code})")
-
-
-def _resized(array: np.ndarray, size: int) -> np.ndarray:
-    grown = np.zeros((size, *array.shape[1:]), dtype=array.dtype)
-    grown[: array.shape[0]] = array
-    return grown
