@@ -115,8 +115,11 @@ class MemoryIndex:
         self._grow(capacity, exact=True)
 
     def compact(self) -> None:
-        """Sort the postings written since the last compaction (writes do it on their own once it pays)."""
+        """Sort the postings written since the last compaction (writes do it on their own once it pays), and add
+        the vectors waiting to the z-scores' sums: a session's load ends here, and its first search pays for
+        neither."""
         self._postings.compact()
+        self._vectors.settle()
 
     def upsert(self, memory: IndexedMemory, embedding: np.ndarray, *, version: int = 0, key_hash: int = 0) -> None:
         """Add the memory, or replace the one with the same (category, key); the owner's ``version`` and

@@ -200,7 +200,7 @@ class QuantizedVectors:
         n = self._count
         if n == 0:
             return 0.0, 0.0
-        self._settle()
+        self.settle()
         q = np.asarray(query, dtype=np.float64)
         mean = float(self._sum @ q) / n
         square = float(q @ self._gram @ q) / n
@@ -218,11 +218,13 @@ class QuantizedVectors:
 
     def _account(self, vector: np.ndarray, sign: float) -> None:
         if self._waiting == PENDING:
-            self._settle()
+            self.settle()
         self._pending[self._waiting], self._signs[self._waiting] = vector, sign
         self._waiting += 1
 
-    def _settle(self) -> None:
+    def settle(self) -> None:
+        """Add the rows waiting to the sums (a search does it first; a load's end, so that its first search
+        does not)."""
         if self._waiting:
             pending, signs = self._pending[: self._waiting], self._signs[: self._waiting]
             self._sum += signs @ pending
